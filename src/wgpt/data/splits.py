@@ -1,0 +1,16 @@
+"""The train/validation/test DiskDatasets of one prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wgpt.data.diskdataset import DiskDataset
+
+SPLITS = ("train", "validation", "test")
+
+
+def get_splits(
+    dataset_name: str, seq_len: int, stride_ratio: float = 0.5, data_dir: str | Path | None = None
+) -> dict[str, DiskDataset]:
+    """``{"train": DiskDataset, "validation": DiskDataset, "test": DiskDataset}`` for ``dataset_name``."""
+    return {split: DiskDataset(dataset_name, split, seq_len, stride_ratio, data_dir) for split in SPLITS}

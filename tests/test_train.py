@@ -1,0 +1,120 @@
+"""train.py end to end, through the real command line: Hydra composition, Lightning, run dirs."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_cli
+
+# A model small enough to take a few seconds, on the real data path.
+FAST = [
+    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
+    "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=4",
+    "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=4", "trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def paths(tmp_path: Path, data_dir: Path) -> list[str]:
+    return [f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={data_dir}"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_seed_trainer_defaults_compose():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["model=gpt2"])
+    trainer = cfg.trainer
+    assert (trainer.max_epochs, trainer.precision, trainer.max_devices, trainer.log_every_n_steps) == (10, "16-mixed", 2, 50)
+    assert cfg.callbacks.recent.every_n_train_steps == 500
+    assert cfg.model._target_ == "wgpt.models.GPT" and cfg.data._target_ == "wgpt.data.DatasetLightningWrapper"
+    assert cfg.data.sampler._target_ == "wgpt.data.PDBSampler"
+    # The seed's BATCH_SIZE and LEARNING_RATE are the group defaults; model configs may tune them.
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(ROOT / "conf/data/shakespeare.yaml").batch_size == 64
+    assert OmegaConf.load(ROOT / "conf/optim/adamw.yaml").lr == 5e-5
+
+
+def test_data_dir_does_not_depend_on_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("WGPT_ROOT", str(ROOT))
+    monkeypatch.delenv("WGPT_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train")
+    assert cfg.paths.data_dir == f"{ROOT}/data"
+    assert cfg.paths.output_root == f"{ROOT}/outputs"
+
+
+def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(tmp_path, data_dir):
+    # Started from another directory, as `python /path/to/train.py`: nothing depends on the cwd.
+    result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *FAST, *paths(tmp_path, data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
+    assert run_dir.name[:4].isdigit() and len(run_dir.name) == len("2026-01-01_00-00-00")
+
+    assert {"config.yaml", "overrides.yaml", "hydra.yaml"} <= {p.name for p in (run_dir / ".hydra").iterdir()}
+    assert "model=gpt2-tiny" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+    log = (run_dir / "train.log").read_text()
+    assert "precision 16-mixed is a GPU setting" in log
+    assert "step 2 | epoch 0 | train_loss" in log and "step 8 | val_loss" in log and "val_ppl" in log
+
+    rows = read_metrics(run_dir)
+    val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
+    train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
+    assert len(val) == 2 and len(train) == 4  # validations at steps 4 and 8 (the end); a train row every 2 steps
+    assert val[-1] < val[0] < math.log(50304)  # it learns
+    assert all(math.isclose(float(r["val_ppl"]), math.exp(float(r["val_loss"])), rel_tol=1e-4) for r in rows if r["val_loss"])
+
+    checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert checkpoints == {"recent.ckpt", f"best-{run_dir.name}.ckpt"}
+    recent = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / f"best-{run_dir.name}.ckpt", weights_only=True)
+    assert recent["global_step"] == 8
+    assert recent["model_config"]["name"] == "gpt2-tiny" and recent["model_config"]["d_embed"] == 32
+    assert recent["best_metrics"]["val_loss"] == pytest.approx(min(val), rel=1e-5)
+    assert recent["best_metrics"]["val_ppl"] == pytest.approx(math.exp(min(val)), rel=1e-5)
+    assert math.isfinite(recent["best_metrics"]["train_loss"])
+    assert best["global_step"] == recent["best_metrics"]["step"] == 8
+
+
+def test_llama3_tiny_trains(tmp_path, data_dir):
+    result = run_cli("train.py", "model=llama3-tiny", *FAST, *paths(tmp_path, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "llama3-tiny").iterdir()
+    val = [float(r["val_loss"]) for r in read_metrics(run_dir) if r["val_loss"]]
+    assert val[-1] < val[0]
+    config = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)["model_config"]
+    assert config["n_kv_heads"] == 2 and config["tie_embeddings"] is True
+
+
+def test_multirun_gives_one_job_dir_per_model(tmp_path, data_dir):
+    fast = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
+    result = run_cli(
+        "train.py", "-m", "model=gpt2-tiny,llama3-tiny", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        *fast, *paths(tmp_path, data_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == ["0-gpt2-tiny", "1-llama3-tiny"]
+    for job in jobs:
+        ckpt = torch.load(sweep_dir / job / "checkpoints" / "recent.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 2 and ckpt["model_config"]["name"] == job[2:]
+        assert (sweep_dir / job / "metrics.csv").exists() and (sweep_dir / job / "train.log").exists()
+
+
+def test_bad_input_ends_in_one_line(tmp_path, data_dir):
+    result = run_cli("train.py", "data.seq_len=4096", *paths(tmp_path, data_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: data.seq_len=4096 exceeds model.max_seq_len=128: lower data.seq_len or raise model.max_seq_len"
+    )
+    assert "Traceback" not in result.stderr
