@@ -13,7 +13,7 @@ from conftest import ROOT, run_cli
 # A model small enough to take a few seconds, on the real data path.
 FAST = [
     "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
-    "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=4",
+    "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=4",
     "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=4", "trainer.enable_progress_bar=false",
 ]  # fmt: skip
 
@@ -85,20 +85,25 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(tmp_path, data_dir):
     assert best["global_step"] == recent["best_metrics"]["step"] == 8
 
 
-def test_llama3_tiny_trains(tmp_path, data_dir):
-    result = run_cli("train.py", "model=llama3-tiny", *FAST, *paths(tmp_path, data_dir))
+def test_llama3_tiny_trains_with_gradient_accumulation(tmp_path, data_dir):
+    result = run_cli("train.py", "model=llama3-tiny", *FAST, "trainer.accumulate_grad_batches=2", *paths(tmp_path, data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "llama3-tiny").iterdir()
-    val = [float(r["val_loss"]) for r in read_metrics(run_dir) if r["val_loss"]]
-    assert val[-1] < val[0]
+    rows = read_metrics(run_dir)
+    val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
+    assert len(val) == 2 and val[-1] < val[0]  # validation every 4 optimizer steps (8 batches), then the end
+    # The log file shows the real loss, not the one divided for accumulation.
+    logged = {int(line.split("step ")[1].split(" ")[0]): float(line.split("train_loss ")[1].split(" ")[0])
+              for line in (run_dir / "train.log").read_text().splitlines() if "train_loss" in line}  # fmt: skip
+    assert logged and all(loss > 5 for loss in logged.values())
     config = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)["model_config"]
     assert config["n_kv_heads"] == 2 and config["tie_embeddings"] is True
 
 
 def test_multirun_gives_one_job_dir_per_model(tmp_path, data_dir):
-    fast = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
+    fast = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.val_every_n_steps"))]
     result = run_cli(
-        "train.py", "-m", "model=gpt2-tiny,llama3-tiny", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "train.py", "-m", "model=gpt2-tiny,llama3-tiny", "trainer.max_steps=2", "trainer.val_every_n_steps=2",
         *fast, *paths(tmp_path, data_dir),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -56,6 +56,7 @@ class ValidateAtEnd(Callback):
         last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         last_batch = (
             trainer.max_epochs is not None
+            and trainer.max_epochs >= 0  # -1: no epoch limit
             and trainer.current_epoch >= trainer.max_epochs - 1
             and batch_idx + 1 >= trainer.num_training_batches
         )

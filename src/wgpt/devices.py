@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 from typing import Any
 
@@ -67,8 +68,14 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
     if on_gpu and cfg.get("devices", "auto") == "auto":
         cfg["accelerator"] = "gpu"
-        cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count())
-        log.info("Using GPU(s) %s (most free memory)", cfg["devices"])
+        if "LOCAL_RANK" in os.environ and "WGPT_GPU_IDS" in os.environ:
+            # A DDP child that Lightning started: take rank 0's choice. Choosing again would see
+            # rank 0's memory in use and could put two ranks on one GPU.
+            cfg["devices"] = [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
+        else:
+            cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count())
+            os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
+            log.info("Using GPU(s) %s (most free memory)", cfg["devices"])
     precision = str(cfg.get("precision", "32-true"))
     if on_cpu and precision in FP16_PRECISIONS:
         cfg["precision"] = cpu_precision()

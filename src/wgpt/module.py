@@ -15,6 +15,10 @@ import torch.nn.functional as F
 log = logging.getLogger("wgpt")
 
 
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf  # a diverged run must not crash the logging
+
+
 class ModelLightningWrapper(L.LightningModule):
     """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a OneCycleLR schedule.
 
@@ -46,6 +50,7 @@ class ModelLightningWrapper(L.LightningModule):
         self.best = {"train_loss": math.inf, "val_loss": math.inf, "val_ppl": math.inf, "step": -1}
         self._train_loss_sum = torch.zeros(())  # since the last validation, for best["train_loss"]
         self._train_loss_count = 0
+        self._last_loss = torch.zeros(())  # the last micro-batch's loss, not divided for accumulation
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count)
         self._last_line = (0, time.perf_counter())  # (step, time) of the last train log line
 
@@ -60,9 +65,16 @@ class ModelLightningWrapper(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log("train_loss", loss, prog_bar=True)
-        self._train_loss_sum = self._train_loss_sum.to(loss.device) + loss.detach()
+        self._last_loss = loss.detach()
+        self._train_loss_sum = self._train_loss_sum.to(loss.device) + self._last_loss
         self._train_loss_count += 1
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch on a DataLoader's sampler but not on its batch sampler.
+        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.global_step
@@ -73,7 +85,7 @@ class ModelLightningWrapper(L.LightningModule):
         tokens = (step - last_step) * batch[0].numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
         log.info(
             "step %d | epoch %d | train_loss %.4f | lr %.2e | %.0f tokens/s",
-            step, self.current_epoch, outputs["loss"].item(), self.lr_schedulers().get_last_lr()[0],
+            step, self.current_epoch, self._last_loss.item(), self.lr_schedulers().get_last_lr()[0],
             tokens / (now - last_time),
         )  # fmt: skip
         self._last_line = (step, now)
@@ -87,26 +99,31 @@ class ModelLightningWrapper(L.LightningModule):
         self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + torch.stack([loss_sum, tokens])
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_sums:
-            return
-        # (datasets, 2) summed over all ranks: exact token-weighted means, whatever the batch sizes.
-        sums = self.trainer.strategy.reduce(torch.stack([self._val_sums[i] for i in sorted(self._val_sums)]), reduce_op="sum")
-        val_loss = (sums[:, 0].sum() / sums[:, 1].sum()).item()
-        self.log("val_loss", val_loss, prog_bar=True, sync_dist=False)
-        self.log("val_ppl", math.exp(val_loss))
+        # One all-reduce of every (loss sum, token count), per validation set plus the train
+        # losses since the last validation: token-weighted means over all ranks. Every rank
+        # takes part even with no batches of its own, so none waits forever.
+        num_sets = max(len(self.dataset_names), len(self._val_sums), 1)
+        zero = torch.zeros(2, device=self.device)
+        rows = [self._val_sums.get(i, zero) for i in range(num_sets)]
+        train = torch.stack([self._train_loss_sum.to(self.device), torch.tensor(float(self._train_loss_count), device=self.device)])
+        sums = self.trainer.strategy.reduce(torch.stack([*rows, train]), reduce_op="sum").tolist()
+        (*per_set, (train_sum, train_count)) = sums
+        val_loss = sum(s for s, _ in per_set) / max(sum(n for _, n in per_set), 1)
+        self.log("val_loss", val_loss, prog_bar=True)
+        self.log("val_ppl", perplexity(val_loss))
         if len(self.dataset_names) > 1:
-            for name, (loss_sum, tokens) in zip(self.dataset_names, sums.tolist()):
-                self.log(f"val_loss/{name}", loss_sum / tokens)
+            for name, (loss_sum, tokens) in zip(self.dataset_names, per_set):
+                self.log(f"val_loss/{name}", loss_sum / max(tokens, 1))
         if self.trainer.sanity_checking:
             return
-        train_loss = (self._train_loss_sum / max(self._train_loss_count, 1)).item()
         self._train_loss_sum, self._train_loss_count = torch.zeros(()), 0
         if val_loss < self.best["val_loss"]:
-            self.best = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "step": self.global_step}
+            train_loss = train_sum / train_count if train_count else math.nan
+            self.best = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "step": self.global_step}
         if self.trainer.is_global_zero:
             log.info(
                 "step %d | val_loss %.4f | val_ppl %.2f | best val_loss %.4f (step %d)",
-                self.global_step, val_loss, math.exp(val_loss), self.best["val_loss"], self.best["step"],
+                self.global_step, val_loss, perplexity(val_loss), self.best["val_loss"], self.best["step"],
             )  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -24,6 +24,14 @@ def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
     return multiple * math.ceil(vocab_size / multiple)
 
 
+def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
+    """``lightning.Trainer`` keyword arguments from the trainer group, wgpt's own keys translated."""
+    args = OmegaConf.to_container(trainer_cfg)
+    # Validation is scheduled in optimizer steps, like checkpoints; Lightning counts batches.
+    args["val_check_interval"] = args.pop("val_every_n_steps") * args.get("accumulate_grad_batches", 1)
+    return resolve_hardware(args, model)
+
+
 def train(cfg: DictConfig) -> float:
     """Train ``cfg.model`` on ``cfg.data``; returns the best validation loss (for sweepers)."""
     OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
@@ -49,7 +57,7 @@ def train(cfg: DictConfig) -> float:
         start_datetime=cfg.start_datetime,
     )
     trainer = L.Trainer(
-        **resolve_hardware(OmegaConf.to_container(cfg.trainer), model),
+        **trainer_arguments(cfg.trainer, model),
         callbacks=[instantiate(c) for c in cfg.callbacks.values()],
         logger=[instantiate(lg) for lg in cfg.logger.values()],
         plugins=[AtomicCheckpointIO()],

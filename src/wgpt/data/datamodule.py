@@ -32,7 +32,9 @@ class DatasetLightningWrapper(L.LightningDataModule):
         sampler: a partial ``PDBSampler`` (from config) completed here with the train splits,
             the batch size and this process's rank and world size.
 
-    Epoch reshuffling lives in the sampler: Lightning calls its ``set_epoch`` every epoch.
+    The seed's ``DatasetLightningWrapper(splits, ...)`` took ready-made splits; under Hydra it
+    takes the dataset recipes and builds the splits in ``setup``, after ``prepare_data``. The
+    seed's per-epoch reshuffle lives in the sampler's ``set_epoch``.
     """
 
     def __init__(

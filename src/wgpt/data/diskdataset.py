@@ -95,7 +95,6 @@ def generate_bin(
     path = bin_path(dataset_name, split, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(len(tokenizer))
-    eos = np.array([tokenizer.eos_token_id], dtype=dtype)
     threads = os.cpu_count() or 1
     num_tokens = num_documents = skipped = 0
     tmp = path.with_name(path.name + ".tmp")
@@ -106,8 +105,8 @@ def generate_bin(
             skipped += len(texts) - len(good)
             if not good:
                 continue
-            encoded = tokenizer.model.encode_ordinary_batch(good, num_threads=threads)
-            chunk = np.concatenate([part for ids in encoded for part in (np.asarray(ids, dtype=dtype), eos)])
+            encoded = tokenizer.encode(good, eos=True, num_threads=threads)
+            chunk = np.concatenate([np.asarray(ids, dtype=dtype) for ids in encoded])
             out.write(chunk.tobytes())
             num_tokens += chunk.size
             num_documents += len(good)
@@ -188,7 +187,9 @@ class DiskDataset(torch.utils.data.Dataset):
             )
         self.dtype = np.dtype(self.info.dtype)
         self.num_windows = (self.info.num_tokens - seq_len - 1) // self.stride + 1
-        self.order: np.ndarray | None = None  # None: windows in file order, without an index array
+        # The seed builds an index array here; file order needs none, so one exists only once
+        # shuffled (a compact int32 permutation unless there are 2**31 windows or more).
+        self.order: np.ndarray | None = None
         self._tokens: np.memmap | None = None
 
     def __len__(self) -> int:

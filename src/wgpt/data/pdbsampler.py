@@ -18,7 +18,7 @@ class PDBSampler(Sampler[list[int]]):
 
     With ``proportional_sampling=False`` it is a plain distributed batch sampler over the
     concatenation (batches may then mix datasets). Order depends only on ``seed`` and the
-    epoch set by ``set_epoch`` (Lightning calls it on a DataLoader's ``batch_sampler``).
+    epoch set by ``set_epoch`` (ModelLightningWrapper calls it at every epoch start).
     Remainders that would leave ranks with unequal counts are dropped each epoch.
     """
 

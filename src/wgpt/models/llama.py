@@ -84,7 +84,8 @@ def mlp_hidden_size(d_embed: int, multiple_of: int, ffn_dim_multiplier: float | 
 
 
 class Llama(nn.Module):
-    """Llama 3. Defaults are a GPT-2-small-sized Llama 3 (12 layers, 768 wide, 4 KV heads)."""
+    """Llama 3. Defaults are GPT-2 small's shape (12 layers, 768 wide, 1024 context) with 4 KV
+    heads and, as in Llama 3 8B, an untied output layer (153M parameters; 114M tied)."""
 
     def __init__(
         self,

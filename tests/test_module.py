@@ -1,0 +1,118 @@
+"""ModelLightningWrapper and the checkpoint callbacks inside real Lightning fits (tiny model, CPU)."""
+
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from wgpt.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
+from wgpt.data.datamodule import DatasetLightningWrapper
+from wgpt.data.diskdataset import DiskDataset, generate_bin
+from wgpt.data.pdbsampler import PDBSampler
+from wgpt.data.tokenizer import Tokenizer
+from wgpt.models import GPT
+from wgpt.module import ModelLightningWrapper
+
+SEQ_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy")
+    tok = Tokenizer()
+    docs = [{"text": f"Line {i}: now is the winter of our discontent, made glorious summer. " * 3} for i in range(40)]
+    for split in ("train", "validation", "test"):
+        generate_bin("toy", split, docs[: 40 if split == "train" else 7], tok, data_dir=path)
+    return path
+
+
+def tiny_module(**kwargs):
+    torch.manual_seed(0)
+    model = GPT(vocab_size=50304, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN)
+    return ModelLightningWrapper(model, learning_rate=1e-2, **kwargs)
+
+
+def datamodule(data_dir, batch_size=4):
+    return DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=batch_size, num_workers=0, data_dir=data_dir)
+
+
+def trainer(**kwargs):
+    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, use_distributed_sampler=False, enable_checkpointing=False)  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def test_validation_loss_is_the_token_weighted_mean_over_all_windows(data_dir):
+    module = tiny_module()
+    validation = DiskDataset("toy", "validation", SEQ_LEN, data_dir=data_dir)
+    assert len(validation) % 4 != 0  # an uneven last batch
+    (metrics,) = trainer().validate(module, DataLoader(validation, batch_size=4), verbose=False)
+    with torch.no_grad():
+        losses = [F.cross_entropy(module(x[None])[0], y, reduction="sum") for x, y in validation]
+    expected = torch.stack(losses).sum().item() / (len(validation) * SEQ_LEN)
+    assert metrics["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["val_ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+class ScriptedValidation(ModelLightningWrapper):
+    """Reports preset validation losses, to check what the callbacks keep."""
+
+    def __init__(self, val_losses):
+        super().__init__(GPT(vocab_size=64, d_embed=8, n_layers=1, n_heads=1, max_seq_len=SEQ_LEN), learning_rate=1e-3)
+        self.val_losses = list(val_losses)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        loss = torch.tensor(self.val_losses[0] * batch[1].numel())
+        self._val_sums[0] = torch.stack([loss, torch.tensor(float(batch[1].numel()))])
+
+    def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking:
+            self.val_losses.pop(0)
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return super().training_step((inputs % 64, targets % 64), batch_idx)
+
+
+def test_best_keeps_the_lowest_validation_and_recent_the_end(data_dir, tmp_path):
+    module = ScriptedValidation([3.0, 1.0, 2.0])
+    callbacks = [RecentCheckpoint(tmp_path, every_n_train_steps=2), BestCheckpoint(tmp_path, "start"), ValidateAtEnd()]
+    # Validations after steps 2, 4 and 5 (the end, between two scheduled ones).
+    trainer(max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks,
+            enable_checkpointing=True).fit(module, datamodule=datamodule(data_dir))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-start.ckpt", "recent.ckpt"]
+    best = torch.load(tmp_path / "best-start.ckpt", weights_only=True)
+    recent = torch.load(tmp_path / "recent.ckpt", weights_only=True)
+    assert best["global_step"] == 4 and best["best_metrics"]["val_loss"] == 1.0
+    assert recent["global_step"] == 5 and recent["best_metrics"] == {**best["best_metrics"]}
+    assert recent["best_metrics"]["val_ppl"] == pytest.approx(math.e)
+    assert recent["model_config"] == module.model.config
+
+
+def test_step_budget_spanning_epochs_stops_on_the_step_and_validates(data_dir):
+    module = tiny_module()
+    dm = datamodule(data_dir, batch_size=16)
+    fit = trainer(max_steps=40, max_epochs=-1, val_check_interval=100, check_val_every_n_epoch=None, callbacks=[ValidateAtEnd()])
+    fit.fit(module, datamodule=dm)
+    assert fit.num_training_batches < 40  # more than one epoch was needed
+    assert fit.global_step == 40 and fit.current_epoch >= 1
+    assert module.best["step"] == 40 and math.isfinite(module.best["val_loss"])
+
+
+def test_each_epoch_draws_a_new_order(data_dir):
+    seen: dict[int, list] = {}
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).append(batch[0][:, 0].tolist())
+
+    sampler = partial(PDBSampler, seed=3)
+    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=4, num_workers=0, data_dir=data_dir, sampler=sampler)
+    trainer(max_epochs=2, limit_val_batches=0, callbacks=[Record()]).fit(tiny_module(), datamodule=dm)
+    assert seen[0] != seen[1]
+    assert sorted(x for b in seen[0] for x in b) == sorted(x for b in seen[1] for x in b)  # same windows
