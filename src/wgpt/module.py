@@ -109,11 +109,12 @@ class ModelLightningWrapper(L.LightningModule):
         sums = self.trainer.strategy.reduce(torch.stack([*rows, train]), reduce_op="sum").tolist()
         (*per_set, (train_sum, train_count)) = sums
         val_loss = sum(s for s, _ in per_set) / max(sum(n for _, n in per_set), 1)
-        self.log("val_loss", val_loss, prog_bar=True)
-        self.log("val_ppl", perplexity(val_loss))
+        # Already equal on every rank; sync_dist only tells Lightning so (its mean changes nothing).
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val_ppl", perplexity(val_loss), sync_dist=True)
         if len(self.dataset_names) > 1:
             for name, (loss_sum, tokens) in zip(self.dataset_names, per_set):
-                self.log(f"val_loss/{name}", loss_sum / max(tokens, 1))
+                self.log(f"val_loss/{name}", loss_sum / max(tokens, 1), sync_dist=True)
         if self.trainer.sanity_checking:
             return
         self._train_loss_sum, self._train_loss_count = torch.zeros(()), 0
