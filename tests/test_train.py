@@ -38,7 +38,7 @@ def test_seed_trainer_defaults_compose():
     # The seed's BATCH_SIZE and LEARNING_RATE are the group defaults; model configs may tune them.
     from omegaconf import OmegaConf
 
-    assert OmegaConf.load(ROOT / "conf/data/shakespeare.yaml").batch_size == 64
+    assert OmegaConf.load(ROOT / "conf/data/common.yaml").batch_size == 64
     assert OmegaConf.load(ROOT / "conf/optim/adamw.yaml").lr == 5e-5
 
 

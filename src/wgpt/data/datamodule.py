@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Callable, Mapping
@@ -11,10 +10,10 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from wgpt.data.diskdataset import DiskDataset, bin_path, check_bin, generate_bin
+from wgpt.data.diskdataset import DiskDataset
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.data.splits import SPLITS, get_splits
-from wgpt.data.tokenizer import Tokenizer, tokenizer_fingerprint
+from wgpt.data.prepare import prepare_dataset, process_command, unprepared_reason
+from wgpt.data.splits import get_splits
 from wgpt.errors import WgptError
 
 log = logging.getLogger(__name__)
@@ -24,13 +23,17 @@ class DatasetLightningWrapper(L.LightningDataModule):
     """Serves one or several prepared datasets (``get_splits`` of each) to Lightning.
 
     Args:
-        datasets: ``{name: load}``. ``load()`` returns a ``datasets.DatasetDict`` with the
-            train/validation/test splits; ``prepare_data`` tokenizes it into bins on first use
-            (once per node). ``load=None`` marks a dataset that must already be prepared.
+        datasets: ``{name: load}``. ``load()`` returns the train/validation/test splits (see
+            ``wgpt.data.sources``) that ``prepare_data`` tokenizes into bins. ``load=None``
+            marks a dataset that must already be prepared.
         seq_len: tokens per training window.
         batch_size: windows per batch on each device.
         sampler: a partial ``PDBSampler`` (from config) completed here with the train splits,
             the batch size and this process's rank and world size.
+        auto_prepare: prepare missing or stale bins on first use (once per node); when false,
+            stop and print the ``process.py`` command that prepares them.
+        path: the corpus location of file-based sources (``data.path``), which they read
+            through interpolation; the datamodule itself does not use it.
 
     The seed's ``DatasetLightningWrapper(splits, ...)`` took ready-made splits; under Hydra it
     takes the dataset recipes and builds the splits in ``setup``, after ``prepare_data``. The
@@ -46,6 +49,8 @@ class DatasetLightningWrapper(L.LightningDataModule):
         stride_ratio: float = 0.5,
         data_dir: str | Path | None = None,
         sampler: Callable[..., PDBSampler] | None = None,
+        auto_prepare: bool = True,
+        path: str | None = None,
     ):
         super().__init__()
         if not datasets:
@@ -54,33 +59,17 @@ class DatasetLightningWrapper(L.LightningDataModule):
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.stride_ratio, self.data_dir = stride_ratio, data_dir
         self.sampler = sampler or PDBSampler
+        self.auto_prepare, self.path = auto_prepare, path
         self.splits: dict[str, dict[str, DiskDataset]] = {}
 
-    def is_prepared(self, name: str) -> bool:
-        """Every split has a finished, intact bin made by this tokenizer."""
-        try:
-            for split in SPLITS:
-                check_bin(bin_path(name, split, self.data_dir), tokenizer_fingerprint())
-        except WgptError:
-            return False
-        return True
-
     def prepare_data(self) -> None:
-        tokenizer = None
         for name, load in self.datasets.items():
-            if self.is_prepared(name):
+            reason = unprepared_reason(name, load, self.data_dir)
+            if reason is None:
                 continue
-            if load is None:
-                raise WgptError(
-                    f"dataset '{name}' is not prepared under {Path(bin_path(name, 'train', self.data_dir)).parent}: "
-                    "prepare it first"
-                )
-            log.info("Preparing dataset '%s' (first use) under %s", name, bin_path(name, "train", self.data_dir).parent)
-            tokenizer = tokenizer or Tokenizer()
-            splits = load()
-            for split in SPLITS:
-                info = generate_bin(name, split, splits[split], tokenizer, self.data_dir, source=_describe(load))
-                log.info("  %s/%s: %d documents, %d tokens", name, split, info.num_documents, info.num_tokens)
+            if not (self.auto_prepare and load is not None):
+                raise WgptError(f"dataset '{name}' is not ready ({reason}): prepare it with `{process_command()}`")
+            prepare_dataset(name, load, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
@@ -123,10 +112,3 @@ class DatasetLightningWrapper(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
-
-
-def _describe(load: Callable) -> str:
-    if isinstance(load, functools.partial):
-        args = ", ".join(f"{k}={v!r}" for k, v in load.keywords.items())
-        return f"{load.func.__module__}.{load.func.__qualname__}({args})"
-    return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"

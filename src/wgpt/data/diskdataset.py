@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -53,6 +55,8 @@ class BinInfo:
     tokenizer: str
     vocab_size: int
     source: str = ""
+    max_docs: int | None = None  # set when the split was cut short on purpose
+    max_tokens: int | None = None
 
     @staticmethod
     def sidecar(path: Path) -> Path:
@@ -78,19 +82,22 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def generate_bin(
     dataset_name: str,
     split: str,
-    data: Iterable[dict[str, Any]],
+    data: Iterable,
     tokenizer: Tokenizer,
     data_dir: str | Path | None = None,
-    text_field: str = "text",
-    batch_size: int = 1024,
+    batch_size: int = 512,
     source: str = "",
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
 ) -> BinInfo:
-    """Tokenize ``data`` (a Hugging Face dataset, streaming or not) into ``<split>.bin``.
+    """Tokenize ``data`` (a Hugging Face dataset with a ``text`` column, streaming or not, or any
+    iterable of ``{"text": ...}`` records) into ``<data_dir>/<dataset_name>/tokenized/<split>.bin``.
 
-    Documents are tokenized a batch at a time on all cores and appended to a temporary file,
-    each followed by ``<|end_of_text|>``; memory stays bounded by one batch. The bin is renamed
-    into place only once complete, and its sidecar after it, so an interrupted run leaves
-    nothing that looks finished. Empty or non-text records are skipped and counted.
+    Batches of documents are tokenized on all cores while the next batch is read, each document
+    followed by ``<|end_of_text|>``, and appended to a temporary file: memory holds a few
+    batches, whatever the corpus size. The bin is renamed into place only once complete, then
+    its sidecar, so an interrupted run leaves nothing that looks finished. Empty or non-text
+    records are skipped and counted. ``max_docs``/``max_tokens`` cut the split short.
     """
     path = bin_path(dataset_name, split, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,18 +105,39 @@ def generate_bin(
     threads = os.cpu_count() or 1
     num_tokens = num_documents = skipped = 0
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        for batch in _batches(data, batch_size):
-            texts = [doc.get(text_field) if isinstance(doc, dict) else None for doc in batch]
+
+    def encode(texts: list[str]) -> np.ndarray:  # runs in a worker thread; tiktoken releases the GIL
+        return np.concatenate([part for text in texts for part in (tokenizer.encode_to_numpy(text), tokenizer.eos)])
+
+    with open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()  # (future token array, documents in it), in corpus order
+        submitted = 0
+
+        def write_oldest() -> None:
+            nonlocal num_tokens, num_documents
+            future, docs = pending.popleft()
+            chunk = future.result().astype(dtype, copy=False)
+            if max_tokens is not None:
+                chunk = chunk[: max(0, max_tokens - num_tokens)]
+            if chunk.size:
+                out.write(chunk.tobytes())
+                num_tokens += chunk.size
+                num_documents += docs
+
+        for texts in _text_batches(data, batch_size):
             good = [t for t in texts if isinstance(t, str) and t.strip()]
             skipped += len(texts) - len(good)
-            if not good:
-                continue
-            encoded = tokenizer.encode(good, eos=True, num_threads=threads)
-            chunk = np.concatenate([np.asarray(ids, dtype=dtype) for ids in encoded])
-            out.write(chunk.tobytes())
-            num_tokens += chunk.size
-            num_documents += len(good)
+            if max_docs is not None:
+                good = good[: max_docs - submitted]
+            if good:
+                pending.append((pool.submit(encode, good), len(good)))
+                submitted += len(good)
+            while len(pending) > 2 * threads or (pending and pending[0][0].done()):
+                write_oldest()
+            if (max_docs is not None and submitted >= max_docs) or (max_tokens is not None and num_tokens >= max_tokens):
+                break
+        while pending:
+            write_oldest()
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
@@ -123,20 +151,27 @@ def generate_bin(
         tokenizer=tokenizer.fingerprint,
         vocab_size=len(tokenizer),
         source=source,
+        max_docs=max_docs,
+        max_tokens=max_tokens,
     )
     info.write(path)
     return info
 
 
-def _batches(data: Iterable[dict[str, Any]], batch_size: int) -> Iterable[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for doc in data:
-        batch.append(doc)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _text_batches(data: Iterable, batch_size: int) -> Iterator[list]:
+    """Lists of ``text`` values: column batches from a Hugging Face dataset, else grouped records."""
+    if hasattr(data, "iter") and hasattr(data, "column_names"):
+        for batch in data.iter(batch_size=batch_size):
+            yield batch["text"]
+        return
+    texts: list = []
+    for record in data:
+        texts.append(record.get("text") if isinstance(record, dict) else None)
+        if len(texts) == batch_size:
+            yield texts
+            texts = []
+    if texts:
+        yield texts
 
 
 def check_bin(path: Path, tokenizer: str) -> BinInfo:

@@ -12,6 +12,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Sequence
 
+import numpy as np
 import tiktoken
 
 RANKS_FILE = "r50k_base.tiktoken"
@@ -59,6 +60,7 @@ class Tokenizer:
         self.bos_token_id = specials["<|begin_of_text|>"]
         self.pad_token_id = specials["<|pad|>"]
         self.fingerprint = tokenizer_fingerprint()
+        self.eos = np.array([self.eos_token_id], dtype=np.uint32)
 
     def __len__(self) -> int:
         """Vocabulary size, special tokens included."""
@@ -70,6 +72,10 @@ class Tokenizer:
             return self._wrap(self.model.encode_ordinary(text), eos, bos)
         batch = self.model.encode_ordinary_batch(list(text), num_threads=num_threads)
         return [self._wrap(ids, eos, bos) for ids in batch]
+
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        """``encode(text)`` as a uint32 array, made without a Python int per token (for bulk work)."""
+        return self.model.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
     def _wrap(self, ids: list[int], eos: bool, bos: bool) -> list[int]:
         if bos:

@@ -1,0 +1,22 @@
+"""Prepare a dataset's token bins: `python process.py data=tinystories [max_tokens=1000000]`."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf/paths: root_dir
+
+from wgpt.data.prepare import process  # noqa: E402
+from wgpt.errors import one_line_errors  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="process")
+def main(cfg: DictConfig) -> None:
+    with one_line_errors():
+        process(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Preparing datasets: token bins for every split, made once, by process.py or on first use."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from wgpt.data.diskdataset import BinInfo, bin_path, check_bin, generate_bin
+from wgpt.data.tokenizer import Tokenizer, tokenizer_fingerprint
+from wgpt.errors import WgptError
+
+log = logging.getLogger("wgpt")
+SPLITS = ("train", "validation", "test")
+
+
+def unprepared_reason(name: str, load: Callable | None, data_dir: str | Path | None = None) -> str | None:
+    """Why ``name``'s bins cannot be used as they are (None when every split is finished, intact,
+    made by this tokenizer and, when ``load`` is given, from that same source)."""
+    for split in SPLITS:
+        path = bin_path(name, split, data_dir)
+        if BinInfo.read(path) is None:
+            return f"no finished bin at {path}"
+        try:
+            info = check_bin(path, tokenizer_fingerprint())
+        except WgptError as e:
+            return str(e)
+        if load is not None and info.source != describe(load):
+            return f"{path} was made from {info.source}, not from {describe(load)}"
+    return None
+
+
+def prepare_dataset(
+    name: str,
+    load: Callable[[], dict],
+    data_dir: str | Path | None = None,
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
+) -> dict[str, BinInfo]:
+    """Tokenize every split that ``load()`` returns into ``<data_dir>/<name>/tokenized/``."""
+    log.info("Preparing dataset '%s' under %s", name, bin_path(name, "train", data_dir).parent)
+    tokenizer, splits, infos = Tokenizer(), load(), {}
+    for split in SPLITS:
+        infos[split] = info = generate_bin(
+            name, split, splits[split], tokenizer, data_dir, source=describe(load), max_docs=max_docs, max_tokens=max_tokens
+        )
+        log.info("  %s/%s: %d documents, %d tokens (%d records skipped)",
+                 name, split, info.num_documents, info.num_tokens, info.skipped_documents)  # fmt: skip
+    return infos
+
+
+def process_command() -> str:
+    """The command that prepares this run's data: process.py with its data choice and data.* overrides."""
+    if not HydraConfig.initialized():
+        return "python process.py data=<your data config>"
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if o.startswith("data.") or o.startswith("paths.")]
+    return " ".join(["python process.py", f"data={hydra_cfg.runtime.choices.get('data')}", *overrides])
+
+
+def describe(load: Callable) -> str:
+    """A readable record of where a split came from, kept in each bin's sidecar."""
+    if isinstance(load, functools.partial):
+        plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
+        args = ", ".join(f"{k}={plain(v)!r}" for k, v in load.keywords.items())
+        return f"{load.func.__module__}.{load.func.__qualname__}({args})"
+    return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"
+
+
+def process(cfg: DictConfig) -> None:
+    """process.py: prepare every dataset of ``cfg.data`` that is not prepared yet (all with ``force``)."""
+    datasets = instantiate(cfg.data.datasets, _convert_="partial")
+    for name, load in datasets.items():
+        if unprepared_reason(name, load, cfg.paths.data_dir) is None and not cfg.force:
+            log.info("Dataset '%s' is already prepared under %s (force=true prepares it again)",
+                     name, bin_path(name, "train", cfg.paths.data_dir).parent)  # fmt: skip
+            continue
+        prepare_dataset(name, load, cfg.paths.data_dir, cfg.max_docs, cfg.max_tokens)
