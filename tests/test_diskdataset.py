@@ -90,13 +90,21 @@ def test_seeded_shuffle_is_a_reproducible_permutation(toy):
 def test_pickles_without_the_memmap_for_worker_processes(toy):
     data_dir, expected = toy
     ds = DiskDataset("toy", "train", 8, data_dir=data_dir)
-    ds[0]  # opens the memmap
+    ds[0]  # opens the file
+    assert ds._fd is not None
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._tokens is None
+    assert clone._fd is None
     loader = DataLoader(ds, batch_size=4, num_workers=2)
     xs = torch.cat([x for x, _ in loader])
     assert xs.shape == (len(ds), 8)
     np.testing.assert_array_equal(xs[3].numpy(), expected[12:20])
+
+
+def test_whole_bin_view_is_a_memmap(toy):
+    data_dir, expected = toy
+    tokens = DiskDataset("toy", "train", 8, data_dir=data_dir).tokens
+    assert isinstance(tokens, np.memmap)
+    np.testing.assert_array_equal(tokens, expected)
 
 
 def test_get_splits_returns_all_three(toy):

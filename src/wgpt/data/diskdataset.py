@@ -193,11 +193,15 @@ def check_bin(path: Path, tokenizer: str) -> BinInfo:
 
 
 class DiskDataset(torch.utils.data.Dataset):
-    """Sliding windows of ``seq_len + 1`` tokens over a memory-mapped bin.
+    """Sliding windows of ``seq_len + 1`` tokens over a bin on disk.
 
     Item ``i`` is ``(input, target)``: the window starting at token ``order[i] * stride``,
     with ``stride = seq_len * stride_ratio``; a last window shorter than that is dropped.
-    Opening is O(1) in the bin's size; each DataLoader worker maps the file itself.
+    Opening is O(1) in the bin's size and nothing of it is loaded: each window is one
+    positioned read (``os.pread``), and each DataLoader worker opens the file itself.
+    ``tokens`` maps the whole bin with ``np.memmap`` for inspection; training does not use it,
+    because a mapping keeps every page it ever touched resident in the process, so random
+    windows over a large bin would grow its memory towards the bin's size.
     """
 
     def __init__(
@@ -225,7 +229,8 @@ class DiskDataset(torch.utils.data.Dataset):
         # The seed builds an index array here; file order needs none, so one exists only once
         # shuffled (a compact int32 permutation unless there are 2**31 windows or more).
         self.order: np.ndarray | None = None
-        self._tokens: np.memmap | None = None
+        self._window_bytes = (seq_len + 1) * self.dtype.itemsize
+        self._fd: int | None = None
 
     def __len__(self) -> int:
         return self.num_windows
@@ -237,17 +242,22 @@ class DiskDataset(torch.utils.data.Dataset):
 
     @property
     def tokens(self) -> np.memmap:
-        if self._tokens is None:  # opened lazily so that every worker process maps its own
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.info.num_tokens,))
-        return self._tokens
+        """The whole bin, memory-mapped read-only."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.info.num_tokens,))
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_fd": None}  # a worker process opens its own descriptor
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -self.num_windows <= idx < self.num_windows:
             raise IndexError(f"window {idx} out of range for {self.num_windows} windows")
         window = int(self.order[idx] if self.order is not None else idx % self.num_windows)
-        start = window * self.stride
-        chunk = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        raw = os.pread(self._fd, self._window_bytes, window * self.stride * self.dtype.itemsize)
+        chunk = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).astype(np.int64))
         return chunk[:-1], chunk[1:]
