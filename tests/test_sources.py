@@ -142,3 +142,18 @@ def test_local_errors_name_the_bad_value(tmp_path):
     (tmp_path / "j" / "a.jsonl").write_text('{"content": "x"}\n{"content": "y"}\n{"content": "z"}\n')
     with pytest.raises(WgptError, match="has no field 'text'.*content"):
         local(str(tmp_path / "j"), streaming=False)
+
+
+def test_a_split_without_text_is_an_error_not_an_empty_bin(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    for i in range(4):
+        (tmp_path / "corpus" / f"{i}.txt").write_text("" if i else "only the validation file has text")
+    from functools import partial
+
+    from wgpt.data.sources import local
+
+    load = partial(local, str(tmp_path / "corpus"), streaming=False)
+    with pytest.raises(WgptError, match=r"the train split of 'mine' holds no text \(2 records were empty"):
+        prepare_dataset("mine", load, tmp_path / "bins")
+    assert not bin_path("mine", "train", tmp_path / "bins").exists()
+    assert unprepared_reason("mine", load, tmp_path / "bins") is not None

@@ -51,6 +51,14 @@ def prepare_dataset(
         )
         log.info("  %s/%s: %d documents, %d tokens (%d records skipped)",
                  name, split, info.num_documents, info.num_tokens, info.skipped_documents)  # fmt: skip
+        if info.num_tokens == 0:
+            path = bin_path(name, split, data_dir)
+            BinInfo.sidecar(path).unlink()  # an empty split is not a prepared one
+            path.unlink()
+            raise WgptError(
+                f"the {split} split of '{name}' holds no text ({info.skipped_documents} records were empty or not "
+                f"text, from {describe(load)}): check the data path and text field"
+            )
     return infos
 
 
