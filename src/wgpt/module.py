@@ -70,12 +70,6 @@ class ModelLightningWrapper(L.LightningModule):
         self._train_loss_count += 1
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # Lightning calls set_epoch on a DataLoader's sampler but not on its batch sampler.
-        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(self.current_epoch)
-
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.global_step
         if step % self.trainer.log_every_n_steps or step == self._last_line[0] or not self.trainer.is_global_zero:

@@ -34,6 +34,8 @@ class DatasetLightningWrapper(L.LightningDataModule):
             stop and print the ``process.py`` command that prepares them.
         path: the corpus location of file-based sources (``data.path``), which they read
             through interpolation; the datamodule itself does not use it.
+        weights: ``{name: weight}`` mixture weights for the training batches; None draws
+            each dataset in proportion to its size.
 
     The seed's ``DatasetLightningWrapper(splits, ...)`` took ready-made splits; under Hydra it
     takes the dataset recipes and builds the splits in ``setup``, after ``prepare_data``. The
@@ -51,6 +53,7 @@ class DatasetLightningWrapper(L.LightningDataModule):
         sampler: Callable[..., PDBSampler] | None = None,
         auto_prepare: bool = True,
         path: str | None = None,
+        weights: Mapping[str, float] | None = None,
     ):
         super().__init__()
         if not datasets:
@@ -60,6 +63,9 @@ class DatasetLightningWrapper(L.LightningDataModule):
         self.stride_ratio, self.data_dir = stride_ratio, data_dir
         self.sampler = sampler or PDBSampler
         self.auto_prepare, self.path = auto_prepare, path
+        if weights is not None and set(weights) != set(self.datasets):
+            raise WgptError(f"data.weights names {sorted(weights)}, but the datasets are {sorted(self.datasets)}")
+        self.weights = [weights[name] for name in self.datasets] if weights is not None else None
         self.splits: dict[str, dict[str, DiskDataset]] = {}
 
     def prepare_data(self) -> None:
@@ -94,8 +100,22 @@ class DatasetLightningWrapper(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train = [splits["train"] for splits in self.splits.values()]
         world_size, rank = self._world
-        sampler = self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank)
-        return self._loader(ConcatDataset(train), batch_sampler=sampler)
+        extra = {"weights": self.weights} if self.weights is not None else {}
+        sampler = self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank, **extra)
+        return ResumableDataLoader(
+            ConcatDataset(train),
+            batch_sampler=sampler,
+            epoch=lambda: self.trainer.current_epoch if self.trainer is not None else sampler.epoch,
+            steps_done=self._steps_done,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _steps_done(self) -> int:
+        """Training batches of the current epoch already taken by the loop (not merely prefetched)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         world_size, rank = self._world
@@ -112,3 +132,36 @@ class DatasetLightningWrapper(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that keeps its batch sampler in step with the trainer and in its checkpoints.
+
+    Each new iterator (one per epoch) first sets the sampler's epoch to the trainer's:
+    Lightning calls ``set_epoch`` on a DataLoader's sampler but never on its batch sampler.
+    Lightning saves ``state_dict()`` of a train loader that has one and passes it back to
+    ``load_state_dict`` on resume; a sampler inside a plain DataLoader is never asked. The
+    position is the count of batches the training loop has processed, not the count drawn
+    from the sampler, which runs ahead by the workers' and Lightning's prefetching.
+    """
+
+    def __init__(self, *args, epoch: Callable[[], int], steps_done: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch, self._steps_done = epoch, steps_done
+        self._restored = False
+
+    def __iter__(self):
+        # The first iterator after a restore continues from the saved position. (Lightning
+        # creates it before its own epoch counter has caught up with a checkpoint saved on an
+        # epoch's last batch, so the trainer's epoch cannot be trusted at that moment.)
+        if not self._restored:
+            self.batch_sampler.set_epoch(self._epoch())
+        self._restored = False
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        return self.batch_sampler.state_dict(self._steps_done())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
+        self._restored = True

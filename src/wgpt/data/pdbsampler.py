@@ -1,8 +1,9 @@
 """PDBSampler: the Proportional Distributed Batch Sampler.
 
-Yields batches of indices into ``ConcatDataset(datasets)``. Every batch comes from one
-dataset, each dataset contributing batches in proportion to its size, and every rank gets
-disjoint samples and the same number of batches (an unequal count would hang DDP).
+Yields batches of indices into ``ConcatDataset(datasets)``. Every batch comes from one dataset,
+chosen at random in proportion to the datasets' sizes (or to explicit mixture weights), and
+every rank gets disjoint samples and the same number of batches (an unequal count would hang
+DDP). The order is a pure function of (seed, epoch), so a run can resume at any step.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from torch.utils.data import Dataset, Sampler
 class PDBSampler(Sampler[list[int]]):
     """Batch sampler over several datasets for one rank of a ``world_size``-process run.
 
+    An epoch has, per rank, ``sum(len(d) // (batch_size * world_size))`` batches: each dataset's
+    samples shuffled and dealt round-robin to the ranks, remainders dropped so all ranks match.
+    Each step draws its dataset, the same one on every rank, so that every dataset is used up
+    exactly at the epoch's end (proportional to size). With ``weights``, each step draws its
+    dataset with those probabilities instead, cycling a dataset reshuffled when it runs out.
     With ``proportional_sampling=False`` it is a plain distributed batch sampler over the
-    concatenation (batches may then mix datasets). Order depends only on ``seed`` and the
-    epoch set by ``set_epoch`` (ModelLightningWrapper calls it at every epoch start).
-    Remainders that would leave ranks with unequal counts are dropped each epoch.
+    concatenation (batches may then mix datasets).
+
+    ``set_epoch`` picks the epoch; ``state_dict``/``load_state_dict`` carry (seed, epoch, steps
+    done), the same on every rank, so a resumed run draws the batches an uninterrupted one would.
     """
 
     def __init__(
@@ -31,51 +38,83 @@ class PDBSampler(Sampler[list[int]]):
         shuffle: bool = True,
         proportional_sampling: bool = True,
         seed: int = 0,
+        weights: Sequence[float] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.sizes = [len(d) for d in datasets]
-        self.offsets = np.cumsum([0, *self.sizes[:-1]])
+        self.offsets = np.cumsum([0, *self.sizes[:-1]]).tolist()
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.shuffle, self.proportional_sampling, self.seed = shuffle, proportional_sampling, seed
-        self.epoch = 0
-        step = batch_size * world_size  # samples one optimizer step consumes across all ranks
-        if proportional_sampling:
-            self.batches_per_dataset = [size // step for size in self.sizes]
+        self.step = batch_size * world_size  # samples one step consumes across all ranks
+        if weights is not None:
+            if len(weights) != len(self.sizes) or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(f"weights {list(weights)} must be one non-negative number per dataset, not all 0")
+            self.weights = np.asarray(weights, dtype=np.float64) / sum(weights)
         else:
-            self.batches_per_dataset = [sum(self.sizes) // step]
-        if sum(self.batches_per_dataset) == 0:
+            self.weights = None
+        counts = [size // self.step for size in self.sizes] if proportional_sampling else [sum(self.sizes) // self.step]
+        self.batches_per_dataset = counts
+        if sum(counts) == 0 or (self.weights is not None and any(c == 0 for c, w in zip(counts, self.weights) if w > 0)):
             raise ValueError(
-                f"datasets of sizes {self.sizes} hold no full batch of {batch_size} x {world_size} ranks: "
+                f"datasets of {self.sizes} windows hold too few for batches of {batch_size} on {world_size} rank(s): "
                 "lower data.batch_size or add data"
             )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = 0
+        self.resume_step = 0  # steps of `epoch` already done: the next iterator skips them
 
     def __len__(self) -> int:
         return sum(self.batches_per_dataset)
 
-    def _rank_batches(self, indices: np.ndarray, num_batches: int) -> np.ndarray:
-        """This rank's ``(num_batches, batch_size)`` share: rank r takes every world_size-th sample."""
-        used = indices[: num_batches * self.batch_size * self.world_size]
-        return used[self.rank :: self.world_size].reshape(num_batches, self.batch_size)
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.resume_step = epoch, 0
+
+    def state_dict(self, steps: int) -> dict[str, int]:
+        """The position after ``steps`` batches of the current epoch (rank-agnostic)."""
+        return {"seed": self.seed, "epoch": self.epoch, "steps": steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.resume_step = state["seed"], state["epoch"], state["steps"]
+        if self.resume_step >= len(self):  # saved on an epoch's last batch: resume at the next epoch
+            self.epoch, self.resume_step = self.epoch + 1, 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = (lambda n: rng.permutation(n)) if self.shuffle else np.arange
+        start, self.resume_step = self.resume_step, 0
+        batches = self._epoch_batches()
+        for _ in range(start):
+            next(batches)
+        yield from batches
+
+    def _rng(self, *stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, *stream])
+
+    def _order(self, n: int, *stream: int) -> np.ndarray:
+        return self._rng(*stream).permutation(n) if self.shuffle else np.arange(n)
+
+    def _rank_batches(self, indices: np.ndarray) -> np.ndarray:
+        """This rank's share of ``indices``, as full batches: rank r takes every world_size-th."""
+        used = indices[: len(indices) // self.step * self.step]
+        return used[self.rank :: self.world_size].reshape(-1, self.batch_size)
+
+    def _epoch_batches(self) -> Iterator[list[int]]:
         if not self.proportional_sampling:
-            yield from self._rank_batches(order(sum(self.sizes)), len(self)).tolist()
+            yield from self._rank_batches(self._order(sum(self.sizes), 0)).tolist()
             return
-        per_dataset = [
-            self._rank_batches(order(size) + offset, count)
-            for size, offset, count in zip(self.sizes, self.offsets, self.batches_per_dataset)
-        ]
-        # Which dataset each step draws from: the same sequence on every rank (same seed).
-        sources = np.repeat(np.arange(len(self.sizes)), self.batches_per_dataset)
-        if self.shuffle:
-            rng.shuffle(sources)
-        cursor = [0] * len(self.sizes)
+        # The dataset of each step: the same sequence on every rank (it depends on seed and epoch only).
+        if self.weights is None:
+            sources = np.repeat(np.arange(len(self.sizes)), self.batches_per_dataset)
+            if self.shuffle:
+                self._rng(len(self.sizes)).shuffle(sources)
+        else:
+            sources = self._rng(len(self.sizes)).choice(len(self.sizes), size=len(self), p=self.weights)
+        streams = [self._dataset_batches(d) for d in range(len(self.sizes))]
         for source in sources.tolist():
-            yield per_dataset[source][cursor[source]].tolist()
-            cursor[source] += 1
+            yield next(streams[source])
+
+    def _dataset_batches(self, d: int) -> Iterator[list[int]]:
+        """Dataset ``d``'s batches for this rank, reshuffled each time they run out (weights only)."""
+        cycle = 0
+        while True:
+            yield from (self._rank_batches(self._order(self.sizes[d], d, cycle)) + self.offsets[d]).tolist()
+            cycle += 1

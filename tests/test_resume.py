@@ -1,0 +1,62 @@
+"""Exact mid-epoch resume of the data order through Lightning checkpoints (in-process fits)."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from record_batches import RecordBatches
+from test_module import SEQ_LEN, data_dir, tiny_module  # noqa: F401  (data_dir is a fixture)
+from lightning.pytorch.callbacks import ModelCheckpoint
+from wgpt.data.datamodule import DatasetLightningWrapper
+from wgpt.data.diskdataset import DiskDataset
+
+
+class StopAt(L.Callback):
+    """Ends training after `step` steps, as an interruption would: the run's budget stays the same."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None):
+    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=8, num_workers=2, data_dir=data_dir)
+    callbacks = [RecordBatches(out / "batches")]
+    if ckpt_every:  # keeps every step-k checkpoint, as saved during training
+        callbacks.append(ModelCheckpoint(out / "ckpt", "step-{step}", every_n_train_steps=ckpt_every, save_top_k=-1))
+    if stop_at:
+        callbacks.append(StopAt(stop_at))
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=max_steps, max_epochs=-1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        callbacks=callbacks, enable_checkpointing=bool(ckpt_every),
+    )  # fmt: skip
+    trainer.fit(tiny_module(), datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def batches(out):
+    return [json.loads(line) for line in open(out / "batches" / "rank0.jsonl")]
+
+
+@pytest.mark.parametrize("stop_at", ["mid-epoch", "epoch boundary"])
+def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(data_dir, tmp_path, stop_at):  # noqa: F811
+    per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=data_dir)) // 8  # batches of 8, one rank
+    k = per_epoch // 2 if stop_at == "mid-epoch" else per_epoch
+    n = per_epoch + k + 3  # ends inside a later epoch either way
+
+    fit(data_dir, tmp_path / "full", n)
+    fit(data_dir, tmp_path / "first", n, ckpt_every=k, stop_at=k)
+    state = torch.load(tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt", weights_only=True)["loops"]["fit_loop"]
+    assert state["state_dict"]["combined_loader"] == [{"seed": 0, "epoch": 0, "steps": k}]
+    fit(data_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt")
+
+    full, first, resumed = batches(tmp_path / "full"), batches(tmp_path / "first"), batches(tmp_path / "resumed")
+    assert [b["step"] for b in resumed] == list(range(k, n))
+    assert first + resumed == full
+    assert resumed[0]["epoch"] == (0 if stop_at == "mid-epoch" else 1) and resumed[-1]["epoch"] >= 1
