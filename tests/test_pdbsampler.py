@@ -79,3 +79,65 @@ def test_plain_distributed_sampling_shards_disjointly(world_size):
     assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == 41 // (3 * world_size)
     seen = [i for batches in per_rank for batch in batches for i in batch]
     assert len(seen) == len(set(seen))
+
+
+def chi_square(observed, expected):
+    return sum((o - e) ** 2 / e for o, e in zip(observed, expected))
+
+
+def test_proportions_follow_sizes_over_many_batches():
+    sizes = [4000, 2000, 1000]
+    owner = lambda i: sum(i >= start for start in (4000, 6000))  # noqa: E731
+    counts = [0, 0, 0]
+    for epoch in range(20):
+        for batch in rank_batches(sizes, 2, batch_size=8, epoch=epoch)[0]:
+            counts[owner(batch[0])] += 1
+    total = sum(counts)
+    assert chi_square(counts, [total * s / sum(sizes) for s in sizes]) < 13.8  # chi2(df=2), p = 0.001
+    # ...and the order of datasets is random, not blocks of one dataset after another.
+    first_epoch = [owner(b[0]) for b in rank_batches(sizes, 2, batch_size=8)[0]]
+    assert first_epoch != sorted(first_epoch)
+
+
+def test_mixture_weights_override_sizes():
+    sizes, weights = [4000, 400], [0.3, 0.7]
+    batches = rank_batches(sizes, 2, batch_size=8, weights=weights)[0]
+    counts = [sum(b[0] < 4000 for b in batches), sum(b[0] >= 4000 for b in batches)]
+    assert chi_square(counts, [len(batches) * w for w in weights]) < 10.8  # chi2(df=1), p = 0.001
+    assert all(len({i < 4000 for i in b}) == 1 for b in batches)
+    # The small dataset is reshuffled and cycled when it runs out: within one pass no repeats.
+    small = [b for b in batches if b[0] >= 4000]
+    per_pass = 400 // 16
+    first_pass = [i for b in small[:per_pass] for i in b]
+    assert len(first_pass) == len(set(first_pass))
+
+
+def test_weights_must_match_the_datasets():
+    with pytest.raises(ValueError, match="one non-negative number per dataset"):
+        PDBSampler([Sized(10), Sized(10)], 2, 1, 0, weights=[1.0])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("steps", [0, 5, 17])
+def test_state_resumes_exactly_where_it_stopped(world_size, steps):
+    sizes = [101, 57]
+    for rank in range(world_size):
+        full = PDBSampler([Sized(n) for n in sizes], 4, world_size, rank, seed=9)
+        full.set_epoch(2)
+        batches = list(full)
+        if steps >= len(batches):
+            continue
+        state = full.state_dict(steps)
+        assert state == {"seed": 9, "epoch": 2, "steps": steps}  # the same on every rank
+        resumed = PDBSampler([Sized(n) for n in sizes], 4, world_size, rank, seed=0)
+        resumed.load_state_dict(state)
+        assert list(resumed) == batches[steps:]
+        assert list(resumed) == batches  # later iterators run whole epochs again
+
+
+def test_state_saved_on_the_last_batch_resumes_at_the_next_epoch():
+    sampler = PDBSampler([Sized(40)], 4, 1, 0)
+    sampler.load_state_dict({"seed": 0, "epoch": 3, "steps": len(sampler)})
+    nxt = PDBSampler([Sized(40)], 4, 1, 0)
+    nxt.set_epoch(4)
+    assert sampler.epoch == 4 and list(sampler) == list(nxt)
