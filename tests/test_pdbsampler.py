@@ -88,15 +88,17 @@ def chi_square(observed, expected):
 def test_proportions_follow_sizes_over_many_batches():
     sizes = [4000, 2000, 1000]
     owner = lambda i: sum(i >= start for start in (4000, 6000))  # noqa: E731
-    counts = [0, 0, 0]
-    for epoch in range(20):
-        for batch in rank_batches(sizes, 2, batch_size=8, epoch=epoch)[0]:
-            counts[owner(batch[0])] += 1
-    total = sum(counts)
-    assert chi_square(counts, [total * s / sum(sizes) for s in sizes]) < 13.8  # chi2(df=2), p = 0.001
-    # ...and the order of datasets is random, not blocks of one dataset after another.
-    first_epoch = [owner(b[0]) for b in rank_batches(sizes, 2, batch_size=8)[0]]
-    assert first_epoch != sorted(first_epoch)
+    # The dataset a given step draws, over many epochs, follows the sizes: a random draw, not
+    # a fixed pattern (every epoch holds exactly size // (batch * ranks) batches of each).
+    at_step = {0: [0, 0, 0], 50: [0, 0, 0]}
+    for epoch in range(300):
+        batches = rank_batches(sizes, 2, batch_size=8, epoch=epoch)[0]
+        for step, counts in at_step.items():
+            counts[owner(batches[step][0])] += 1
+    for counts in at_step.values():
+        assert chi_square(counts, [300 * s / sum(sizes) for s in sizes]) < 13.8  # chi2(df=2), p = 0.001
+    per_epoch = [sum(owner(b[0]) == d for b in rank_batches(sizes, 2, batch_size=8)[0]) for d in range(3)]
+    assert per_epoch == [s // 16 for s in sizes]
 
 
 def test_mixture_weights_override_sizes():
@@ -115,6 +117,14 @@ def test_mixture_weights_override_sizes():
 def test_weights_must_match_the_datasets():
     with pytest.raises(ValueError, match="one non-negative number per dataset"):
         PDBSampler([Sized(10), Sized(10)], 2, 1, 0, weights=[1.0])
+    with pytest.raises(ValueError, match="need proportional_sampling=True"):
+        PDBSampler([Sized(10), Sized(10)], 2, 1, 0, weights=[1.0, 1.0], proportional_sampling=False)
+
+
+def test_a_position_saved_for_other_devices_is_refused():
+    state = PDBSampler([Sized(40)], 4, 2, 0).state_dict(3)
+    with pytest.raises(ValueError, match="batch_size=4 on 2 device.*not 4 on 1"):
+        PDBSampler([Sized(40)], 4, 1, 0).load_state_dict(state)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
@@ -128,7 +138,7 @@ def test_state_resumes_exactly_where_it_stopped(world_size, steps):
         if steps >= len(batches):
             continue
         state = full.state_dict(steps)
-        assert state == {"seed": 9, "epoch": 2, "steps": steps}  # the same on every rank
+        assert state == {"seed": 9, "epoch": 2, "steps": steps, "batch_size": 4, "world_size": world_size}  # no rank
         resumed = PDBSampler([Sized(n) for n in sizes], 4, world_size, rank, seed=0)
         resumed.load_state_dict(state)
         assert list(resumed) == batches[steps:]

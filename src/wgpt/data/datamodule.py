@@ -149,19 +149,23 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._epoch, self._steps_done = epoch, steps_done
         self._restored = False
+        self._epoch_offset = 0  # sampler epoch - trainer epoch, nonzero only after some restores
 
     def __iter__(self):
         # The first iterator after a restore continues from the saved position. (Lightning
         # creates it before its own epoch counter has caught up with a checkpoint saved on an
         # epoch's last batch, so the trainer's epoch cannot be trusted at that moment.)
         if not self._restored:
-            self.batch_sampler.set_epoch(self._epoch())
+            self.batch_sampler.set_epoch(self._epoch() + self._epoch_offset)
         self._restored = False
         return super().__iter__()
 
     def state_dict(self) -> dict:
-        return self.batch_sampler.state_dict(self._steps_done())
+        return {**self.batch_sampler.state_dict(self._steps_done()), "trainer_epoch": self._epoch()}
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.load_state_dict(state)
         self._restored = True
+        # A checkpoint written when training ended early counts, for Lightning, as a finished
+        # epoch: the resumed trainer is an epoch ahead of the data, which finishes its epoch first.
+        self._epoch_offset = min(0, self.batch_sampler.epoch - state.get("trainer_epoch", self.batch_sampler.epoch))

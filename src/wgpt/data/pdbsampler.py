@@ -47,6 +47,8 @@ class PDBSampler(Sampler[list[int]]):
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.shuffle, self.proportional_sampling, self.seed = shuffle, proportional_sampling, seed
         self.step = batch_size * world_size  # samples one step consumes across all ranks
+        if weights is not None and not proportional_sampling:
+            raise ValueError("weights mix datasets batch by batch: they need proportional_sampling=True")
         if weights is not None:
             if len(weights) != len(self.sizes) or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(f"weights {list(weights)} must be one non-negative number per dataset, not all 0")
@@ -71,10 +73,17 @@ class PDBSampler(Sampler[list[int]]):
             self.epoch, self.resume_step = epoch, 0
 
     def state_dict(self, steps: int) -> dict[str, int]:
-        """The position after ``steps`` batches of the current epoch (rank-agnostic)."""
-        return {"seed": self.seed, "epoch": self.epoch, "steps": steps}
+        """The position after ``steps`` batches of the current epoch (the same on every rank)."""
+        return {"seed": self.seed, "epoch": self.epoch, "steps": steps,
+                "batch_size": self.batch_size, "world_size": self.world_size}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = (state.get("batch_size", self.batch_size), state.get("world_size", self.world_size))
+        if saved != (self.batch_size, self.world_size):
+            raise ValueError(
+                f"the checkpoint's data position is for batch_size={saved[0]} on {saved[1]} device(s), not "
+                f"{self.batch_size} on {self.world_size}: resume with the same batch size and devices"
+            )
         self.seed, self.epoch, self.resume_step = state["seed"], state["epoch"], state["steps"]
         if self.resume_step >= len(self):  # saved on an epoch's last batch: resume at the next epoch
             self.epoch, self.resume_step = self.epoch + 1, 0
@@ -90,16 +99,22 @@ class PDBSampler(Sampler[list[int]]):
         return np.random.default_rng([self.seed, self.epoch, *stream])
 
     def _order(self, n: int, *stream: int) -> np.ndarray:
-        return self._rng(*stream).permutation(n) if self.shuffle else np.arange(n)
+        """0..n-1, shuffled: int32 while it fits (half the memory of int64 for big corpora)."""
+        indices = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        if self.shuffle:
+            self._rng(*stream).shuffle(indices)
+        return indices
 
-    def _rank_batches(self, indices: np.ndarray) -> np.ndarray:
-        """This rank's share of ``indices``, as full batches: rank r takes every world_size-th."""
+    def _rank_batches(self, indices: np.ndarray, offset: int = 0) -> Iterator[list[int]]:
+        """This rank's share of ``indices`` as full batches (rank r takes every world_size-th),
+        made into Python lists one batch at a time."""
         used = indices[: len(indices) // self.step * self.step]
-        return used[self.rank :: self.world_size].reshape(-1, self.batch_size)
+        for batch in used[self.rank :: self.world_size].reshape(-1, self.batch_size):
+            yield (batch.astype(np.int64) + offset).tolist()
 
     def _epoch_batches(self) -> Iterator[list[int]]:
         if not self.proportional_sampling:
-            yield from self._rank_batches(self._order(sum(self.sizes), 0)).tolist()
+            yield from self._rank_batches(self._order(sum(self.sizes), 0))
             return
         # The dataset of each step: the same sequence on every rank (it depends on seed and epoch only).
         if self.weights is None:
@@ -116,5 +131,5 @@ class PDBSampler(Sampler[list[int]]):
         """Dataset ``d``'s batches for this rank, reshuffled each time they run out (weights only)."""
         cycle = 0
         while True:
-            yield from (self._rank_batches(self._order(self.sizes[d], d, cycle)) + self.offsets[d]).tolist()
+            yield from self._rank_batches(self._order(self.sizes[d], d, cycle), self.offsets[d])
             cycle += 1
