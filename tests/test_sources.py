@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from conftest import ROOT
 from wgpt.data.diskdataset import BinInfo, bin_path
-from wgpt.data.prepare import prepare_dataset, unprepared_reason
+from wgpt.data.prepare import ensure_prepared, prepare_dataset, unprepared_reason
 from wgpt.data.tokenizer import Tokenizer
 from wgpt.errors import WgptError
 
@@ -102,6 +102,13 @@ def test_limits_cut_each_split_short(tmp_path, monkeypatch):
     infos = prepare_dataset("sp", load, tmp_path / "bins", max_tokens=100)
     assert all(info.num_tokens == 100 for info in infos.values())
     assert BinInfo.read(bin_path("sp", "test", tmp_path / "bins")).max_tokens == 100
+    lengths = np.cumsum([len(tok.encode(t, eos=True)) for t in expected["train"]])
+    assert infos["train"].num_documents == int(np.searchsorted(lengths, 100)) + 1  # whole ones and the cut one
+
+    # A slice is not the whole dataset: asking for all of it prepares it again; asking again does not.
+    assert ensure_prepared("sp", load, tmp_path / "bins") is True
+    assert BinInfo.read(bin_path("sp", "train", tmp_path / "bins")).num_documents == len(expected["train"])
+    assert ensure_prepared("sp", load, tmp_path / "bins") is False
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".parquet"])

@@ -123,3 +123,11 @@ def test_bad_input_ends_in_one_line(tmp_path, data_dir):
         "Error: data.seq_len=4096 exceeds model.max_seq_len=128: lower data.seq_len or raise model.max_seq_len"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_mix_names_two_datasets_and_takes_weights():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["data=mix", "data.weights={tinystories:0.2,fineweb-edu:0.8}"])
+    assert list(cfg.data.datasets) == ["tinystories", "fineweb-edu"]
+    assert dict(cfg.data.weights) == {"tinystories": 0.2, "fineweb-edu": 0.8}
+    assert cfg.data.sampler._target_ == "wgpt.data.PDBSampler" and cfg.data.batch_size == 8  # gpt2-tiny's

@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from wgpt.data.diskdataset import DiskDataset
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.data.prepare import prepare_dataset, process_command, unprepared_reason
+from wgpt.data.prepare import ensure_prepared, process_command, unprepared_reason
 from wgpt.data.splits import get_splits
 from wgpt.errors import WgptError
 
@@ -75,7 +75,7 @@ class DatasetLightningWrapper(L.LightningDataModule):
                 continue
             if not (self.auto_prepare and load is not None):
                 raise WgptError(f"dataset '{name}' is not ready ({reason}): prepare it with `{process_command()}`")
-            prepare_dataset(name, load, self.data_dir)
+            ensure_prepared(name, load, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:

@@ -67,7 +67,10 @@ class BinInfo:
         sidecar = cls.sidecar(path)
         if not (path.exists() and sidecar.exists()):
             return None
-        return cls(**json.loads(sidecar.read_text()))
+        try:
+            return cls(**json.loads(sidecar.read_text()))
+        except (ValueError, TypeError) as e:
+            raise WgptError(f"{sidecar} is damaged ({e}): delete {path.parent} and prepare again") from None
 
     def write(self, path: Path) -> None:
         _atomic_write_text(self.sidecar(path), json.dumps(asdict(self), indent=2) + "\n")
@@ -93,7 +96,7 @@ def generate_bin(
     """Tokenize ``data`` (a Hugging Face dataset with a ``text`` column, streaming or not, or any
     iterable of ``{"text": ...}`` records) into ``<data_dir>/<dataset_name>/tokenized/<split>.bin``.
 
-    Batches of documents are tokenized on all cores while the next batch is read, each document
+    Batches of documents are tokenized on all usable cores while the next batch is read, each document
     followed by ``<|end_of_text|>``, and appended to a temporary file: memory holds a few
     batches, whatever the corpus size. The bin is renamed into place only once complete, then
     its sidecar, so an interrupted run leaves nothing that looks finished. Empty or non-text
@@ -102,7 +105,7 @@ def generate_bin(
     path = bin_path(dataset_name, split, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(len(tokenizer))
-    threads = os.cpu_count() or 1
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     num_tokens = num_documents = skipped = 0
     tmp = path.with_name(path.name + ".tmp")
 
@@ -117,8 +120,10 @@ def generate_bin(
             nonlocal num_tokens, num_documents
             future, docs = pending.popleft()
             chunk = future.result().astype(dtype, copy=False)
-            if max_tokens is not None:
+            if max_tokens is not None and chunk.size > max_tokens - num_tokens:
                 chunk = chunk[: max(0, max_tokens - num_tokens)]
+                # Documents wholly or partly kept: those whose end-of-text made it, plus a cut one.
+                docs = int(np.count_nonzero(chunk == tokenizer.eos_token_id)) + int(chunk.size > 0 and chunk[-1] != tokenizer.eos_token_id)
             if chunk.size:
                 out.write(chunk.tobytes())
                 num_tokens += chunk.size
@@ -132,7 +137,7 @@ def generate_bin(
             if good:
                 pending.append((pool.submit(encode, good), len(good)))
                 submitted += len(good)
-            while len(pending) > 2 * threads or (pending and pending[0][0].done()):
+            while len(pending) > threads + 1 or (pending and pending[0][0].done()):
                 write_oldest()
             if (max_docs is not None and submitted >= max_docs) or (max_tokens is not None and num_tokens >= max_tokens):
                 break
@@ -140,6 +145,7 @@ def generate_bin(
             write_oldest()
         out.flush()
         os.fsync(out.fileno())
+    BinInfo.sidecar(path).unlink(missing_ok=True)  # the old sidecar must never describe the new bin
     os.replace(tmp, path)
     info = BinInfo(
         dataset=dataset_name,
@@ -259,5 +265,7 @@ class DiskDataset(torch.utils.data.Dataset):
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         raw = os.pread(self._fd, self._window_bytes, window * self.stride * self.dtype.itemsize)
+        if len(raw) != self._window_bytes:
+            raise WgptError(f"{self.path} is shorter than its sidecar says (changed on disk?): prepare it again")
         chunk = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).astype(np.int64))
         return chunk[:-1], chunk[1:]

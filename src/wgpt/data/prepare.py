@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 from pathlib import Path
@@ -67,7 +68,7 @@ def process_command() -> str:
     if not HydraConfig.initialized():
         return "python process.py data=<your data config>"
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if o.startswith("data.") or o.startswith("paths.")]
+    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith(("data.", "paths."))]
     return " ".join(["python process.py", f"data={hydra_cfg.runtime.choices.get('data')}", *overrides])
 
 
@@ -80,12 +81,31 @@ def describe(load: Callable) -> str:
     return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"
 
 
+def ensure_prepared(
+    name: str, load: Callable, data_dir: str | Path | None = None, max_docs: int | None = None,
+    max_tokens: int | None = None, force: bool = False,
+) -> bool:
+    """Prepare ``name`` unless finished bins from this source, with these limits, exist.
+
+    A lock file makes concurrent preparers (e.g. one per node on a shared file system) take
+    turns; whoever comes second finds the work done. Returns whether it prepared anything.
+    """
+    lock_path = bin_path(name, "train", data_dir).parent / ".prepare.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = BinInfo.read(bin_path(name, "train", data_dir))
+        same_limits = info is not None and (info.max_docs, info.max_tokens) == (max_docs, max_tokens)
+        if not force and same_limits and unprepared_reason(name, load, data_dir) is None:
+            return False
+        prepare_dataset(name, load, data_dir, max_docs, max_tokens)
+        return True
+
+
 def process(cfg: DictConfig) -> None:
     """process.py: prepare every dataset of ``cfg.data`` that is not prepared yet (all with ``force``)."""
     datasets = instantiate(cfg.data.datasets, _convert_="partial")
     for name, load in datasets.items():
-        if unprepared_reason(name, load, cfg.paths.data_dir) is None and not cfg.force:
+        if not ensure_prepared(name, load, cfg.paths.data_dir, cfg.max_docs, cfg.max_tokens, cfg.force):
             log.info("Dataset '%s' is already prepared under %s (force=true prepares it again)",
                      name, bin_path(name, "train", cfg.paths.data_dir).parent)  # fmt: skip
-            continue
-        prepare_dataset(name, load, cfg.paths.data_dir, cfg.max_docs, cfg.max_tokens)
