@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -15,8 +14,6 @@ from wgpt.data.pdbsampler import PDBSampler
 from wgpt.data.prepare import ensure_prepared, process_command, unprepared_reason
 from wgpt.data.splits import get_splits
 from wgpt.errors import WgptError
-
-log = logging.getLogger(__name__)
 
 
 class DatasetLightningWrapper(L.LightningDataModule):
@@ -88,8 +85,8 @@ class DatasetLightningWrapper(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, dataset, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, loader_class: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return loader_class(
             dataset,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
@@ -102,14 +99,12 @@ class DatasetLightningWrapper(L.LightningDataModule):
         world_size, rank = self._world
         extra = {"weights": self.weights} if self.weights is not None else {}
         sampler = self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank, **extra)
-        return ResumableDataLoader(
+        return self._loader(
             ConcatDataset(train),
+            ResumableDataLoader,
             batch_sampler=sampler,
             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else sampler.epoch,
             steps_done=self._steps_done,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
         )
 
     def _steps_done(self) -> int:

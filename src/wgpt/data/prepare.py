@@ -13,11 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.data.diskdataset import BinInfo, bin_path, check_bin, generate_bin
+from wgpt.data.splits import SPLITS
 from wgpt.data.tokenizer import Tokenizer, tokenizer_fingerprint
 from wgpt.errors import WgptError
 
 log = logging.getLogger("wgpt")
-SPLITS = ("train", "validation", "test")
 
 
 def unprepared_reason(name: str, load: Callable | None, data_dir: str | Path | None = None) -> str | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from wgpt.data.splits import SPLITS
 from wgpt.errors import WgptError
 
-SPLITS = ("train", "validation", "test")
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
