@@ -7,6 +7,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from wgpt.launch import register_resolvers  # noqa: E402
+
+register_resolvers()  # for tests that compose conf/ themselves, as train.py does
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:

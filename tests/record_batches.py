@@ -1,19 +1,25 @@
-"""A callback for tests: appends what each rank trains on to <path>/rank<r>.jsonl."""
+"""A callback for tests: appends what each rank trains on, and with which settings, to <path>/rank<r>.jsonl."""
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
 
 
 class RecordBatches(L.Callback):
-    def __init__(self, path: str):
+    def __init__(self, path: str, fail_on_rank_1_at_lr: float | None = None):
         self.path = Path(path)
+        self.fail_at_lr = fail_on_rank_1_at_lr  # makes rank 1 of the job with this learning rate crash
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.path.mkdir(parents=True, exist_ok=True)
+        lr = trainer.optimizers[0].param_groups[0]["max_lr"]  # OneCycleLR's peak: optim.lr
+        if trainer.global_rank == 1 and lr == self.fail_at_lr:
+            raise RuntimeError("rank 1 fails on purpose")
         # A window's first 8 tokens identify it: windows start at distinct offsets of real text.
         windows = [row[:8].tolist() for row in batch[0]]
-        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "windows": windows}
+        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "windows": windows,
+                  "lr": lr, "seed": os.environ.get("PL_GLOBAL_SEED"), "world_size": trainer.world_size}  # fmt: skip
         with open(self.path / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,11 +1,36 @@
-"""A real 2-process DDP run (CPU, gloo) through train.py over a two-dataset mixture."""
+"""Real 2-process DDP runs (CPU, gloo) through train.py: a mixture, a -m sweep, torchrun."""
 
 import csv
 import json
 import random
+import socket
+import time
 from collections import defaultdict
+from pathlib import Path
+
+import pytest
 
 from conftest import ROOT, run_cli
+
+# A model that takes seconds, two ranks on CPU, ranks recording what they train on.
+TINY = [
+    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
+    "trainer.accelerator=cpu", "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false", "+callbacks.record._target_=record_batches.RecordBatches",
+]  # fmt: skip
+RECORD_ENV = {"PYTHONPATH": str(ROOT / "tests")}
+
+
+def seen(path: Path) -> dict[int, list[dict]]:
+    """What each rank recorded: rank -> one record per batch."""
+    return {int(p.stem[4:]): [json.loads(line) for line in p.open()] for p in sorted(path.glob("rank*.jsonl"))}
+
+
+def one_log_and_config(run_dir: Path) -> str:
+    """The run dir holds one log file and one .hydra/: returns the log."""
+    assert [p.name for p in run_dir.glob("*.log")] == ["train.log"]
+    assert [p.name for p in run_dir.rglob(".hydra")] == [".hydra"]
+    return (run_dir / "train.log").read_text()
 
 
 def corpus(path, word, n=6):
@@ -43,6 +68,9 @@ def test_ddp_ranks_see_disjoint_windows_and_the_same_steps(tmp_path):
     assert all(len(s) == 1 and len(next(iter(s))) == 1 for s in sources.values()), "each step: one dataset, all ranks"
 
     (run_dir,) = (tmp_path / "out" / "gpt2-tiny").iterdir()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["gpt2-tiny"]
+    log = one_log_and_config(run_dir)
+    assert "][rank 1][" in log and "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "recent.ckpt"
     with open(run_dir / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["val_loss"]]
@@ -56,3 +84,57 @@ def setup_module():
     from wgpt.data.tokenizer import Tokenizer
 
     ALPHA.update(Tokenizer().encode("alpha alpha"))  # the word with and without a leading space
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
+    """-m over 3 learning rates, each job 2 ranks: job 2's rank 1 crashes, the sweep goes on."""
+    started = time.monotonic()
+    result = run_cli(
+        "train.py", "-m", "optim.lr=0.01,0.02,0.03", "trainer.devices=2", "trainer.strategy=ddp", *TINY,
+        "+callbacks.record.path=${paths.output_dir}/seen", "+callbacks.record.fail_on_rank_1_at_lr=0.03",
+        f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}", env=RECORD_ENV, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]  # Hydra ends a sweep with a failed job in failure
+    assert time.monotonic() - started < 300, "a failed job must not hang the sweep"
+    assert "Error: this job's DDP launch failed (" in result.stderr  # one line, no traceback
+
+    (sweep_dir,) = (tmp_path / "out" / "multirun").iterdir()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["multirun"]  # no run dirs outside the sweep
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0-gpt2-tiny", "1-gpt2-tiny", "2-gpt2-tiny", "multirun.yaml", "summary.csv"]  # fmt: skip
+    for job, lr in [(0, 0.01), (1, 0.02)]:
+        job_dir = sweep_dir / f"{job}-gpt2-tiny"
+        log = one_log_and_config(job_dir)
+        assert "][rank 1][" in log
+        ranks = seen(job_dir / "seen")
+        assert sorted(ranks) == [0, 1]
+        assert all(r["lr"] == lr and r["world_size"] == 2 and r["seed"] == "1337" for rank in ranks.values() for r in rank)
+        assert f"optim.lr={lr}" in (job_dir / ".hydra" / "overrides.yaml").read_text()
+        assert {p.name for p in (job_dir / "checkpoints").iterdir()} == {"recent.ckpt", f"best-{sweep_dir.name}.ckpt"}
+
+    with open(sweep_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("0", "0.01", "completed"), ("1", "0.02", "completed"), ("2", "0.03", "failed")]  # fmt: skip
+    assert all(float(r["best_val_loss"]) <= float(r["final_val_loss"]) < 11 for r in rows[:2])
+    assert "rank 1 fails on purpose" in (sweep_dir / "2-gpt2-tiny" / "train.log").read_text()
+    assert "Sweep summary" in result.stdout and "failed" in result.stdout
+
+
+def test_torchrun_gives_one_run_dir(tmp_path, data_dir):
+    result = run_cli(
+        "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py", *TINY,
+        f"+callbacks.record.path={tmp_path / 'seen'}", f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}",
+        env=RECORD_ENV, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out" / "gpt2-tiny").iterdir()
+    log = one_log_and_config(run_dir)
+    assert "2 processes per node on 1 nodes, as the launcher started them" in log and "][rank 1][" in log
+    ranks = seen(tmp_path / "seen")
+    assert sorted(ranks) == [0, 1] and all(r["world_size"] == 2 for rank in ranks.values() for r in rank)
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from wgpt.sweep import write_run_summary
+
+log = logging.getLogger("wgpt")
 
 
 class RecentCheckpoint(ModelCheckpoint):
@@ -62,6 +67,36 @@ class ValidateAtEnd(Callback):
         )
         if last_step or last_batch:
             trainer.should_stop = True
+
+
+class RunSummary(Callback):
+    """Writes how the run ended to ``summary.json`` in its dir: status (completed, interrupted,
+    failed, with the error), steps, final and best validation loss. Sweep tables read it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+
+    def _write(self, trainer: L.Trainer, pl_module, **fields) -> None:
+        best = pl_module.best
+        write_run_summary(
+            self.run_dir, global_step=trainer.global_step, final_val_loss=pl_module.last_val_loss,
+            best_val_loss=best["val_loss"], best_step=best["step"], **fields,
+        )  # fmt: skip
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, status="completed")
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            if trainer.is_global_zero:
+                self._write(trainer, pl_module, status="interrupted")
+            return
+        error = (str(exception).strip().splitlines() or [type(exception).__name__])[-1]
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, status="failed", error=error)
+        else:  # into the run's log: rank 0 may only see its peer vanish
+            log.error("Training failed: %s", error)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

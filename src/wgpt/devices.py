@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from wgpt.errors import WgptError
+from wgpt.launch import external_launch
 
 log = logging.getLogger("wgpt")
 
@@ -24,25 +25,67 @@ def training_memory_gib(model: nn.Module) -> float:
     return 16 * sum(p.numel() for p in model.parameters()) / GIB
 
 
-def get_best_devices(model: nn.Module, max_gpus: int = 1, min_vram: float = 2.0) -> list[int]:
-    """Ids of up to ``max_gpus`` GPUs with the most free memory, each with at least
-    ``min_vram`` GiB (or the model's estimated training memory, if larger) free."""
-    import pynvml  # nvidia-ml-py
+class NvmlUnavailable(WgptError):
+    """NVML (the driver's GPU query library) cannot be loaded or started."""
+
+
+def free_gpu_memory() -> dict[int, float]:
+    """Free memory (GiB) of each GPU this process may use, keyed by CUDA device ordinal.
+
+    NVML numbers every GPU of the machine; CUDA numbers those in ``CUDA_VISIBLE_DEVICES``, in its
+    order. Both are PCI-bus order on machines with one GPU model (else set CUDA_DEVICE_ORDER=PCI_BUS_ID).
+    """
+    import pynvml  # nvidia-ml-py, a dependency: it loads the driver's libnvidia-ml at nvmlInit
 
     try:
         pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
-        raise WgptError(f"cannot query the GPUs through NVML ({e}): set trainer.devices explicitly") from None
+    except pynvml.NVMLError as e:  # no driver library (no GPU), or a driver that will not answer
+        raise NvmlUnavailable(f"NVML is unavailable ({e})") from None
     try:
-        free = {i: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free / GIB
-                for i in range(pynvml.nvmlDeviceGetCount())}  # fmt: skip
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        free = [pynvml.nvmlDeviceGetMemoryInfo(h).free / GIB for h in handles]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            return dict(enumerate(free))
+        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+        ordinals: dict[int, float] = {}
+        for ordinal, entry in enumerate(e.strip() for e in visible.split(",")):
+            index = _nvml_index(entry, uuids)
+            if index is None:  # CUDA ignores the entries from the first one it cannot match
+                break
+            ordinals[ordinal] = free[index]
+        return ordinals
     finally:
         pynvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _nvml_index(entry: str, uuids: list[str]) -> int | None:
+    """The NVML index of one CUDA_VISIBLE_DEVICES entry: an index, a UUID, or a UUID's unique prefix."""
+    if entry.isdigit():
+        return int(entry) if int(entry) < len(uuids) else None
+    matches = [i for i, uuid in enumerate(uuids) if entry.startswith("GPU-") and uuid.startswith(entry)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def get_best_devices(model: nn.Module, max_gpus: int = 1, min_vram: float = 2.0) -> list[int]:
+    """Ids of up to ``max_gpus`` GPUs with the most free memory, each with at least
+    ``min_vram`` GiB (or the model's estimated training memory, if larger) free.
+
+    Raises WgptError when none qualifies, NvmlUnavailable when the GPUs cannot be queried.
+    """
+    free = free_gpu_memory()
     need = max(min_vram, training_memory_gib(model))
-    ranked = sorted((i for i in free if free[i] >= need), key=lambda i: -free[i])
+    ranked = sorted((i for i in free if free[i] >= need), key=lambda i: (-free[i], i))
     if not ranked:
         have = ", ".join(f"GPU {i}: {f:.1f} GiB free" for i, f in free.items()) or "no GPUs"
-        raise WgptError(f"no GPU has {need:.1f} GiB free ({have}): free memory or use a smaller model")
+        raise WgptError(
+            f"no GPU has {need:.1f} GiB free for this {training_memory_gib(model):.1f} GiB model ({have}): "
+            "free some GPU memory, use a smaller model, or set trainer.accelerator=cpu"
+        )
     return ranked[:max_gpus]
 
 
@@ -55,27 +98,45 @@ def cpu_precision() -> str:
 def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """Trainer arguments with ``devices: auto`` and a GPU-only precision made concrete.
 
-    ``devices: auto`` on GPUs takes the best ``max_devices`` GPUs by free memory. On a CPU,
-    float16 (the seed's default precision of 16) becomes ``cpu_precision()``, with one log line;
-    an explicit bf16 or 32 request is kept.
+    ``devices: auto`` takes, in order: the ranks torchrun or srun started (their count per node
+    and nodes); the GPUs rank 0 chose (in ranks Lightning started); the best ``max_devices``
+    GPUs by free memory; one CPU process when there is no GPU or NVML cannot query them. On a
+    CPU, float16 (the seed's default precision of 16) becomes ``cpu_precision()``; an explicit
+    bf16 or 32 request is kept. Each choice is logged in one line.
     """
     cfg = dict(trainer_cfg)
     max_devices = cfg.pop("max_devices", None)
     accelerator = str(cfg.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
         raise WgptError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer.accelerator=auto or cpu")
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
-    if on_gpu and cfg.get("devices", "auto") == "auto":
-        cfg["accelerator"] = "gpu"
-        if "LOCAL_RANK" in os.environ and "WGPT_GPU_IDS" in os.environ:
-            # A DDP child that Lightning started: take rank 0's choice. Choosing again would see
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    launched = external_launch()
+    if cfg.get("devices", "auto") == "auto":
+        if launched:
+            cfg["devices"], cfg["num_nodes"] = launched
+            log.info("%d processes per node on %d nodes, as the launcher started them", *launched)
+        elif wants_gpu and "LOCAL_RANK" in os.environ and "WGPT_GPU_IDS" in os.environ:
+            # A DDP rank that Lightning started: take rank 0's choice. Choosing again would see
             # rank 0's memory in use and could put two ranks on one GPU.
-            cfg["devices"] = [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
-        else:
-            cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count())
-            os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
-            log.info("Using GPU(s) %s (most free memory)", cfg["devices"])
+            cfg["accelerator"], cfg["devices"] = "gpu", [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
+        elif wants_gpu:
+            try:
+                cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count())
+                cfg["accelerator"] = "gpu"
+                os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
+                log.info("Using GPU(s) %s: the most free memory", cfg["devices"])
+            except NvmlUnavailable as e:
+                if accelerator != "auto":
+                    cfg["devices"] = min(max_devices or torch.cuda.device_count(), torch.cuda.device_count())
+                    log.info("%s: using the first %d GPU(s)", e, cfg["devices"])
+                else:
+                    cfg["accelerator"], cfg["devices"] = "cpu", 1
+                    log.warning("%s, so GPUs cannot be chosen: training on CPU (set trainer.accelerator=gpu to use them)", e)
+        elif accelerator == "auto" and not torch.backends.mps.is_available():
+            cfg["accelerator"], cfg["devices"] = "cpu", 1
+            log.info("No CUDA GPU found: training on CPU")
+    on_cpu = cfg.get("accelerator") == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available())
     precision = str(cfg.get("precision", "32-true"))
     if on_cpu and precision in FP16_PRECISIONS:
         cfg["precision"] = cpu_precision()

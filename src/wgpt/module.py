@@ -48,6 +48,7 @@ class ModelLightningWrapper(L.LightningModule):
         self.dataset_names = list(dataset_names or [])
         self.start_datetime = start_datetime or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         self.best = {"train_loss": math.inf, "val_loss": math.inf, "val_ppl": math.inf, "step": -1}
+        self.last_val_loss = math.nan  # of the latest validation
         self._train_loss_sum = torch.zeros(())  # since the last validation, for best["train_loss"]
         self._train_loss_count = 0
         self._last_loss = torch.zeros(())  # the last micro-batch's loss, not divided for accumulation
@@ -112,6 +113,7 @@ class ModelLightningWrapper(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self._train_loss_sum, self._train_loss_count = torch.zeros(()), 0
+        self.last_val_loss = val_loss
         if val_loss < self.best["val_loss"]:
             train_loss = train_sum / train_count if train_count else math.nan
             self.best = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "step": self.global_step}

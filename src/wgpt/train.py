@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from wgpt.callbacks import AtomicCheckpointIO
+from wgpt.callbacks import AtomicCheckpointIO, RunSummary
 from wgpt.data.tokenizer import Tokenizer
 from wgpt.devices import resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError
+from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, spawns_ranks
 from wgpt.module import ModelLightningWrapper
+from wgpt.sweep import read_run_summary
 
 log = logging.getLogger("wgpt")
 
@@ -62,7 +66,39 @@ def train(cfg: DictConfig) -> float:
         logger=[instantiate(lg) for lg in cfg.logger.values()],
         plugins=[AtomicCheckpointIO()],
     )
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("Model %s: %.2fM parameters; run directory %s", cfg.model.name, n_params / 1e6, Path(cfg.paths.output_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.callbacks.append(RunSummary(cfg.paths.output_dir))  # not optional: sweeps read it
+    run_dir = Path(cfg.paths.output_dir)
+    if in_sweep() and spawns_ranks(trainer):
+        return _run_sweep_job_alone(cfg, run_dir)
+
+    if trainer.is_global_zero:
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("Model %s: %.2fM parameters; run directory %s", cfg.model.name, n_params / 1e6, run_dir)
+    # The ranks Lightning starts compose their config again: give them this run's start time.
+    with environment(**{START_DATETIME_ENV: cfg.start_datetime}):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return module.best["val_loss"]
+
+
+def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path) -> float:
+    code = launch_job_alone(cfg)
+    summary = read_run_summary(run_dir) or {}
+    if code != 0 or summary.get("status") != "completed":
+        reason = summary.get("error") or f"exit code {code}"
+        raise WgptError(f"this job's DDP launch failed ({reason}): see {run_dir / 'train.log'}")
+    return summary["best_val_loss"]
+
+
+@contextmanager
+def environment(**variables: str):
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,157 @@
+"""How the processes of one run find each other's output dir, and how sweep jobs launch DDP.
+
+Every launcher wgpt supports runs Hydra in each process it starts: Lightning's DDP launcher
+re-runs ``train.py`` for ranks 1..N-1, and torchrun and srun start every rank themselves. So
+every process must compose the same run dir, and the processes of one ``-m`` sweep job must
+run that job only. The resolvers here are registered before Hydra composes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("wgpt")
+
+DATETIME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # run dir names sort by start time
+START_DATETIME_ENV = "WGPT_START_DATETIME"  # set it to name a launch yourself (multi-node torchrun without a store)
+
+
+def _slurm_tasks() -> int:
+    """srun's task count: each task is one rank that srun started (1 outside srun)."""
+    return int(os.environ.get("SLURM_NTASKS", 1)) if SLURMEnvironment.detect() else 1
+
+
+def external_launch() -> tuple[int, int] | None:
+    """(processes per node, nodes) when torchrun or srun started every rank, else None."""
+    if TorchElasticEnvironment.detect():
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return per_node, int(os.environ["WORLD_SIZE"]) // per_node
+    if _slurm_tasks() > 1:
+        nodes = int(os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", 1)))
+        return _slurm_tasks() // nodes, nodes
+    return None
+
+
+def start_datetime() -> str:
+    """The launch's start time, the same in every process of one launch: it names the run dir.
+
+    In order: ``$WGPT_START_DATETIME`` (set by a parent process for the ranks Lightning starts);
+    under torchrun, the first rank's clock, shared through the agent's key-value store; under
+    srun, the Slurm job's start time (plus the step, for a job's later sruns); else now.
+    """
+    if START_DATETIME_ENV in os.environ:
+        return os.environ[START_DATETIME_ENV]
+    now = datetime.now().strftime(DATETIME_FORMAT)
+    if TorchElasticEnvironment.detect() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        from torch.distributed import TCPStore
+
+        store = TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=5)
+        )
+        key = f"wgpt/start_datetime/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+        return store.compare_set(key, "", now).decode()  # the first rank to ask sets it
+    if _slurm_tasks() > 1:
+        started = os.environ.get("SLURM_JOB_START_TIME")  # Slurm >= 23.02
+        name = (
+            datetime.fromtimestamp(int(started), tz=timezone.utc).astimezone().strftime(DATETIME_FORMAT)
+            if started
+            else f"slurm-{os.environ['SLURM_JOB_ID']}"
+        )
+        step = os.environ.get("SLURM_STEP_ID", "0")
+        return name if step == "0" else f"{name}-step{step}"
+    return now
+
+
+def rank_tag() -> str:
+    """``[rank N]`` for log lines of a process other than rank 0, else nothing."""
+    if TorchElasticEnvironment.detect():
+        rank = os.environ["RANK"]
+    elif _slurm_tasks() > 1:
+        rank = os.environ["SLURM_PROCID"]
+    elif "LOCAL_RANK" in os.environ:  # a rank that Lightning's launcher started
+        node = os.environ.get("NODE_RANK", "0")
+        rank = os.environ["LOCAL_RANK"] if node == "0" else f"{node}.{os.environ['LOCAL_RANK']}"
+    else:
+        return ""
+    return "" if rank == "0" else f"[rank {rank}]"
+
+
+def on_rank_zero(value):
+    """``value`` in rank 0 (or a lone process), None elsewhere: for what one process should write."""
+    return value if rank_tag() == "" else None
+
+
+def register_resolvers() -> None:
+    # Cached: every use within one config (run dir, checkpoint names) gets the same value.
+    OmegaConf.register_new_resolver("wgpt.start_datetime", start_datetime, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("wgpt.rank_tag", rank_tag, replace=True)
+    OmegaConf.register_new_resolver("wgpt.on_rank_zero", on_rank_zero, replace=True)
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a ``-m`` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def spawns_ranks(trainer) -> bool:
+    """Whether Lightning will start this run's other ranks by re-running the script.
+
+    The launcher class is private; its replacement would have to re-run the script too.
+    """
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    )
+
+
+# Hydra overrides a relaunched job keeps: how it logs, not how the sweep ran.
+_KEPT_HYDRA_OVERRIDES = ("hydra.verbose", "hydra.job_logging", "hydra/job_logging", "hydra.job.env_set")
+
+
+def job_command(cfg: DictConfig) -> list[str]:
+    """A plain ``train.py`` run of this sweep job alone, in the job's dir (its .hydra/ is written)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    overrides = [o for o in hydra.overrides.task if not o.startswith("start_datetime=")]
+    overrides += [o for o in hydra.overrides.hydra if o.startswith(_KEPT_HYDRA_OVERRIDES)]
+    import __main__
+
+    script = ["-m", __main__.__spec__.name] if __main__.__spec__ else [os.path.abspath(sys.argv[0])]
+    return [
+        sys.executable, *script, *overrides,
+        f'hydra.run.dir="{hydra.runtime.output_dir}"', "hydra.output_subdir=null", f"start_datetime={cfg.start_datetime}",
+    ]  # fmt: skip
+
+
+def launch_job_alone(cfg: DictConfig) -> int:
+    """Run this sweep job as its own launch; returns its exit code.
+
+    Lightning starts DDP ranks by re-running the script with this process's arguments. In a
+    sweep those are the whole sweep's, so every rank would replay every job in a new sweep dir
+    (Lightning issue #11300). A fresh process whose arguments are this job's alone fixes that,
+    and when it exits its process group and environment go with it, so the next job starts clean.
+    """
+    command = job_command(cfg)
+    log.info("Starting this job's DDP ranks: %s", " ".join(command[1:]))
+    with subprocess.Popen(command) as process:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # the job got the same Ctrl-C: let it save and stop
+            process.wait()
+            raise
+
