@@ -18,7 +18,7 @@ register_resolvers()  # conf/train.yaml names the run dir and log lines with the
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     with one_line_errors():
-        return train(cfg)
+        return train(cfg, script=__file__)
 
 
 if __name__ == "__main__":

@@ -122,31 +122,28 @@ def spawns_ranks(trainer) -> bool:
 _KEPT_HYDRA_OVERRIDES = ("hydra.verbose", "hydra.job_logging", "hydra/job_logging", "hydra.job.env_set")
 
 
-def job_command(cfg: DictConfig) -> list[str]:
-    """A plain ``train.py`` run of this sweep job alone, in the job's dir (its .hydra/ is written)."""
+def job_command(cfg: DictConfig, script: str) -> list[str]:
+    """``python <script>`` running this sweep job alone, in the job's dir (whose .hydra/ is written)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
     overrides = [o for o in hydra.overrides.task if not o.startswith("start_datetime=")]
     overrides += [o for o in hydra.overrides.hydra if o.startswith(_KEPT_HYDRA_OVERRIDES)]
-    import __main__
-
-    script = ["-m", __main__.__spec__.name] if __main__.__spec__ else [os.path.abspath(sys.argv[0])]
     return [
-        sys.executable, *script, *overrides,
+        sys.executable, os.path.abspath(script), *overrides,
         f'hydra.run.dir="{hydra.runtime.output_dir}"', "hydra.output_subdir=null", f"start_datetime={cfg.start_datetime}",
     ]  # fmt: skip
 
 
-def launch_job_alone(cfg: DictConfig) -> int:
-    """Run this sweep job as its own launch; returns its exit code.
+def launch_job_alone(cfg: DictConfig, script: str) -> int:
+    """Run this sweep job as its own launch of ``script`` (train.py); returns its exit code.
 
     Lightning starts DDP ranks by re-running the script with this process's arguments. In a
     sweep those are the whole sweep's, so every rank would replay every job in a new sweep dir
     (Lightning issue #11300). A fresh process whose arguments are this job's alone fixes that,
     and when it exits its process group and environment go with it, so the next job starts clean.
     """
-    command = job_command(cfg)
+    command = job_command(cfg, script)
     log.info("Starting this job's DDP ranks: %s", " ".join(command[1:]))
     with subprocess.Popen(command) as process:
         try:

@@ -126,6 +126,7 @@ class ModelLightningWrapper(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
         # Lightning already stores "epoch" and "global_step" beside these.
+        checkpoint["model_class"] = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
         checkpoint["model_config"] = dict(self.model.config)
         checkpoint["best_metrics"] = dict(self.best)
         checkpoint["start_datetime"] = self.start_datetime

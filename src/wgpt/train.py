@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,8 +37,11 @@ def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
     return resolve_hardware(args, model)
 
 
-def train(cfg: DictConfig) -> float:
-    """Train ``cfg.model`` on ``cfg.data``; returns the best validation loss (for sweepers)."""
+def train(cfg: DictConfig, script: str | None = None) -> float:
+    """Train ``cfg.model`` on ``cfg.data``; returns the best validation loss (for sweepers).
+
+    ``script`` is the entry point (train.py) that a sweep job re-runs when it needs its own DDP launch.
+    """
     OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
@@ -69,7 +73,7 @@ def train(cfg: DictConfig) -> float:
     trainer.callbacks.append(RunSummary(cfg.paths.output_dir))  # not optional: sweeps read it
     run_dir = Path(cfg.paths.output_dir)
     if in_sweep() and spawns_ranks(trainer):
-        return _run_sweep_job_alone(cfg, run_dir)
+        return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0])
 
     if trainer.is_global_zero:
         n_params = sum(p.numel() for p in model.parameters())
@@ -80,8 +84,8 @@ def train(cfg: DictConfig) -> float:
     return module.best["val_loss"]
 
 
-def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path) -> float:
-    code = launch_job_alone(cfg)
+def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path, script: str) -> float:
+    code = launch_job_alone(cfg, script)
     summary = read_run_summary(run_dir) or {}
     if code != 0 or summary.get("status") != "completed":
         reason = summary.get("error") or f"exit code {code}"
