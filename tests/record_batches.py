@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,7 @@ class RecordBatches(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.path.mkdir(parents=True, exist_ok=True)
-        lr = trainer.optimizers[0].param_groups[0]["max_lr"]  # OneCycleLR's peak: optim.lr
+        lr = trainer.optimizers[0].param_groups[0]["initial_lr"]  # the schedule's peak: optim.lr
         if trainer.global_rank == 1 and lr == self.fail_at_lr:
             raise RuntimeError("rank 1 fails on purpose")
         # A window's first 8 tokens identify it: windows start at distinct offsets of real text.
@@ -23,3 +24,14 @@ class RecordBatches(L.Callback):
                   "lr": lr, "seed": os.environ.get("PL_GLOBAL_SEED"), "world_size": trainer.world_size}  # fmt: skip
         with open(self.path / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class KillAt(L.Callback):
+    """SIGKILLs this process once training reaches ``step``: a crash, not an exception."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

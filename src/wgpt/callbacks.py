@@ -10,14 +10,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
+from wgpt.checkpoint import load_checkpoint
 from wgpt.sweep import write_run_summary
 
 log = logging.getLogger("wgpt")
 
 
 class RecentCheckpoint(ModelCheckpoint):
-    """``recent.ckpt``: the latest state, overwritten every ``every_n_train_steps`` and at the end."""
+    """``recent.ckpt``: the latest state, overwritten every ``every_n_train_steps``, at the end,
+    and when Ctrl-C stops training."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500, filename: str = "recent"):
         super().__init__(
@@ -33,20 +36,39 @@ class RecentCheckpoint(ModelCheckpoint):
         # the best metrics stored in the checkpoint.
         self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # A save at this step came before this validation; if the validation set a new best,
+        # rewrite it so that a run resumed from it knows that best.
+        saved_now = self._last_global_step_saved == trainer.global_step
+        if not trainer.sanity_checking and saved_now and pl_module.best["step"] == trainer.global_step:
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
-class BestCheckpoint(ModelCheckpoint):
-    """``best-<start datetime>.ckpt``: the state with the lowest validation loss, saved after each validation."""
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or trainer.global_step == 0:
+            return
+        # Rank 0 writes alone, without the collective save: a Ctrl-C may have reached only it.
+        # Sharded strategies (FSDP, DeepSpeed) need every rank to gather the state, so they keep
+        # their last periodic save.
+        if type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy) and trainer.is_global_zero:
+            path = self.format_checkpoint_name(self._monitor_candidates(trainer))
+            trainer.strategy.checkpoint_io.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), path)
+            log.info("Interrupted at step %d: saved %s", trainer.global_step, path)
 
-    def __init__(self, dirpath: str | Path, start_datetime: str, monitor: str = "val_loss"):
-        super().__init__(
-            dirpath=dirpath,
-            filename=f"best-{start_datetime}",
-            monitor=monitor,
-            mode="min",
-            save_top_k=1,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        )
+
+class BestCheckpoint(Callback):
+    """``best-<start datetime>.ckpt``: the state with the lowest validation loss, rewritten after
+    each validation that beats the best so far. "Best so far" is the module's ``best`` metrics,
+    which a resumed run inherits from its checkpoint, so a resumed run only overwrites its best
+    with a better one."""
+
+    def __init__(self, dirpath: str | Path, start_datetime: str):
+        self.path = Path(dirpath) / f"best-{start_datetime}.ckpt"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or pl_module.best["step"] != trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path)  # on every rank: Lightning makes rank 0 write it
 
 
 class ValidateAtEnd(Callback):
@@ -73,14 +95,14 @@ class RunSummary(Callback):
     """Writes how the run ended to ``summary.json`` in its dir: status (completed, interrupted,
     failed, with the error), steps, final and best validation loss. Sweep tables read it."""
 
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, resumed_from: str | None = None):
+        self.run_dir, self.resumed_from = Path(run_dir), resumed_from
 
     def _write(self, trainer: L.Trainer, pl_module, **fields) -> None:
         best = pl_module.best
         write_run_summary(
             self.run_dir, global_step=trainer.global_step, final_val_loss=pl_module.last_val_loss,
-            best_val_loss=best["val_loss"], best_step=best["step"], **fields,
+            best_val_loss=best["val_loss"], best_step=best["step"], resumed_from=self.resumed_from, **fields,
         )  # fmt: skip
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -99,9 +121,25 @@ class RunSummary(Callback):
             log.error("Training failed: %s", error)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file and renames it into place: a kill mid-save
-    never leaves a torn ``recent.ckpt``, the previous one stays readable."""
+class RestoreDataPosition(Callback):
+    """Hands the training loader its saved position on resume, which Lightning skips here.
+
+    The LR schedule's length (``trainer.estimated_stepping_batches``) makes Lightning build the
+    train loader before it restores the checkpoint; it then never passes the loader the saved
+    state, and a resumed run would restart its epoch's data from the first batch.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.fit_loop._load_combined_loader_states()  # a no-op unless a restored state is pending
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file and renames it into place, so a kill mid-save
+    never leaves a torn ``recent.ckpt`` (the previous one stays readable); reads with
+    ``weights_only=True``, so a checkpoint can never run code."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import functools
 import math
 import time
 from datetime import datetime
@@ -12,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wgpt.schedules import one_cycle
+
 log = logging.getLogger("wgpt")
 
 
@@ -20,7 +23,7 @@ def perplexity(loss: float) -> float:
 
 
 class ModelLightningWrapper(L.LightningModule):
-    """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a OneCycleLR schedule.
+    """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a one-cycle schedule.
 
     Logs ``train_loss`` every step (written every ``log_every_n_steps``), ``val_loss`` and
     ``val_ppl`` per validation (and ``val_loss/<dataset>`` when several datasets are served),
@@ -54,6 +57,7 @@ class ModelLightningWrapper(L.LightningModule):
         self._last_loss = torch.zeros(())  # the last micro-batch's loss, not divided for accumulation
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count)
         self._last_line = (0, time.perf_counter())  # (step, time) of the last train log line
+        self._total = None  # optimizer steps the run will take, once known
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
@@ -130,9 +134,19 @@ class ModelLightningWrapper(L.LightningModule):
         checkpoint["model_config"] = dict(self.model.config)
         checkpoint["best_metrics"] = dict(self.best)
         checkpoint["start_datetime"] = self.start_datetime
+        # Dropout's random stream: a resumed run draws the masks the uninterrupted one would have.
+        # (Data loaders draw from generators of their own, so they never shift it.)
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best = dict(checkpoint.get("best_metrics", self.best))
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"].cpu())
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"].cpu(), self.device)
 
     def configure_optimizers(self):
         # Weight decay on matrices only: decaying gains and biases only hurts.
@@ -143,10 +157,16 @@ class ModelLightningWrapper(L.LightningModule):
         ]
         fused = self.fused if self.fused is not None else self.device.type in ("cuda", "cpu")
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, eps=self.eps, fused=fused)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=self.learning_rate,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            **{"cycle_momentum": False, **self.scheduler},  # keep the configured betas unless asked
+        schedule = functools.partial(one_cycle, **self.scheduler)
+        # The schedule's length is asked for only from step 1 on. At step 0 Lightning is still
+        # setting up; asking then (estimated_stepping_batches) makes it start the train loader
+        # before it restores a checkpoint, and a resumed run would replay its epoch's first batches.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: schedule(step, self._total_steps() if step else 1)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        if self._total is None:
+            self._total = max(1, int(self.trainer.estimated_stepping_batches))
+        return self._total

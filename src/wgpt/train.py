@@ -13,7 +13,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from wgpt.callbacks import AtomicCheckpointIO, RunSummary
+from wgpt.callbacks import RestoreDataPosition, RunSummary, SafeCheckpointIO
+from wgpt.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
 from wgpt.data.tokenizer import Tokenizer
 from wgpt.devices import resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError
@@ -52,6 +53,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
             "lower data.seq_len or raise model.max_seq_len"
         )
     model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(Tokenizer())))
+    ckpt_path = checkpoint_to_resume(cfg, model)
     datamodule = instantiate(cfg.data)
     module = ModelLightningWrapper(
         model,
@@ -68,9 +70,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         **trainer_arguments(cfg.trainer, model),
         callbacks=[instantiate(c) for c in cfg.callbacks.values()],
         logger=[instantiate(lg) for lg in cfg.logger.values()],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[SafeCheckpointIO()],
     )
-    trainer.callbacks.append(RunSummary(cfg.paths.output_dir))  # not optional: sweeps read it
+    # Not optional: sweeps read the summary, and resuming needs the data position.
+    trainer.callbacks += [RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path), RestoreDataPosition()]
     run_dir = Path(cfg.paths.output_dir)
     if in_sweep() and spawns_ranks(trainer):
         return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0])
@@ -80,8 +83,28 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         log.info("Model %s: %.2fM parameters; run directory %s", cfg.model.name, n_params / 1e6, run_dir)
     # The ranks Lightning starts compose their config again: give them this run's start time.
     with environment(**{START_DATETIME_ENV: cfg.start_datetime}):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module.best["val_loss"]
+
+
+def checkpoint_to_resume(cfg: DictConfig, model) -> str | None:
+    """``ckpt_path``, or with ``resume=auto`` the newest ``recent`` of this model's runs; checked
+    (safe to load, fits the model) before any heavy work. A resumed run gets a new run dir."""
+    if cfg.get("resume") not in (None, "auto"):
+        raise WgptError(f"resume={cfg.resume} is not an option: use resume=auto, or ckpt_path=<file>")
+    path = cfg.get("ckpt_path")
+    if path is None and cfg.get("resume") == "auto":
+        runs_dir = Path(cfg.paths.output_root) / cfg.model.name
+        path = newest_recent(runs_dir, exclude=cfg.paths.output_dir)
+        if path is None:
+            log.info("resume=auto: no run of %s with a recent checkpoint in %s, starting afresh", cfg.model.name, runs_dir)
+            return None
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path, mmap=True)  # refuses pickled code, reads no tensor data yet
+    check_fits(model, model_state(checkpoint), f"ckpt_path={path}")
+    log.info("Resuming from %s (step %d)", path, checkpoint.get("global_step", 0))
+    return str(path)
 
 
 def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path, script: str) -> float:

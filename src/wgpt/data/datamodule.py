@@ -91,6 +91,9 @@ class DatasetLightningWrapper(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Each new iterator draws a worker seed from this generator; from torch's global one
+            # it would shift dropout's random stream, and a resumed run would train differently.
+            generator=torch.Generator(),
             **kwargs,
         )
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wgpt.models.kv_cache import KVCache
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_embed: int, n_heads: int, dropout: float, bias: bool):
@@ -20,11 +22,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(d_embed, d_embed, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        else:  # decoding: attend to this layer's cached keys and values too
+            y = cache.attend(layer, q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.proj(y))
 
@@ -48,8 +53,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(d_embed, bias=bias)
         self.mlp = MLP(d_embed, dropout, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -88,16 +93,30 @@ class GPT(nn.Module):
             if name_.endswith("proj.weight"):  # GPT-2: residual projections scaled by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, V)."""
+    def forward(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, V). With a cache (see ``new_cache``), the
+        tokens continue the sequence it holds: they take positions cache.pos.. and are added to it."""
         B, T = input.shape
-        if T > self.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.max_seq_len}")
-        pos = torch.arange(T, device=input.device)
+        start = 0 if cache is None else cache.pos
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}")
+        pos = torch.arange(start, start + T, device=input.device)
         x = self.drop(self.wte(input) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.advance(T)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """An empty KVCache for ``batch_size`` sequences of up to ``max_len`` (max_seq_len) tokens,
+        on the model's device and in its dtype unless given."""
+        weight = self.lm_head.weight
+        n_heads, d_embed = self.config["n_heads"], self.config["d_embed"]
+        return KVCache(
+            len(self.blocks), batch_size, n_heads, max_len or self.max_seq_len, d_embed // n_heads,
+            device=device or weight.device, dtype=dtype or weight.dtype,
+        )  # fmt: skip
 
 
 def _init_weights(module: nn.Module) -> None:

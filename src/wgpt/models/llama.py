@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wgpt.models.gpt import _init_weights
+from wgpt.models.kv_cache import KVCache
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,15 +39,20 @@ class Attention(nn.Module):
         self.wkv = nn.Linear(d_embed, 2 * n_kv_heads * self.head_dim, bias=False)
         self.proj = nn.Linear(n_heads * self.head_dim, d_embed, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k, v = self.wkv(x).view(B, T, 2 * self.n_kv_heads, self.head_dim).transpose(1, 2).chunk(2, dim=1)  # (B, K, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True,
-            enable_gqa=self.n_kv_heads != self.n_heads,  # each K/V head serves H/K query heads
-        )  # fmt: skip
+        gqa = self.n_kv_heads != self.n_heads  # each K/V head serves H/K query heads
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, enable_gqa=gqa
+            )
+        else:  # decoding: the cache keeps K heads only, rotated, as GQA needs no more
+            y = cache.attend(layer, q, k, v, enable_gqa=gqa)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -70,8 +76,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(d_embed, hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin))
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -135,13 +143,27 @@ class Llama(nn.Module):
             if name_.endswith("proj.weight"):  # residual projections scaled by depth, as in GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, V)."""
+    def forward(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, V). With a cache (see ``new_cache``), the
+        tokens continue the sequence it holds: they take positions cache.pos.. and are added to it."""
         B, T = input.shape
-        if T > self.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.max_seq_len}")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
+        start = 0 if cache is None else cache.pos
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2)
         x = self.drop(self.tok_embeddings(input))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.advance(T)
         return self.lm_head(self.norm(x))  # (B, T, V)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """An empty KVCache for ``batch_size`` sequences of up to ``max_len`` (max_seq_len) tokens,
+        on the model's device and in its dtype unless given. It stores the n_kv_heads heads only."""
+        weight = self.lm_head.weight
+        attn = self.blocks[0].attn
+        return KVCache(
+            len(self.blocks), batch_size, attn.n_kv_heads, max_len or self.max_seq_len, attn.head_dim,
+            device=device or weight.device, dtype=dtype or weight.dtype,
+        )  # fmt: skip

@@ -1,0 +1,45 @@
+"""Key/value cache for decoding one token at a time: each step computes keys and values for its
+new tokens only and attends to those of all earlier steps, kept here.
+
+Shapes: B batch, T new tokens, L layers, K key/value heads, H query heads, S = max_len, D head size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, and ``pos``: how many positions they hold,
+    which is also the position of the next token fed to the model."""
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):  # fmt: skip
+        # Allocated once: growing by concatenation would copy the whole cache every step.
+        self.k = torch.zeros(n_layers, batch_size, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)  # (L, B, K, S, D)
+        self.v = torch.zeros_like(self.k)
+        self.max_len = max_len
+        self.pos = 0
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False) -> torch.Tensor:
+        """Store the new keys and values k, v (B, K, T, D) of ``layer`` at positions pos..pos+T-1,
+        then attend the queries q (B, H, T, D) to every position so far: (B, H, T, D)."""
+        start, T = self.pos, q.size(2)
+        end = start + T
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions: no room for {T} more after {start}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        k, v = self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, K, start + T, D)
+        if start == 0:  # a prefill: plain causal attention over the new tokens
+            mask, causal = None, True
+        elif T == 1:  # one new token: it may see every cached position, so no mask
+            mask, causal = None, False
+        else:  # new token i (at position start + i) sees positions 0..start + i
+            mask, causal = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(diagonal=start), False
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=enable_gqa)
+
+    def advance(self, T: int) -> None:
+        """Called by the model once every layer has stored its T new positions."""
+        self.pos += T

@@ -1,0 +1,151 @@
+"""Nothing lost: a killed run resumes exactly, Ctrl-C saves, checkpoint writes are atomic, and a
+checkpoint can never run code or silently load into the wrong model."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT, run_cli
+
+TINY = [
+    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.dropout=0.1", "data.batch_size=4",
+    "data.num_workers=2", "trainer.max_steps=12", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4",
+]  # fmt: skip
+TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
+
+
+def paths(out: Path, data_dir: Path) -> list[str]:
+    return [f"paths.output_root={out}", f"paths.data_dir={data_dir}"]
+
+
+def recent(out: Path) -> Path:
+    (path,) = out.glob("gpt2-tiny/*/checkpoints/recent.ckpt")
+    return path
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_dir):
+    """Dropout on, 2 loader workers: SIGKILL at step 6 (recent saved at 4), resume=auto to step 12."""
+    full = run_cli("train.py", *TINY, *paths(tmp_path / "full", data_dir))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    out = tmp_path / "crash"
+    killed = run_cli(
+        "train.py", *TINY, *paths(out, data_dir), "+callbacks.kill._target_=record_batches.KillAt",
+        "+callbacks.kill.step=6", "start_datetime=2020-01-01_00-00-00", env=TESTS_ON_PATH,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
+    assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4
+
+    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto", "start_datetime=2020-01-01_00-00-01")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    second = out / "gpt2-tiny" / "2020-01-01_00-00-01"
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["resumed_from"] == str(first / "checkpoints" / "recent.ckpt") and summary["status"] == "completed"
+    assert f"Resuming from {first / 'checkpoints' / 'recent.ckpt'} (step 4)" in (second / "train.log").read_text()
+
+    a = torch.load(recent(tmp_path / "full"), weights_only=True)
+    b = torch.load(second / "checkpoints" / "recent.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["best_metrics"] == b["best_metrics"]
+
+
+def test_ctrl_c_saves_recent_before_exiting(tmp_path, data_dir):
+    args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1",
+         "callbacks.recent.every_n_train_steps=100000", *paths(tmp_path, data_dir)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    for line in process.stdout:
+        if "step 3 | epoch" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0
+    checkpoint = torch.load(recent(tmp_path), weights_only=True)
+    assert 3 <= checkpoint["global_step"] < 100000
+    assert "Interrupted at step" in output
+    summary = json.loads((recent(tmp_path).parents[1] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["global_step"] == checkpoint["global_step"]
+
+
+WRITER = """
+import sys, torch
+from wgpt.callbacks import SafeCheckpointIO
+io = SafeCheckpointIO()
+io.save_checkpoint({"state_dict": {"w": torch.full((4,), 1.0)}, "global_step": 1}, sys.argv[1])
+print("first saved", flush=True)
+big = {"state_dict": {"w": torch.full((4,), 2.0), "big": torch.zeros(256, 2**20)}, "global_step": 2}  # 1 GiB
+while True:
+    io.save_checkpoint(big, sys.argv[1])
+"""
+
+
+def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one_readable(tmp_path):
+    path = tmp_path / "recent.ckpt"
+    tmp = tmp_path / ".recent.ckpt.tmp"
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "first saved"
+    deadline = time.monotonic() + 60
+    while not (tmp.exists() and tmp.stat().st_size > 2**20) and time.monotonic() < deadline:
+        time.sleep(0.001)  # the 1 GiB save is under way
+    process.kill()
+    process.wait()
+    assert tmp.exists()  # killed mid-save: the new checkpoint never replaced the old one
+    checkpoint = torch.load(path, weights_only=True)  # which is whole
+    assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["state_dict"]["w"], torch.full((4,), 1.0))
+
+
+class Payload:
+    """Pickles into a call of os.system: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path, data_dir):
+    marker = tmp_path / "payload_ran"
+    good = run_cli("train.py", *TINY, "trainer.max_steps=2", *paths(tmp_path / "out", data_dir))
+    assert good.returncode == 0, good.stderr[-3000:]
+    checkpoint = torch.load(recent(tmp_path / "out"), weights_only=True)
+    checkpoint["best_metrics"] = Payload(marker)
+    evil = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, evil)
+    assert b"system" in evil.read_bytes()  # the payload is really there: an unsafe load would run it
+
+    result = run_cli("train.py", *TINY, f"ckpt_path={evil}", *paths(tmp_path / "out2", data_dir))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: ckpt_path={evil} holds more than tensors and plain containers") and "refused" in last
+    assert not marker.exists()
+    assert not list((tmp_path / "out2").glob("*/*/checkpoints"))  # stopped before any training
+
+    pickle.loads(pickle.dumps(Payload(marker)))  # the control: unpickling it does run the payload
+    assert marker.exists()
+
+
+def test_resuming_into_a_model_of_another_shape_is_one_line(tmp_path, data_dir):
+    good = run_cli("train.py", *TINY, "trainer.max_steps=2", *paths(tmp_path, data_dir))
+    assert good.returncode == 0, good.stderr[-3000:]
+    ckpt = recent(tmp_path)
+    result = run_cli("train.py", *TINY, "model.d_embed=64", f"ckpt_path={ckpt}", *paths(tmp_path, data_dir))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: ckpt_path={ckpt} does not fit this model: wte.weight is [50304, 32] there and [50304, 64] here; "
+        "use the model config it was trained with"
+    )
