@@ -61,6 +61,8 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
 def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> nn.Module:
     """The model a training checkpoint was made for, with its weights, in eval mode."""
     target = checkpoint.get("model_class")
+    if target is None and isinstance(checkpoint.get("model_config"), dict):  # made before wgpt stored it
+        target = "wgpt.models.llama.Llama" if "n_kv_heads" in checkpoint["model_config"] else "wgpt.models.gpt.GPT"
     if not isinstance(target, str) or not target.startswith(MODEL_PACKAGE):
         raise WgptError(f"{source} does not name a model class from {MODEL_PACKAGE}* (model_class={target!r})")
     module_name, _, class_name = target.rpartition(".")
