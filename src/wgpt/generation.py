@@ -12,9 +12,10 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wgpt.errors import WgptError
+
 
 def sample_next(
     logits: torch.Tensor,
@@ -58,9 +59,10 @@ def check_length(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> None
         if prompt_len < max_seq_len
         else f"shorten the prompt to under {max_seq_len} tokens"
     )
+    tokens = "token" if prompt_len == 1 else "tokens"
     raise WgptError(
-        f"a prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} = {prompt_len + max_new_tokens} tokens "
-        f"exceeds the model's max_seq_len={max_seq_len}: {fix}"
+        f"a prompt of {prompt_len} {tokens} + max_new_tokens={max_new_tokens} = {prompt_len + max_new_tokens} "
+        f"tokens exceeds the model's max_seq_len={max_seq_len}: {fix}"
     )
 
 
@@ -81,8 +83,8 @@ def generate(
     """Continue every prompt (token ids) by up to max_new_tokens sampled tokens, as one batch.
 
     Returns each prompt's new tokens only. A row stops at eos_token_id, which is left out of
-    its output. An empty prompt begins with eos_token_id, the token that precedes every document
-    in training, so it starts a new document. vocab_size (the tokenizer's size) keeps the ids of
+    its output. An empty prompt begins with eos_token_id: it ends every document in the training
+    bins, so what follows it is a new document. vocab_size (the tokenizer's size) keeps the ids of
     the model's padded vocabulary rows from being drawn. use_cache=False recomputes the whole
     sequence each step: the slow reference that the cached path must match token for token.
 
@@ -191,19 +193,25 @@ def generate_from_config(cfg: DictConfig) -> list[str]:
     settings = check_config(cfg)  # before the (slow) checkpoint load
     prompts = settings.pop("prompts")
     device = pick_device(str(cfg.get("device", "auto")))
-    use_cache = bool(cfg.get("kv_cache", True))
-    if cfg.get("ckpt_path") is None:
-        raise WgptError("ckpt_path=null: give the .ckpt file to sample from, e.g. ckpt_path=outputs/gpt2-tiny/<run>/checkpoints/recent.ckpt")
+    use_cache = cfg.get("kv_cache", True)
+    if not isinstance(use_cache, bool):
+        raise WgptError(f"kv_cache={use_cache} is not true or false")
+    seed = _number(cfg, "seed", int, lambda v: v >= 0, "an integer >= 0, or null for a new sample", optional=True)
+    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
+        raise WgptError(
+            "ckpt_path is not set: give the .ckpt file to sample from, "
+            "e.g. ckpt_path=outputs/gpt2-tiny/<run>/checkpoints/recent.ckpt"
+        )
     source = f"ckpt_path={cfg.ckpt_path}"
     model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), source=source).to(device)
     tokenizer = Tokenizer()
     ids = [tokenizer.encode(p) for p in prompts]
 
     generator = torch.Generator(device=device)
-    if cfg.get("seed") is None:
+    if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(int(cfg.seed))
+        generator.manual_seed(seed)
     start = time.perf_counter()
     outputs = generate(
         model, ids, **settings, eos_token_id=tokenizer.eos_token_id, use_cache=use_cache,

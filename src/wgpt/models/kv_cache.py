@@ -14,15 +14,26 @@ class KVCache:
     """Preallocated keys and values of every layer, and ``pos``: how many positions they hold,
     which is also the position of the next token fed to the model."""
 
-    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):  # fmt: skip
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         # Allocated once: growing by concatenation would copy the whole cache every step.
-        self.k = torch.zeros(n_layers, batch_size, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)  # (L, B, K, S, D)
+        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)  # (L, B, K, S, D)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.max_len = max_len
         self.pos = 0
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False) -> torch.Tensor:
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
+    ) -> torch.Tensor:
         """Store the new keys and values k, v (B, K, T, D) of ``layer`` at positions pos..pos+T-1,
         then attend the queries q (B, H, T, D) to every position so far: (B, H, T, D)."""
         start, T = self.pos, q.size(2)
