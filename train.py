@@ -9,10 +9,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf/paths: root_dir
 
 from wgpt.errors import one_line_errors  # noqa: E402
-from wgpt.launch import register_resolvers  # noqa: E402
-from wgpt.train import train  # noqa: E402
-
-register_resolvers()  # conf/train.yaml names the run dir and log lines with them
+from wgpt.train import train  # noqa: E402  (registers the resolvers conf/train.yaml uses)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -7,9 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from wgpt.launch import register_resolvers  # noqa: E402
-
-register_resolvers()  # for tests that compose conf/ themselves, as train.py does
+import wgpt.launch  # noqa: E402, F401  (registers the resolvers conf/train.yaml uses, for tests that compose it)
 
 
 @pytest.fixture(scope="session")

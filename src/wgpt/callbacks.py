@@ -11,11 +11,16 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wgpt.checkpoint import load_checkpoint
 from wgpt.sweep import write_run_summary
 
 log = logging.getLogger("wgpt")
+
+# How a run is stopped from outside: Ctrl-C, or SIGTERM (a scheduler's preemption or time limit),
+# which Lightning turns into SIGTERMException at the next step, on every rank at once.
+STOPPED = (KeyboardInterrupt, SIGTERMException)
 
 
 class RecentCheckpoint(ModelCheckpoint):
@@ -45,9 +50,10 @@ class RecentCheckpoint(ModelCheckpoint):
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt) or trainer.global_step == 0:
+        if not isinstance(exception, STOPPED) or trainer.global_step == 0:
             return
-        # Rank 0 writes alone, without the collective save: a Ctrl-C may have reached only it.
+        # Rank 0 writes alone, without the collective save: a Ctrl-C may have reached only it
+        # (the other ranks ignore Ctrl-C and wait for it, see wgpt.train).
         # Sharded strategies (FSDP, DeepSpeed) need every rank to gather the state, so they keep
         # their last periodic save.
         if type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy) and trainer.is_global_zero:
@@ -110,7 +116,7 @@ class RunSummary(Callback):
             self._write(trainer, pl_module, status="completed")
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, STOPPED):
             if trainer.is_global_zero:
                 self._write(trainer, pl_module, status="interrupted")
             return
@@ -119,18 +125,6 @@ class RunSummary(Callback):
             self._write(trainer, pl_module, status="failed", error=error)
         else:  # into the run's log: rank 0 may only see its peer vanish
             log.error("Training failed: %s", error)
-
-
-class RestoreDataPosition(Callback):
-    """Hands the training loader its saved position on resume, which Lightning skips here.
-
-    The LR schedule's length (``trainer.estimated_stepping_batches``) makes Lightning build the
-    train loader before it restores the checkpoint; it then never passes the loader the saved
-    state, and a resumed run would restart its epoch's data from the first batch.
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.fit_loop._load_combined_loader_states()  # a no-op unless a restored state is pending
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -145,4 +139,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
+        _fsync(tmp)  # on disk before the rename makes it the checkpoint: a power cut keeps one whole file
         os.replace(tmp, path)
+        _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -75,8 +75,10 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "the chec
 
 
 def newest_recent(runs_dir: str | Path, exclude: str | Path | None = None) -> Path | None:
-    """``checkpoints/recent.ckpt`` of the newest run in ``runs_dir`` that has one (run dirs are
-    named by start time, so the newest sorts last), skipping the run dir ``exclude``."""
-    runs = sorted((p for p in Path(runs_dir).glob("*/checkpoints/recent.ckpt")), key=lambda p: p.parent.parent.name)
-    runs = [p for p in runs if exclude is None or p.parent.parent.resolve() != Path(exclude).resolve()]
-    return runs[-1] if runs else None
+    """The most recently written ``*/checkpoints/recent.ckpt`` in ``runs_dir``, skipping the run
+    dir ``exclude`` (the run that asks)."""
+    candidates = [
+        p for p in Path(runs_dir).glob("*/checkpoints/recent.ckpt")
+        if exclude is None or p.parent.parent.resolve() != Path(exclude).resolve()
+    ]  # fmt: skip
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)

@@ -103,26 +103,28 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         raise WgptError(f"splits={list(cfg.splits)} names {bad_splits[0]!r}: use validation, test or train")
     if any(int(k) < 1 for k in cfg.top_k):
         raise WgptError(f"top_k={list(cfg.top_k)}: every k must be at least 1")
-    if cfg.batch_size < 1 or (cfg.max_batches is not None and cfg.max_batches < 1):
+    if (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.max_batches is not None and cfg.max_batches < 1):
         raise WgptError(f"batch_size={cfg.batch_size}, max_batches={cfg.max_batches}: both must be at least 1")
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     checkpoint = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(checkpoint, source=f"ckpt_path={ckpt_path}")
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    datamodule = instantiate(evaluation_data(cfg, run_dir, checkpoint))
+    data = evaluation_data(cfg, run_dir, checkpoint)
+    batch_size = cfg.batch_size or data.batch_size
+    datamodule = instantiate(data)
     datamodule.prepare_data()
     datamodule.setup()
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     evaluator = Evaluator(model, device, top_k=list(cfg.top_k))
     results = {
-        name: {split: evaluator.evaluate(splits[split], cfg.batch_size, cfg.max_batches) for split in cfg.splits}
+        name: {split: evaluator.evaluate(splits[split], batch_size, cfg.max_batches) for split in cfg.splits}
         for name, splits in datamodule.splits.items()
     }
     out = run_dir / f"eval-{ckpt_path.stem}.json"
     record = {
         "checkpoint": str(ckpt_path), "global_step": checkpoint.get("global_step"), "model": checkpoint["model_config"],
-        "max_batches": cfg.max_batches, "results": results,
+        "batch_size": batch_size, "max_batches": cfg.max_batches, "results": results,
     }  # fmt: skip
     save_results(out, record)
     print(f"{checkpoint['model_config'].get('name', 'model')} at step {checkpoint.get('global_step')} ({ckpt_path}):")

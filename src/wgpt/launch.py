@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -75,9 +76,9 @@ def rank_tag() -> str:
         rank = os.environ["RANK"]
     elif _slurm_tasks() > 1:
         rank = os.environ["SLURM_PROCID"]
-    elif "LOCAL_RANK" in os.environ:  # a rank that Lightning's launcher started
-        node = os.environ.get("NODE_RANK", "0")
-        rank = os.environ["LOCAL_RANK"] if node == "0" else f"{node}.{os.environ['LOCAL_RANK']}"
+    elif "LOCAL_RANK" in os.environ or os.environ.get("NODE_RANK", "0") != "0":  # a Lightning-started rank, or another node's
+        node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
+        rank = local if node == "0" else f"{node}.{local}"
     else:
         return ""
     return "" if rank == "0" else f"[rank {rank}]"
@@ -148,7 +149,12 @@ def launch_job_alone(cfg: DictConfig, script: str) -> int:
     with subprocess.Popen(command) as process:
         try:
             return process.wait()
-        except KeyboardInterrupt:  # the job got the same Ctrl-C: let it save and stop
+        except KeyboardInterrupt:  # pass it on (a terminal's Ctrl-C reached it already), let it save and stop
+            process.send_signal(signal.SIGINT)
             process.wait()
             raise
 
+
+# On import: a sweep job that submitit unpickles on a cluster node never runs train.py's top level,
+# but it imports this module (through wgpt.train) before Hydra composes the job's config.
+register_resolvers()

@@ -89,6 +89,9 @@ class ModelLightningWrapper(L.LightningModule):
         )  # fmt: skip
         self._last_line = (step, now)
 
+    def on_train_start(self) -> None:
+        self._last_line = (self.global_step, time.perf_counter())  # a resumed run starts counting here
+
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {}
 

@@ -15,6 +15,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from wgpt.launch import rank_tag
+
 SUMMARY = "summary.json"
 
 
@@ -101,7 +103,7 @@ class SweepSummary(Callback):
     it works for jobs run in this process, in their own DDP launch, or on a cluster."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.FAILED:
+        if job_return.status != JobStatus.FAILED or rank_tag():  # rank 0 speaks for the job
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         summary = read_run_summary(run_dir) or {}
@@ -111,7 +113,8 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # At exit rather than on_multirun_end: Hydra skips that when a job failed.
-        atexit.register(report_sweep, Path(config.hydra.sweep.dir))
+        if not rank_tag():  # one table, from rank 0, when torchrun or srun runs the sweep in every rank
+            atexit.register(report_sweep, Path(config.hydra.sweep.dir))
 
 
 def report_sweep(sweep_dir: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,16 +14,18 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from wgpt.callbacks import RestoreDataPosition, RunSummary, SafeCheckpointIO
+from wgpt.callbacks import RunSummary, SafeCheckpointIO
 from wgpt.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
 from wgpt.data.tokenizer import Tokenizer
 from wgpt.devices import resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError
-from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, spawns_ranks
+from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.module import ModelLightningWrapper
 from wgpt.sweep import read_run_summary
 
 log = logging.getLogger("wgpt")
+
+RESUME_FROM_ENV = "WGPT_RESUME_FROM"  # rank 0's checkpoint choice, for the ranks it starts
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
@@ -72,8 +75,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         logger=[instantiate(lg) for lg in cfg.logger.values()],
         plugins=[SafeCheckpointIO()],
     )
-    # Not optional: sweeps read the summary, and resuming needs the data position.
-    trainer.callbacks += [RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path), RestoreDataPosition()]
+    trainer.callbacks.append(RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path))  # not optional: sweeps read it
     run_dir = Path(cfg.paths.output_dir)
     if in_sweep() and spawns_ranks(trainer):
         return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0])
@@ -81,8 +83,13 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     if trainer.is_global_zero:
         n_params = sum(p.numel() for p in model.parameters())
         log.info("Model %s: %.2fM parameters; run directory %s", cfg.model.name, n_params / 1e6, run_dir)
-    # The ranks Lightning starts compose their config again: give them this run's start time.
-    with environment(**{START_DATETIME_ENV: cfg.start_datetime}):
+    if rank_tag():
+        # Ctrl-C is rank 0's to handle: it saves `recent`, then stops the other ranks. A rank
+        # that quit first would make Lightning kill rank 0 in the middle of that save.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The ranks Lightning starts compose their config again: give them this run's start time
+    # and rank 0's choice of checkpoint (resume=auto could find a newer one by then).
+    with environment(**{START_DATETIME_ENV: cfg.start_datetime, RESUME_FROM_ENV: ckpt_path or ""}):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module.best["val_loss"]
 
@@ -92,6 +99,8 @@ def checkpoint_to_resume(cfg: DictConfig, model) -> str | None:
     (safe to load, fits the model) before any heavy work. A resumed run gets a new run dir."""
     if cfg.get("resume") not in (None, "auto"):
         raise WgptError(f"resume={cfg.resume} is not an option: use resume=auto, or ckpt_path=<file>")
+    if RESUME_FROM_ENV in os.environ:  # a rank that rank 0 started: rank 0 has chosen
+        return os.environ[RESUME_FROM_ENV] or None
     path = cfg.get("ckpt_path")
     if path is None and cfg.get("resume") == "auto":
         runs_dir = Path(cfg.paths.output_root) / cfg.model.name
