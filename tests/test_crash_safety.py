@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT, run_cli
@@ -60,7 +61,8 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     assert a["best_metrics"] == b["best_metrics"]
 
 
-def test_ctrl_c_saves_recent_before_exiting(tmp_path, data_dir):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_recent_before_exiting(tmp_path, data_dir, stop):
     args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
     process = subprocess.Popen(
         [sys.executable, "train.py", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1",
@@ -71,12 +73,12 @@ def test_ctrl_c_saves_recent_before_exiting(tmp_path, data_dir):
     for line in process.stdout:
         if "step 3 | epoch" in line or time.monotonic() > deadline:
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     output = process.communicate(timeout=120)[0]
-    assert process.returncode != 0
+    assert process.returncode == (1 if stop == signal.SIGINT else 128 + signal.SIGTERM)
     checkpoint = torch.load(recent(tmp_path), weights_only=True)
     assert 3 <= checkpoint["global_step"] < 100000
-    assert "Interrupted at step" in output
+    assert f"Interrupted at step {checkpoint['global_step']}: saved" in output
     summary = json.loads((recent(tmp_path).parents[1] / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["global_step"] == checkpoint["global_step"]
 

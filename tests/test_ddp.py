@@ -138,3 +138,28 @@ def test_torchrun_gives_one_run_dir(tmp_path, data_dir):
     ranks = seen(tmp_path / "seen")
     assert sorted(ranks) == [0, 1] and all(r["world_size"] == 2 for rank in ranks.values() for r in rank)
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 4
+
+
+def test_a_sweep_through_submitit_runs_its_jobs_in_submitits_processes(tmp_path, data_dir):
+    """hydra/launcher=submitit_local: the code path of conf/hydra/launcher/slurm.yaml (jobs
+    unpickled in fresh processes), on this machine."""
+    result = run_cli(
+        "train.py", "-m", "hydra/launcher=submitit_local", "optim.lr=0.01", *TINY, "~callbacks.record",
+        f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "out" / "multirun").iterdir()
+    assert (sweep_dir / ".submitit").is_dir() and (sweep_dir / "0-gpt2-tiny" / "checkpoints" / "recent.ckpt").exists()
+    with open(sweep_dir / "summary.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["status"] == "completed" and row["steps"] == "4"
+
+
+def test_the_slurm_preset_sizes_jobs_from_the_trainer():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer.num_nodes=2", "trainer.devices=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

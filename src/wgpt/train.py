@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.callbacks import RunSummary, SafeCheckpointIO
@@ -90,7 +91,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     # The ranks Lightning starts compose their config again: give them this run's start time
     # and rank 0's choice of checkpoint (resume=auto could find a newer one by then).
     with environment(**{START_DATETIME_ENV: cfg.start_datetime, RESUME_FROM_ENV: ckpt_path or ""}):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:  # Lightning's SystemExit() would exit 0, as if training had finished
+            raise SystemExit(128 + signal.SIGTERM) from None
     return module.best["val_loss"]
 
 
