@@ -68,13 +68,18 @@ def test_ctrl_c_or_sigterm_saves_recent_before_exiting(tmp_path, data_dir, stop)
         [sys.executable, "train.py", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1",
          "callbacks.recent.every_n_train_steps=100000", *paths(tmp_path, data_dir)],
         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # As from a terminal: a shell's background job (`pytest &`) would start it with Ctrl-C ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    for line in process.stdout:
-        if "step 3 | epoch" in line or time.monotonic() > deadline:
-            break
-    process.send_signal(stop)
-    output = process.communicate(timeout=120)[0]
+    try:
+        deadline = time.monotonic() + 240
+        for line in process.stdout:
+            if "step 3 | epoch" in line or time.monotonic() > deadline:
+                break
+        process.send_signal(stop)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()  # never leave a training process behind, whatever failed
     assert process.returncode == (1 if stop == signal.SIGINT else 128 + signal.SIGTERM)
     checkpoint = torch.load(recent(tmp_path), weights_only=True)
     assert 3 <= checkpoint["global_step"] < 100000

@@ -146,13 +146,25 @@ def launch_job_alone(cfg: DictConfig, script: str) -> int:
     """
     command = job_command(cfg, script)
     log.info("Starting this job's DDP ranks: %s", " ".join(command[1:]))
+    terminated = []
+
+    def pass_sigterm_on(signum, frame):  # a scheduler stopping the sweep: the job saves and stops first
+        terminated.append(signum)
+        process.send_signal(signal.SIGTERM)
+
     with subprocess.Popen(command) as process:
+        previous = signal.signal(signal.SIGTERM, pass_sigterm_on)
         try:
-            return process.wait()
+            code = process.wait()
         except KeyboardInterrupt:  # pass it on (a terminal's Ctrl-C reached it already), let it save and stop
             process.send_signal(signal.SIGINT)
             process.wait()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        raise SystemExit(128 + signal.SIGTERM)  # and the sweep stops here
+    return code
 
 
 # On import: a sweep job that submitit unpickles on a cluster node never runs train.py's top level,
