@@ -58,7 +58,8 @@ class RecentCheckpoint(ModelCheckpoint):
         # their last periodic save.
         if type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy) and trainer.is_global_zero:
             path = self.format_checkpoint_name(self._monitor_candidates(trainer))
-            trainer.strategy.checkpoint_io.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), path)
+            state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            trainer.strategy.checkpoint_io.save_checkpoint(state, path)
             log.info("Interrupted at step %d: saved %s", trainer.global_step, path)
 
 
@@ -74,7 +75,7 @@ class BestCheckpoint(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or pl_module.best["step"] != trainer.global_step:
             return
-        trainer.save_checkpoint(self.path)  # on every rank: Lightning makes rank 0 write it
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state; on every rank: rank 0 writes
 
 
 class ValidateAtEnd(Callback):
