@@ -118,7 +118,21 @@ def test_auto_takes_the_best_gpus_up_to_max_devices(gpus, monkeypatch, caplog):
     # A DDP rank that Lightning starts later takes rank 0's choice rather than choosing again.
     monkeypatch.setenv("LOCAL_RANK", "1")
     gpus([70.0, 1.0, 1.0, 1.0])  # rank 0 now holds memory on its GPUs
-    assert resolve_hardware({"accelerator": "auto", "devices": "auto", "max_devices": 2}, MODEL)["devices"] == [1, 2]
+    assert resolve_hardware({"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "32-true"}, MODEL)["devices"] == [1, 2]
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_precision_is_bf16_on_gpus_that_have_it_else_the_seeds_fp16(bf16, expected, gpus, monkeypatch):
+    gpus([10.0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.delenv("WGPT_GPU_IDS", raising=False)
+    assert resolve_hardware({"accelerator": "auto", "devices": "auto", "precision": "auto"}, MODEL)["precision"] == expected
+
+
+def test_auto_precision_on_cpu_is_what_the_cpu_does_well():
+    assert resolve_hardware({"accelerator": "cpu", "precision": "auto"}, MODEL)["precision"] == cpu_precision()
 
 
 def test_missing_nvml_falls_back_to_cpu_with_one_line(gpus, monkeypatch, caplog):

@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, run_cli
+from wgpt.devices import cpu_precision
 
 # A model small enough to take a few seconds, on the real data path.
 FAST = [
@@ -31,7 +33,7 @@ def test_seed_trainer_defaults_compose():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["model=gpt2"])
     trainer = cfg.trainer
-    assert (trainer.max_epochs, trainer.precision, trainer.max_devices, trainer.log_every_n_steps) == (10, "16-mixed", 2, 50)
+    assert (trainer.max_epochs, trainer.precision, trainer.max_devices, trainer.log_every_n_steps) == (10, "auto", 2, 50)
     assert cfg.callbacks.recent.every_n_train_steps == 500
     assert cfg.model._target_ == "wgpt.models.GPT" and cfg.data._target_ == "wgpt.data.DatasetLightningWrapper"
     assert cfg.data.sampler._target_ == "wgpt.data.PDBSampler"
@@ -63,8 +65,9 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(tmp_path, data_dir):
     assert "model=gpt2-tiny" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
     log = (run_dir / "train.log").read_text()
-    assert "precision 16-mixed is a GPU setting" in log
+    assert f"precision auto: {cpu_precision()} on this CPU" in log
     assert "step 2 | epoch 0 | train_loss" in log and "step 8 | val_loss" in log and "val_ppl" in log
+    assert re.search(r"step 8 \| epoch 0 \| train_loss \S+ \| lr \S+ \| [\d,]+ tokens/s \| [\d.]+ samples/s \| MFU [\d.]+%", log)
 
     rows = read_metrics(run_dir)
     val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
@@ -72,6 +75,10 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(tmp_path, data_dir):
     assert len(val) == 2 and len(train) == 4  # validations at steps 4 and 8 (the end); a train row every 2 steps
     assert val[-1] < val[0] < math.log(50304)  # it learns
     assert all(math.isclose(float(r["val_ppl"]), math.exp(float(r["val_loss"])), rel_tol=1e-4) for r in rows if r["val_loss"])
+    # Speed in every train row: 128 tokens a sample (seq_len), MFU a fraction of the CPU's peak.
+    speed = [r for r in rows if r["train_loss"]]
+    assert all(float(r["tokens_per_sec"]) == pytest.approx(128 * float(r["samples_per_sec"])) for r in speed)
+    assert all(0 < float(r["mfu"]) < 1 and float(r["flops_per_sec"]) > 0 for r in speed)
 
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert checkpoints == {"recent.ckpt", f"best-{run_dir.name}.ckpt"}

@@ -1,4 +1,5 @@
-"""Lightning callbacks and plugins for wgpt runs: checkpoint rules and the end-of-run validation."""
+"""Lightning callbacks and plugins for wgpt runs: checkpoint rules, the end-of-run validation,
+and the training speed report."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+import torch
+from lightning.fabric.utilities.throughput import Throughput
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from wgpt.checkpoint import load_checkpoint
+from wgpt.devices import compute_dtype, peak_flops
 from wgpt.sweep import write_run_summary
 
 log = logging.getLogger("wgpt")
@@ -151,3 +157,74 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sequences(batch) -> int:
+    return batch[0].size(0)
+
+
+def _tokens(batch) -> int:
+    return batch[0].numel()
+
+
+class SpeedMonitor(ThroughputMonitor):
+    """Training speed: ``tokens_per_sec``, ``samples_per_sec`` (all devices together), ``mfu``
+    (model FLOPs utilisation of one device) and ``flops_per_sec`` (one device), averaged over the
+    ``window_size`` micro-batches before each logging step (default: since the previous one).
+
+    Logged with the metrics every ``trainer.log_every_n_steps``, shown in the progress bar and
+    in train.log's step lines. Validation time is left out. MFU divides the model's FLOPs
+    (``flops_per_batch``, counted by Lightning's ``measure_flops``) by the device's peak in the
+    run's compute dtype: the datasheet figure for GPUs, a measured matmul rate for CPUs.
+    """
+
+    def __init__(self, window_size: int | None = None):
+        super().__init__(batch_size_fn=_sequences, length_fn=_tokens)
+        self.window_size = window_size
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        window = self.window_size or max(2, trainer.log_every_n_steps * trainer.accumulate_grad_batches)
+        dtype = compute_dtype(str(trainer.precision))
+        self.available_flops = peak_flops(trainer.strategy.root_device, dtype) if trainer.is_global_zero else None
+        for stage_ in (RunningStage.TRAINING, RunningStage.VALIDATING):  # validation's time is left out
+            self._throughputs[stage_] = Throughput(self.available_flops, trainer.world_size, window)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._update(trainer, pl_module, batch, trainer.fit_loop.total_batch_idx + 1)
+        step = trainer.global_step
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or step % trainer.log_every_n_steps:
+            return
+        speed = self.speed(trainer)
+        if speed:
+            pl_module.log_dict(speed, prog_bar=True, rank_zero_only=True)
+        loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
+        line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
+        if "tokens_per_sec" in speed:
+            line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"
+        if "mfu" in speed:
+            line += f" | MFU {speed['mfu']:.1%}"
+        log.info(line)
+
+    def speed(self, trainer: L.Trainer) -> dict[str, float]:
+        """The window's averages, once it is full (else {})."""
+        metrics = self._throughputs[RunningStage.TRAINING].compute()
+        every = "" if trainer.world_size > 1 else "device/"  # Lightning adds all-device totals only above 1
+        names = {
+            f"{every}items_per_sec": "tokens_per_sec",
+            f"{every}samples_per_sec": "samples_per_sec",
+            "device/mfu": "mfu",
+            "device/flops_per_sec": "flops_per_sec",
+        }
+        return {name: float(metrics[key]) for key, name in names.items() if key in metrics}
+
+    @rank_zero_only
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, *args, **kwargs) -> None:
+        if not trainer.sanity_checking:  # timed only to be left out of training's time
+            self._update(trainer, pl_module, batch, 0)
+
+
+def _lr(trainer: L.Trainer) -> float:
+    return trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
+import platform
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import get_available_flops
 
 from wgpt.errors import WgptError
 from wgpt.launch import external_launch
@@ -101,8 +107,10 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     ``devices: auto`` takes, in order: the ranks torchrun or srun started (their count per node
     and nodes); the GPUs rank 0 chose (in ranks Lightning started); the best ``max_devices``
     GPUs by free memory; one CPU process when there is no GPU or NVML cannot query them. On a
-    CPU, float16 (the seed's default precision of 16) becomes ``cpu_precision()``; an explicit
-    bf16 or 32 request is kept. Each choice is logged in one line.
+    ``precision: auto`` is bf16-mixed on GPUs that have bfloat16 (Ampere and newer), the seed's
+    16-mixed on older ones, and ``cpu_precision()`` on a CPU. On a CPU, float16 (the seed's
+    precision 16) also becomes ``cpu_precision()``; an explicit bf16 or 32 request is kept. Each
+    choice is logged in one line.
     """
     cfg = dict(trainer_cfg)
     max_devices = cfg.pop("max_devices", None)
@@ -137,8 +145,16 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
             cfg["accelerator"], cfg["devices"] = "cpu", 1
             log.info("No CUDA GPU found: training on CPU")
     on_cpu = cfg.get("accelerator") == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available())
-    precision = str(cfg.get("precision", "32-true"))
-    if on_cpu and precision in FP16_PRECISIONS:
+    precision = str(cfg.get("precision", "auto"))
+    if precision == "auto":
+        if on_cpu:
+            cfg["precision"] = cpu_precision()
+        elif cuda:
+            cfg["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:  # Apple GPUs: float32, the setting every op there supports
+            cfg["precision"] = "32-true"
+        log.info("precision auto: %s on this %s", cfg["precision"], "CPU" if on_cpu else "GPU")
+    elif on_cpu and precision in FP16_PRECISIONS:
         cfg["precision"] = cpu_precision()
         log.info("precision %s is a GPU setting; this CPU run uses %s instead", precision, cfg["precision"])
     return cfg
@@ -160,3 +176,77 @@ def reuse_freed_host_memory() -> None:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(2**30))
     libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))
+
+
+def enable_tf32(enabled: bool = True) -> bool:
+    """TF32 matmuls (float32 range, 10-bit mantissa; ~8x the float32 rate) on Ampere and newer
+    GPUs, where they exist. Returns whether they are on."""
+    if not (enabled and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8):
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a Lightning precision setting runs its matmuls in."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision in FP16_PRECISIONS:
+        return torch.float16
+    return torch.float64 if precision.startswith("64") else torch.float32
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The FLOP/s that MFU divides by: a GPU's datasheet figure (Lightning's table, TF32 when it
+    is on), or this CPU's measured matmul rate (``cpu_peak_flops``). None for unknown GPUs."""
+    if device.type == "cpu":
+        return cpu_peak_flops(dtype)
+    return get_available_flops(device, dtype)
+
+
+def cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
+    """The best rate of a large matmul on this CPU, with this process's threads and ``dtype``
+    (float32, or autocast's bf16/fp16), measured once in ``seconds`` and cached per CPU model,
+    thread count, torch version and dtype in ~/.cache/wgpt/peak_flops.json (XDG_CACHE_HOME)."""
+    key = f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wgpt" / "peak_flops.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), (int, float)):
+        return float(known[key])
+    peak = _measure_matmul_flops(dtype, seconds)
+    log.info("Measured this CPU's matmul peak: %.1f GFLOP/s (%s)", peak / 1e9, key)
+    try:  # write-then-rename: a concurrent reader never sees half a file
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**known, key: peak}, indent=1))
+        os.replace(tmp, cache)
+    except OSError as e:
+        log.warning("Could not cache the CPU's peak FLOP/s in %s: %s", cache, e)
+    return peak
+
+
+def _measure_matmul_flops(dtype: torch.dtype, seconds: float, n: int = 1024) -> float:
+    # The training path's op: F.linear on float32 weights, under autocast for bf16/fp16.
+    a, w = torch.randn(n, n), torch.randn(n, n)
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
+    best, start = 0.0, time.perf_counter()
+    with autocast, torch.no_grad():
+        F.linear(a, w)  # warm-up: thread pool, kernel selection
+        while time.perf_counter() - start < seconds or best == 0.0:
+            t = time.perf_counter()
+            F.linear(a, w)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-import functools
 import math
-import time
 from datetime import datetime
+from typing import Callable
 
 import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import measure_flops
+from lightning.pytorch.plugins.precision import MixedPrecision
 
+from wgpt.errors import WgptError
 from wgpt.schedules import one_cycle
 
 log = logging.getLogger("wgpt")
@@ -23,7 +25,8 @@ def perplexity(loss: float) -> float:
 
 
 class ModelLightningWrapper(L.LightningModule):
-    """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a one-cycle schedule.
+    """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a learning-rate schedule
+    (``scheduler(step, total_steps)`` -> factor of ``learning_rate``; the seed's one-cycle by default).
 
     Logs ``train_loss`` every step (written every ``log_every_n_steps``), ``val_loss`` and
     ``val_ppl`` per validation (and ``val_loss/<dataset>`` when several datasets are served),
@@ -36,28 +39,29 @@ class ModelLightningWrapper(L.LightningModule):
         model: nn.Module,
         learning_rate: float,
         weight_decay: float = 0.1,
+        decay_matrices_only: bool = True,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         fused: bool | None = None,
-        scheduler: dict | None = None,
+        scheduler: Callable[[int, int], float] = one_cycle,
         dataset_names: list[str] | None = None,
         start_datetime: str | None = None,
     ):
         super().__init__()
         self.model = model
         self.learning_rate, self.weight_decay, self.betas, self.eps = learning_rate, weight_decay, tuple(betas), eps
-        self.fused = fused
-        self.scheduler = dict(scheduler or {})
+        self.decay_matrices_only, self.fused = decay_matrices_only, fused
+        self.scheduler = scheduler
         self.dataset_names = list(dataset_names or [])
         self.start_datetime = start_datetime or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         self.best = {"train_loss": math.inf, "val_loss": math.inf, "val_ppl": math.inf, "step": -1}
         self.last_val_loss = math.nan  # of the latest validation
         self._train_loss_sum = torch.zeros(())  # since the last validation, for best["train_loss"]
         self._train_loss_count = 0
-        self._last_loss = torch.zeros(())  # the last micro-batch's loss, not divided for accumulation
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count)
-        self._last_line = (0, time.perf_counter())  # (step, time) of the last train log line
         self._total = None  # optimizer steps the run will take, once known
+        self._flops: tuple[torch.Size, int] | None = None  # (input shape, FLOPs of a training micro-batch)
+        self._input_shape: torch.Size | None = None  # of the latest training micro-batch
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
@@ -70,27 +74,25 @@ class ModelLightningWrapper(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log("train_loss", loss, prog_bar=True)
-        self._last_loss = loss.detach()
-        self._train_loss_sum = self._train_loss_sum.to(loss.device) + self._last_loss
+        self._input_shape = batch[0].shape
+        self._train_loss_sum = self._train_loss_sum.to(loss.device) + loss.detach()
         self._train_loss_count += 1
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.global_step
-        if step % self.trainer.log_every_n_steps or step == self._last_line[0] or not self.trainer.is_global_zero:
-            return
-        last_step, last_time = self._last_line
-        now = time.perf_counter()
-        tokens = (step - last_step) * batch[0].numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
-        log.info(
-            "step %d | epoch %d | train_loss %.4f | lr %.2e | %.0f tokens/s",
-            step, self.current_epoch, self._last_loss.item(), self.lr_schedulers().get_last_lr()[0],
-            tokens / (now - last_time),
-        )  # fmt: skip
-        self._last_line = (step, now)
-
-    def on_train_start(self) -> None:
-        self._last_line = (self.global_step, time.perf_counter())  # a resumed run starts counting here
+    @property
+    def flops_per_batch(self) -> int | None:
+        """FLOPs of one training micro-batch (forward and backward) of the latest batch's shape,
+        counted on a meta-device copy of the model: ThroughputMonitor's MFU reads it."""
+        if self._input_shape is None:
+            return None
+        if self._flops is None or self._flops[0] != self._input_shape:
+            # Asked from inside inference mode (ThroughputMonitor's update); counting needs a backward.
+            with torch.device("meta"), torch.inference_mode(False), torch.enable_grad():
+                model = type(self.model)(**self.model.config)
+                input = torch.zeros(self._input_shape, dtype=torch.long)
+                loss = lambda logits: F.cross_entropy(logits.flatten(0, 1), input.flatten())  # noqa: E731
+                self._flops = (self._input_shape, measure_flops(model, lambda: model(input), loss))
+        return self._flops[1]
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {}
@@ -152,15 +154,25 @@ class ModelLightningWrapper(L.LightningModule):
             torch.cuda.set_rng_state(states["cuda"].cpu(), self.device)
 
     def configure_optimizers(self):
-        # Weight decay on matrices only: decaying gains and biases only hurts.
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = self.fused if self.fused is not None else self.device.type in ("cuda", "cpu")
+        if self.decay_matrices_only:  # decaying norm gains and biases towards 0 only hurts
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
+        else:
+            groups = [{"params": params, "weight_decay": self.weight_decay}]
+        # A fused AdamW unscales float16 gradients inside step(), after clipping would have seen
+        # them still scaled. bf16 and float32 have no scaling, so nothing stands in the way there.
+        fp16_clipping = getattr(self.trainer.precision_plugin, "scaler", None) is not None and bool(self.trainer.gradient_clip_val)
+        if self.fused and fp16_clipping:
+            raise WgptError(
+                "optim.fused=true cannot be combined with float16 (precision 16-mixed) and gradient clipping: "
+                "use precision=bf16-mixed, optim.fused=null or trainer.gradient_clip_val=null"
+            )
+        fused = self.fused if self.fused is not None else self.device.type in ("cuda", "cpu") and not fp16_clipping
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, eps=self.eps, fused=fused)
-        schedule = functools.partial(one_cycle, **self.scheduler)
+        schedule = self.scheduler
         # The schedule's length is asked for only from step 1 on. At step 0 Lightning is still
         # setting up; asking then (estimated_stepping_batches) makes it start the train loader
         # before it restores a checkpoint, and a resumed run would replay its epoch's first batches.
@@ -168,6 +180,19 @@ class ModelLightningWrapper(L.LightningModule):
             optimizer, lambda step: schedule(step, self._total_steps() if step else 1)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales in
+        # step() (fused AdamW), even in bf16, which has no scaler: clip those here.
+        unscales_itself = getattr(optimizer, "_step_supports_amp_scaling", False)
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and unscales_itself and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _total_steps(self) -> int:
         if self._total is None:

@@ -1,4 +1,8 @@
-"""Learning-rate schedules as factors of the peak learning rate, for ``LambdaLR``."""
+"""Learning-rate schedules: ``f(step, total_steps)`` -> factor of the peak learning rate, for ``LambdaLR``.
+
+The config picks one (``optim/scheduler=one_cycle`` or ``warmup_cosine``) as a partial function
+of its options; the module supplies the run's length.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,15 @@ def one_cycle(
     if step < warmup:
         return _anneal(start, 1.0, step / warmup, anneal_strategy)
     return _anneal(1.0, end, min(1.0, (step - warmup) / max(total_steps - warmup, 1)), anneal_strategy)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1) -> float:
+    """GPT-3's schedule: linear warmup over ``warmup_steps`` (from lr/warmup_steps), then a cosine
+    decay to ``min_lr_ratio`` x lr at the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+    return min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def _anneal(start: float, end: float, progress: float, strategy: str) -> float:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from wgpt.callbacks import RunSummary, SafeCheckpointIO
 from wgpt.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
 from wgpt.data.tokenizer import Tokenizer
-from wgpt.devices import resolve_hardware, reuse_freed_host_memory
+from wgpt.devices import enable_tf32, resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError
 from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.module import ModelLightningWrapper
@@ -59,14 +59,20 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(Tokenizer())))
     ckpt_path = checkpoint_to_resume(cfg, model)
     datamodule = instantiate(cfg.data)
+    if enable_tf32(cfg.tf32):
+        log.info("TF32 matmuls on (tf32=false turns them off)")
+    if cfg.compile:
+        model.compile()  # in place: the weights keep their names in checkpoints
+        log.info("Model compiled with torch.compile: the first steps wait for the compiler")
     module = ModelLightningWrapper(
         model,
         learning_rate=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay,
+        decay_matrices_only=cfg.optim.decay_matrices_only,
         betas=cfg.optim.betas,
         eps=cfg.optim.eps,
         fused=cfg.optim.fused,
-        scheduler=OmegaConf.to_container(cfg.optim.scheduler),
+        scheduler=instantiate(cfg.optim.scheduler),
         dataset_names=list(cfg.data.datasets),
         start_datetime=cfg.start_datetime,
     )

@@ -11,13 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wgpt.models.attention import causal_attention
 from wgpt.models.kv_cache import KVCache
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_embed: int, n_heads: int, dropout: float, bias: bool):
+    def __init__(self, d_embed: int, n_heads: int, dropout: float, bias: bool, sdpa: bool = True):
         super().__init__()
-        self.n_heads, self.dropout = n_heads, dropout
+        self.n_heads, self.dropout, self.sdpa = n_heads, dropout, sdpa
         self.qkv = nn.Linear(d_embed, 3 * d_embed, bias=bias)
         self.proj = nn.Linear(d_embed, d_embed, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
@@ -27,8 +28,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if cache is None:
-            dropout = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.sdpa)
         else:  # decoding: attend to this layer's cached keys and values too
             y = cache.attend(layer, q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
@@ -47,10 +47,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_embed: int, n_heads: int, dropout: float, bias: bool):
+    def __init__(self, d_embed: int, n_heads: int, dropout: float, bias: bool, sdpa: bool = True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_embed, bias=bias)
-        self.attn = CausalSelfAttention(d_embed, n_heads, dropout, bias)
+        self.attn = CausalSelfAttention(d_embed, n_heads, dropout, bias, sdpa)
         self.ln_2 = nn.LayerNorm(d_embed, bias=bias)
         self.mlp = MLP(d_embed, dropout, bias)
 
@@ -71,6 +71,7 @@ class GPT(nn.Module):
         max_seq_len: int = 1024,
         dropout: float = 0.0,
         bias: bool = True,
+        sdpa: bool = True,
         name: str = "gpt2",
     ):
         super().__init__()
@@ -78,13 +79,13 @@ class GPT(nn.Module):
             raise ValueError(f"d_embed={d_embed} is not divisible by n_heads={n_heads}")
         self.config = dict(
             name=name, vocab_size=vocab_size, d_embed=d_embed, n_layers=n_layers, n_heads=n_heads,
-            max_seq_len=max_seq_len, dropout=dropout, bias=bias,
+            max_seq_len=max_seq_len, dropout=dropout, bias=bias, sdpa=sdpa,
         )  # fmt: skip
         self.max_seq_len = max_seq_len
         self.wte = nn.Embedding(vocab_size, d_embed)
         self.wpe = nn.Embedding(max_seq_len, d_embed)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_embed, n_heads, dropout, bias) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_embed, n_heads, dropout, bias, sdpa) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_embed, bias=bias)
         self.lm_head = nn.Linear(d_embed, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: one matrix embeds tokens and scores them

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wgpt.models.gpt import _init_weights
+from wgpt.models.attention import causal_attention
 from wgpt.models.kv_cache import KVCache
 
 
@@ -31,10 +32,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    def __init__(self, d_embed: int, n_heads: int, n_kv_heads: int, dropout: float):
+    def __init__(self, d_embed: int, n_heads: int, n_kv_heads: int, dropout: float, sdpa: bool = True):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_embed // n_heads
-        self.dropout = dropout
+        self.dropout, self.sdpa = dropout, sdpa
         self.wq = nn.Linear(d_embed, n_heads * self.head_dim, bias=False)
         self.wkv = nn.Linear(d_embed, 2 * n_kv_heads * self.head_dim, bias=False)
         self.proj = nn.Linear(n_heads * self.head_dim, d_embed, bias=False)
@@ -46,13 +47,10 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k, v = self.wkv(x).view(B, T, 2 * self.n_kv_heads, self.head_dim).transpose(1, 2).chunk(2, dim=1)  # (B, K, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        gqa = self.n_kv_heads != self.n_heads  # each K/V head serves H/K query heads
         if cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, enable_gqa=gqa
-            )
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.sdpa)
         else:  # decoding: the cache keeps K heads only, rotated, as GQA needs no more
-            y = cache.attend(layer, q, k, v, enable_gqa=gqa)
+            y = cache.attend(layer, q, k, v, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -68,10 +66,12 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_embed: int, n_heads: int, n_kv_heads: int, hidden: int, dropout: float, norm_eps: float):
+    def __init__(
+        self, d_embed: int, n_heads: int, n_kv_heads: int, hidden: int, dropout: float, norm_eps: float, sdpa: bool
+    ):
         super().__init__()
         self.attn_norm = nn.RMSNorm(d_embed, eps=norm_eps)
-        self.attn = Attention(d_embed, n_heads, n_kv_heads, dropout)
+        self.attn = Attention(d_embed, n_heads, n_kv_heads, dropout, sdpa)
         self.mlp_norm = nn.RMSNorm(d_embed, eps=norm_eps)
         self.mlp = SwiGLU(d_embed, hidden)
         self.dropout = nn.Dropout(dropout)
@@ -109,6 +109,7 @@ class Llama(nn.Module):
         norm_eps: float = 1e-5,
         dropout: float = 0.0,
         tie_embeddings: bool = False,
+        sdpa: bool = True,
         name: str = "llama3",
     ):
         super().__init__()
@@ -121,13 +122,13 @@ class Llama(nn.Module):
             name=name, vocab_size=vocab_size, d_embed=d_embed, n_layers=n_layers, n_heads=n_heads,
             n_kv_heads=n_kv_heads, max_seq_len=max_seq_len, multiple_of=multiple_of,
             ffn_dim_multiplier=ffn_dim_multiplier, rope_theta=rope_theta, norm_eps=norm_eps,
-            dropout=dropout, tie_embeddings=tie_embeddings,
+            dropout=dropout, tie_embeddings=tie_embeddings, sdpa=sdpa,
         )  # fmt: skip
         self.max_seq_len = max_seq_len
         self.tok_embeddings = nn.Embedding(vocab_size, d_embed)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_embed, n_heads, n_kv_heads, hidden, dropout, norm_eps) for _ in range(n_layers)
+            Block(d_embed, n_heads, n_kv_heads, hidden, dropout, norm_eps, sdpa) for _ in range(n_layers)
         )
         self.norm = nn.RMSNorm(d_embed, eps=norm_eps)
         self.lm_head = nn.Linear(d_embed, vocab_size, bias=False)
