@@ -198,8 +198,8 @@ class SpeedMonitor(ThroughputMonitor):
         if (batch_idx + 1) % trainer.accumulate_grad_batches or step % trainer.log_every_n_steps:
             return
         speed = self.speed(trainer)
-        if speed:
-            pl_module.log_dict(speed, prog_bar=True, rank_zero_only=True)
+        for name, value in speed.items():  # FLOP/s in the metrics only: the bar has MFU
+            pl_module.log(name, value, prog_bar=name != "flops_per_sec", rank_zero_only=True)
         loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
         line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
         if "tokens_per_sec" in speed:
