@@ -1,8 +1,8 @@
 """Shared by the speed benchmarks: run train.py as a user would and read its metrics back.
 
 Speed is read from the run's own SpeedMonitor: with ``trainer.log_every_n_steps=W`` and
-``trainer.max_steps=2W``, the last logged row averages the second W steps (the first W warm up:
-thread pools, allocator, loader workers, compilation).
+``trainer.max_steps=2W``, the last logged row is the rate from step W to step 2W (the first W
+warm up: thread pools, allocator, loader workers, compilation).
 """
 
 from __future__ import annotations

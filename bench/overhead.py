@@ -30,8 +30,6 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     import torch.nn.functional as F
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from lightning.fabric.utilities.throughput import Throughput
-
     import wgpt.launch  # noqa: F401  (the config's resolvers)
     from wgpt.data.tokenizer import Tokenizer
     from wgpt.devices import cpu_precision, reuse_freed_host_memory
@@ -39,6 +37,12 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model_name}", *extra])
+    unmirrored = {
+        "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches != 1, "compile": cfg.compile,
+        "optim.fused": cfg.optim.fused is False, "optim.decay_matrices_only": not cfg.optim.decay_matrices_only,
+    }  # fmt: skip
+    if any(unmirrored.values()):
+        raise SystemExit(f"the plain loop does not mirror {[k for k, v in unmirrored.items() if v]}: leave them at their defaults")
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(Tokenizer())))
@@ -55,14 +59,14 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
         lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=True,
     )  # fmt: skip
     schedule = instantiate(cfg.optim.scheduler)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps) if s else 1)
-    precision = cpu_precision() if cfg.trainer.precision == "auto" else cfg.trainer.precision
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps if s else 1))  # as the module
+    precision = cfg.trainer.precision
+    if precision == "auto" or precision in ("16", "16-mixed", "16-true"):  # as wgpt.devices.resolve_hardware on a CPU
+        precision = cpu_precision()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     clip = cfg.trainer.gradient_clip_val
 
-    throughput = Throughput(window_size=window)
     model.train()
-    start = time.perf_counter()
     for step, (x, y) in enumerate(loader, start=1):
         with autocast:
             logits = model(x)
@@ -73,10 +77,11 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        throughput.update(time=time.perf_counter() - start, batches=step, samples=step * x.size(0), lengths=step * x.numel())
+        if step == window:  # the measured steps start: as SpeedMonitor's logging step W
+            start = time.perf_counter()
         if step == steps:
             break
-    return {"tokens_per_sec": throughput.compute()["device/items_per_sec"], "loss": loss.item()}
+    return {"tokens_per_sec": window * x.numel() / (time.perf_counter() - start), "loss": loss.item()}
 
 
 def loader_alone(model_name: str, batches: int, extra: list[str]) -> float:

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from wgpt.checkpoint import load_checkpoint
 from wgpt.devices import compute_dtype, peak_flops
@@ -159,59 +158,74 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sequences(batch) -> int:
-    return batch[0].size(0)
-
-
-def _tokens(batch) -> int:
-    return batch[0].numel()
-
-
-class SpeedMonitor(ThroughputMonitor):
+class SpeedMonitor(Callback):
     """Training speed: ``tokens_per_sec``, ``samples_per_sec`` (all devices together), ``mfu``
-    (model FLOPs utilisation of one device) and ``flops_per_sec`` (one device), averaged over the
-    ``window_size`` micro-batches before each logging step (default: since the previous one).
+    (model FLOPs utilisation of one device) and ``flops_per_sec`` (one device), each averaged
+    over the steps since the previous logging step, validation time left out.
 
     Logged with the metrics every ``trainer.log_every_n_steps``, shown in the progress bar and
-    in train.log's step lines. Validation time is left out. MFU divides the model's FLOPs
-    (``flops_per_batch``, counted by Lightning's ``measure_flops``) by the device's peak in the
-    run's compute dtype: the datasheet figure for GPUs, a measured matmul rate for CPUs.
+    in train.log's step lines. MFU divides the model's FLOPs (the module's ``flops_per_batch``,
+    counted by Lightning's ``measure_flops``) by the device's peak in the run's compute dtype:
+    the datasheet figure for GPUs, a measured matmul rate for CPUs (``wgpt.devices.peak_flops``).
+
+    Built on Lightning's ``Throughput`` rather than its ``ThroughputMonitor`` callback, which
+    synchronizes the GPU after every micro-batch: this waits for the GPU once per logging step.
     """
 
-    def __init__(self, window_size: int | None = None):
-        super().__init__(batch_size_fn=_sequences, length_fn=_tokens)
-        self.window_size = window_size
+    def __init__(self):
+        self._throughput: Throughput | None = None  # rank 0's, once fitting
+        self._counts = {"batches": 0, "samples": 0, "lengths": 0}  # since training started
+        self._flops: int | None = 0  # since the last logging step; None: the module cannot count them
+        self._start = 0.0  # when training started, moved on by each validation's duration
+        self._validation_start: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        window = self.window_size or max(2, trainer.log_every_n_steps * trainer.accumulate_grad_batches)
-        dtype = compute_dtype(str(trainer.precision))
-        self.available_flops = peak_flops(trainer.strategy.root_device, dtype) if trainer.is_global_zero else None
-        for stage_ in (RunningStage.TRAINING, RunningStage.VALIDATING):  # validation's time is left out
-            self._throughputs[stage_] = Throughput(self.available_flops, trainer.world_size, window)
+        if stage == "fit" and trainer.is_global_zero:
+            peak = peak_flops(trainer.strategy.root_device, compute_dtype(str(trainer.precision)))
+            self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=2)
 
-    @rank_zero_only
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        self._update(trainer, pl_module, batch, trainer.fit_loop.total_batch_idx + 1)
-        step = trainer.global_step
-        if (batch_idx + 1) % trainer.accumulate_grad_batches or step % trainer.log_every_n_steps:
+    @staticmethod
+    def _now(trainer: L.Trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # kernels queued so far count as done by now
+        return time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._throughput is None:
             return
-        speed = self.speed(trainer)
+        self._throughput.reset()
+        self._counts = dict.fromkeys(self._counts, 0)
+        self._flops = 0 if hasattr(pl_module, "flops_per_batch") else None
+        self._start = self._now(trainer)
+        self._throughput.update(time=0.0, **self._counts, flops=self._flops)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self._throughput is None:
+            return
+        self._counts["batches"] += 1
+        self._counts["samples"] += batch[0].size(0)
+        self._counts["lengths"] += batch[0].numel()
+        if self._flops is not None:
+            self._flops += pl_module.flops_per_batch or 0
+        every, step = trainer.log_every_n_steps, trainer.global_step
+        if not every or step % every or trainer.fit_loop._should_accumulate():
+            return
+        self._throughput.update(time=self._now(trainer) - self._start, **self._counts, flops=self._flops)
+        self._flops = 0 if self._flops is not None else None
+        speed = self.speed(trainer.world_size)
         for name, value in speed.items():  # FLOP/s in the metrics only: the bar has MFU
             pl_module.log(name, value, prog_bar=name != "flops_per_sec", rank_zero_only=True)
         loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
         line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
-        if "tokens_per_sec" in speed:
-            line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"
+        line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"
         if "mfu" in speed:
             line += f" | MFU {speed['mfu']:.1%}"
         log.info(line)
 
-    def speed(self, trainer: L.Trainer) -> dict[str, float]:
-        """The window's averages, once it is full (else {})."""
-        metrics = self._throughputs[RunningStage.TRAINING].compute()
-        every = "" if trainer.world_size > 1 else "device/"  # Lightning adds all-device totals only above 1
+    def speed(self, world_size: int) -> dict[str, float]:
+        """Averages between the last two logging steps."""
+        metrics = self._throughput.compute()
+        every = "" if world_size > 1 else "device/"  # Lightning adds all-device totals only above 1
         names = {
             f"{every}items_per_sec": "tokens_per_sec",
             f"{every}samples_per_sec": "samples_per_sec",
@@ -220,10 +234,14 @@ class SpeedMonitor(ThroughputMonitor):
         }
         return {name: float(metrics[key]) for key, name in names.items() if key in metrics}
 
-    @rank_zero_only
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, *args, **kwargs) -> None:
-        if not trainer.sanity_checking:  # timed only to be left out of training's time
-            self._update(trainer, pl_module, batch, 0)
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._throughput is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._validation_start = self._now(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_start is not None:
+            self._start += self._now(trainer) - self._validation_start
+            self._validation_start = None
 
 
 def _lr(trainer: L.Trainer) -> float:

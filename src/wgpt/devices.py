@@ -150,7 +150,8 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
         if on_cpu:
             cfg["precision"] = cpu_precision()
         elif cuda:
-            cfg["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+            # Native bf16 only (Ampere and newer): older GPUs emulate it, slower than float16.
+            cfg["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
         else:  # Apple GPUs: float32, the setting every op there supports
             cfg["precision"] = "32-true"
         log.info("precision auto: %s on this %s", cfg["precision"], "CPU" if on_cpu else "GPU")
@@ -201,7 +202,15 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     is on), or this CPU's measured matmul rate (``cpu_peak_flops``). None for unknown GPUs."""
     if device.type == "cpu":
         return cpu_peak_flops(dtype)
+    if device.type == "cuda" and "h200" in torch.cuda.get_device_name(device).lower():
+        # Lightning's table misses "NVIDIA H200" and lists H200 NVL/SXM1 at sparse rates. The H200
+        # has the H100 SXM's compute (dense bf16 989 TFLOP/s) with more and faster memory.
+        tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+        return H100_SXM_DENSE["tfloat32" if tf32 else dtype] if (tf32 or dtype in H100_SXM_DENSE) else None
     return get_available_flops(device, dtype)
+
+
+H100_SXM_DENSE = {torch.float64: 33.5e12, torch.float32: 66.9e12, "tfloat32": 494.7e12, torch.bfloat16: 989.4e12, torch.float16: 989.4e12}
 
 
 def cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:

@@ -49,6 +49,9 @@ class ModelLightningWrapper(L.LightningModule):
     ):
         super().__init__()
         self.model = model
+        # Kept apart from the module: FSDP may wrap or shard it, and these must stay readable.
+        self.model_class, self.model_config = type(model), dict(model.config)
+        self._matrices = {name for name, p in model.named_parameters() if p.dim() >= 2}
         self.learning_rate, self.weight_decay, self.betas, self.eps = learning_rate, weight_decay, tuple(betas), eps
         self.decay_matrices_only, self.fused = decay_matrices_only, fused
         self.scheduler = scheduler
@@ -88,7 +91,7 @@ class ModelLightningWrapper(L.LightningModule):
         if self._flops is None or self._flops[0] != self._input_shape:
             # Asked from inside inference mode (ThroughputMonitor's update); counting needs a backward.
             with torch.device("meta"), torch.inference_mode(False), torch.enable_grad():
-                model = type(self.model)(**self.model.config)
+                model = self.model_class(**self.model_config)
                 input = torch.zeros(self._input_shape, dtype=torch.long)
                 loss = lambda logits: F.cross_entropy(logits.flatten(0, 1), input.flatten())  # noqa: E731
                 self._flops = (self._input_shape, measure_flops(model, lambda: model(input), loss))
@@ -135,8 +138,8 @@ class ModelLightningWrapper(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
         # Lightning already stores "epoch" and "global_step" beside these.
-        checkpoint["model_class"] = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
-        checkpoint["model_config"] = dict(self.model.config)
+        checkpoint["model_class"] = f"{self.model_class.__module__}.{self.model_class.__qualname__}"
+        checkpoint["model_config"] = dict(self.model_config)
         checkpoint["best_metrics"] = dict(self.best)
         checkpoint["start_datetime"] = self.start_datetime
         # Dropout's random stream: a resumed run draws the masks the uninterrupted one would have.
@@ -154,14 +157,16 @@ class ModelLightningWrapper(L.LightningModule):
             torch.cuda.set_rng_state(states["cuda"].cpu(), self.device)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         if self.decay_matrices_only:  # decaying norm gains and biases towards 0 only hurts
+            # By name, as the model was built: FSDP may have flattened the parameters by now.
+            matrix = {name: name.replace("_fsdp_wrapped_module.", "") in self._matrices for name in params}
             groups = [
-                {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+                {"params": [p for name, p in params.items() if matrix[name]], "weight_decay": self.weight_decay},
+                {"params": [p for name, p in params.items() if not matrix[name]], "weight_decay": 0.0},
             ]
         else:
-            groups = [{"params": params, "weight_decay": self.weight_decay}]
+            groups = [{"params": list(params.values()), "weight_decay": self.weight_decay}]
         # A fused AdamW unscales float16 gradients inside step(), after clipping would have seen
         # them still scaled. bf16 and float32 have no scaling, so nothing stands in the way there.
         fp16_clipping = getattr(self.trainer.precision_plugin, "scaler", None) is not None and bool(self.trainer.gradient_clip_val)
