@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WGPT_ROOT", str(ROOT))  # conf/paths' root_dir, as train.py sets it
 
 # Training only: no validation, sanity check or checkpoint inside the measured steps.
 TRAIN_ONLY = [
