@@ -66,11 +66,14 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     clip = cfg.trainer.gradient_clip_val
 
-    model.train()
-    for step, (x, y) in enumerate(loader, start=1):
+    def loss_of(x, y):  # its (B, T, V) logits are freed on return, as in a training_step
         with autocast:
             logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    model.train()
+    for step, (x, y) in enumerate(loader, start=1):
+        loss = loss_of(x, y)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
