@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf/paths: root_dir
 
-from wgpt.errors import one_line_errors  # noqa: E402
+from wgpt.errors import one_line_config_errors, one_line_errors  # noqa: E402
 from wgpt.evaluate import evaluate_checkpoint  # noqa: E402
 
 
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_config_errors(Path(__file__).resolve().parent / "conf"):
+        main()

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))
 
-from wgpt.errors import one_line_errors  # noqa: E402
+from wgpt.errors import one_line_config_errors, one_line_errors  # noqa: E402
 from wgpt.generation import generate_from_config  # noqa: E402
 
 
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_config_errors(Path(__file__).resolve().parent / "conf"):
+        main()

@@ -8,15 +8,21 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf/paths: root_dir
 
-from wgpt.errors import one_line_errors  # noqa: E402
-from wgpt.train import train  # noqa: E402  (registers the resolvers conf/train.yaml uses)
+import wgpt.launch  # noqa: E402, F401  (registers the resolvers conf/train.yaml uses)
+from wgpt.errors import discarded_on_bad_input, one_line_config_errors, one_line_errors  # noqa: E402
+from wgpt.validate import check_values  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     with one_line_errors():
+        with discarded_on_bad_input(cfg.paths.output_dir, cfg.paths.output_root):
+            check_values(cfg)  # before torch and Lightning load (seconds), so a mistyped value is reported at once
+        from wgpt.train import train
+
         return train(cfg, script=__file__)
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_config_errors(Path(__file__).resolve().parent / "conf"):
+        main()

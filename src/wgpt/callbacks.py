@@ -1,5 +1,5 @@
 """Lightning callbacks and plugins for wgpt runs: checkpoint rules, the end-of-run validation,
-and the training speed report."""
+and the training speed report (the progress bar is in ``wgpt.console``)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.fabric.utilities.throughput import Throughput
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
 from wgpt.checkpoint import load_checkpoint
 from wgpt.devices import compute_dtype, peak_flops
@@ -26,6 +28,13 @@ log = logging.getLogger("wgpt")
 # How a run is stopped from outside: Ctrl-C, or SIGTERM (a scheduler's preemption or time limit),
 # which Lightning turns into SIGTERMException at the next step, on every rank at once.
 STOPPED = (KeyboardInterrupt, SIGTERMException)
+
+
+def build_callbacks(callbacks_cfg: DictConfig, enable_progress_bar: bool = True) -> list[Callback]:
+    """Instantiate the callbacks group. With ``trainer.enable_progress_bar=false`` its progress bar
+    is left out: Lightning refuses a progress bar callback together with that flag."""
+    callbacks = [instantiate(c) for c in callbacks_cfg.values()]
+    return [c for c in callbacks if enable_progress_bar or not isinstance(c, ProgressBar)]
 
 
 class RecentCheckpoint(ModelCheckpoint):
@@ -163,10 +172,11 @@ class SpeedMonitor(Callback):
     (model FLOPs utilisation of one device) and ``flops_per_sec`` (one device), each averaged
     over the steps since the previous logging step, validation time left out.
 
-    Logged with the metrics every ``trainer.log_every_n_steps``, shown in the progress bar and
-    in train.log's step lines. MFU divides the model's FLOPs (the module's ``flops_per_batch``,
-    counted by Lightning's ``measure_flops``) by the device's peak in the run's compute dtype:
-    the datasheet figure for GPUs, a measured matmul rate for CPUs (``wgpt.devices.peak_flops``).
+    Logged with the metrics every ``trainer.log_every_n_steps`` and shown in train.log's step
+    lines (tokens/s and MFU in the progress bar too). MFU divides the model's FLOPs (the module's
+    ``flops_per_batch``, counted by Lightning's ``measure_flops``) by the device's peak in the
+    run's compute dtype: the datasheet figure for GPUs, a measured matmul rate for CPUs
+    (``wgpt.devices.peak_flops``).
 
     Built on Lightning's ``Throughput`` rather than its ``ThroughputMonitor`` callback, which
     synchronizes the GPU after every micro-batch: this waits for the GPU once per logging step.
@@ -213,8 +223,8 @@ class SpeedMonitor(Callback):
         self._throughput.update(time=self._now(trainer) - self._start, **self._counts, flops=self._flops)
         self._flops = 0 if self._flops is not None else None
         speed = self.speed(trainer.world_size)
-        for name, value in speed.items():  # FLOP/s in the metrics only: the bar has MFU
-            pl_module.log(name, value, prog_bar=name != "flops_per_sec", rank_zero_only=True)
+        for name, value in speed.items():  # samples/s and FLOP/s in the metrics only: the bar has tokens/s and MFU
+            pl_module.log(name, value, prog_bar=name in ("tokens_per_sec", "mfu"), rank_zero_only=True)
         loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
         line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
         line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"

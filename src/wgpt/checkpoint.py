@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +22,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     path = Path(path)
     if not path.is_file():
         raise WgptError(f"ckpt_path={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; anything else would fail obscurely
+        raise WgptError(f"ckpt_path={path} is not a checkpoint (not the zip archive torch.save writes): was it cut short, or is it another file?")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:

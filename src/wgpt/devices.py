@@ -95,6 +95,39 @@ def get_best_devices(model: nn.Module, max_gpus: int = 1, min_vram: float = 2.0)
     return ranked[:max_gpus]
 
 
+def check_devices(accelerator: str, devices: Any) -> None:
+    """A GPU asked for where there is none, or more devices than this machine has: a WgptError
+    before any work (Lightning would find out after the model is built, in a traceback)."""
+    cuda = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise WgptError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer.accelerator=auto or cpu")
+    if devices == "auto" or external_launch() or accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        return  # torchrun or srun chose the devices; other accelerators count their own
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    have, kind = (torch.cuda.device_count(), "GPUs") if on_gpu else (os.cpu_count() or 1, "CPU cores")
+    if isinstance(devices, str) and "," in devices:  # Lightning's "0,1"
+        devices = [int(d) for d in devices.split(",") if d.strip()]
+    elif isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, (str, bool, float)):
+        raise WgptError(f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]")
+    if not isinstance(devices, int):
+        ids = list(devices)
+        outside = [i for i in ids if not isinstance(i, int) or not 0 <= i < have]
+        if on_gpu and outside:
+            raise WgptError(
+                f"trainer.devices={ids} names GPU {outside[0]}, but this machine has {have} GPU(s) (ids 0-{have - 1}): "
+                "give ids that exist, or trainer.devices=auto"
+            )
+        devices = len(ids)
+    if devices == -1:  # Lightning's "all of them"
+        return
+    if devices < 1:
+        raise WgptError(f"trainer.devices={devices} is out of range: give at least 1, -1 for all, or auto")
+    if devices > have:
+        raise WgptError(f"trainer.devices={devices} but this machine has {have} {kind}: give at most {have}, or trainer.devices=auto")
+
+
 def cpu_precision() -> str:
     """What a CPU trains fastest in: bf16 autocast where it has bf16 matmul units, else fp32."""
     fast_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -116,8 +149,7 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     max_devices = cfg.pop("max_devices", None)
     accelerator = str(cfg.get("accelerator", "auto"))
     cuda = torch.cuda.is_available()
-    if accelerator in ("gpu", "cuda") and not cuda:
-        raise WgptError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer.accelerator=auto or cpu")
+    check_devices(accelerator, cfg.get("devices", "auto"))
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
     launched = external_launch()
     if cfg.get("devices", "auto") == "auto":

@@ -1,16 +1,35 @@
-"""The one exception type wgpt raises for bad input."""
+"""The one exception type wgpt raises for bad input, and the entry points' one-line error reports.
 
+Every entry point (train.py, eval.py, generate.py, process.py) reports a mistake in one line on
+stderr and exits with status 1, without a traceback unless ``HYDRA_FULL_ERROR=1``:
+
+- ``one_line_config_errors`` wraps the whole Hydra app: an unknown config option, a misspelled
+  key, an override that does not parse (Hydra's own errors, which it would print over several
+  lines with a list of search paths).
+- ``one_line_errors`` wraps the task function: a ``WgptError`` (a bad value, found by wgpt) or
+  an OmegaConf error (a missing ``???`` value, a broken interpolation).
+"""
+
+from __future__ import annotations
+
+import difflib
 import os
+import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, HydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_BORROWED = "WGPT_BORROWED_HYDRA_FULL_ERROR"  # set while wgpt, not the user, set HYDRA_FULL_ERROR
 
 
 class WgptError(Exception):
     """A mistake the user can fix: the message is one line naming the bad value and the fix.
 
-    ``train.py`` prints it without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one).
+    The entry points print it without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one).
     """
 
 
@@ -19,17 +38,118 @@ class JobError(CompactHydraException):
     with exit status 1 and this one line (no traceback)."""
 
 
+def _exit_with(message: str) -> None:
+    print(message if message.startswith("Error: ") else f"Error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+@contextmanager
+def one_line_config_errors(conf_dir: str | Path):
+    """Report Hydra's composition errors in one line; ``conf_dir`` is the app's config dir.
+
+    Hydra prints them itself, over several lines, unless HYDRA_FULL_ERROR=1 lets them through to
+    the caller: so wgpt sets it for Hydra's part of the run, and ``one_line_errors`` unsets it
+    for the task's part (where a real bug should still show Hydra's trimmed traceback).
+    """
+    if os.environ.get(FULL_ERROR) == "1":  # the user asked for tracebacks
+        yield
+        return
+    os.environ[FULL_ERROR] = os.environ[_BORROWED] = "1"
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as e:
+        _exit_with(describe_config_error(e, Path(conf_dir)))
+    finally:
+        os.environ.pop(FULL_ERROR, None)
+        os.environ.pop(_BORROWED, None)
+
+
 @contextmanager
 def one_line_errors():
-    """Turn a WgptError into one line on stderr and exit status 1 (a traceback with HYDRA_FULL_ERROR=1)."""
+    """Turn a WgptError or an OmegaConf error into one line on stderr and exit status 1 (a
+    traceback with HYDRA_FULL_ERROR=1); in a sweep, into a failed job."""
     from wgpt.launch import in_sweep
+
+    borrowed = os.environ.pop(_BORROWED, None) is not None and os.environ.pop(FULL_ERROR, None) is not None
+    try:
+        yield
+    except (WgptError, OmegaConfBaseException) as e:
+        if os.environ.get(FULL_ERROR) == "1":
+            raise
+        message = str(e) if isinstance(e, WgptError) else describe_config_error(e)
+        if in_sweep():
+            raise JobError(f"Error: {message}") from None
+        _exit_with(message)
+    finally:
+        if borrowed:  # the processes this task started are gone: Hydra's part of the run resumes
+            os.environ[FULL_ERROR] = os.environ[_BORROWED] = "1"
+
+
+# What Hydra writes into a run dir before the task starts: a run refused for bad input leaves none of it.
+HYDRA_RUN_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")
+
+
+@contextmanager
+def discarded_on_bad_input(run_dir: str | Path, output_root: str | Path):
+    """On a WgptError in the block, remove the run dir Hydra made for this launch (and the empty
+    dirs above it, up to ``output_root``): bad input writes nothing. Files it does not know of are
+    left in place, with their dirs. Sweep jobs keep their dirs: the sweep's table reports them."""
+    from wgpt.launch import in_sweep, rank_tag
 
     try:
         yield
-    except WgptError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if in_sweep():
-            raise JobError(f"Error: {e}") from None
-        print(f"Error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except WgptError:
+        if not in_sweep() and not rank_tag():
+            run_dir, output_root = Path(run_dir), Path(output_root)
+            for name in HYDRA_RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            above = [d for d in run_dir.parents if d == output_root or output_root in d.parents]
+            for directory in (run_dir / ".hydra", run_dir, *above):
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty, or not there
+                    break
+        raise
+
+
+def describe_config_error(e: BaseException, conf_dir: Path | None = None) -> str:
+    """One line for a Hydra or OmegaConf error: the bad option, key or value and what to do."""
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        return (
+            f"{group}={name} is not an option: choose one of {', '.join(sorted(e.options))} "
+            f"(or add conf/{group}/{name}.yaml)"
+        )
+    message = str(e)
+    if isinstance(e, OverrideParseException):
+        return f"cannot parse the override {e.override!r}: write key=value (quote values with spaces or brackets)"
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown and cause is not None and "not in struct" in str(cause):
+        key = unknown.group(1)
+        return f"{key} is not a config key{_did_you_mean(key, getattr(cause, 'parent_node', None))}: fix the spelling, or add a new key with +{key}=..."
+    if unknown and "No match in the defaults list" in message:
+        key = unknown.group(1)
+        groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir()) if conf_dir else []
+        close = difflib.get_close_matches(key, groups, n=1)
+        hint = f" (did you mean {close[0]}=...?)" if close else f" (groups: {', '.join(groups)})" if groups else ""
+        return f"{key} is not a config group{hint}: fix the spelling, or set a key of a group like model.n_layers=4"
+    if isinstance(e, MissingMandatoryValue):  # directly, or through an interpolation
+        named = re.search(r"Missing mandatory value: (\S+)", message)
+        key = named.group(1) if named else getattr(e, "full_key", None) or "a value"
+        return f"{key} is not set (??? in its config): give it on the command line, e.g. {key}=<value>"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    if cause is not None:
+        text += f" ({str(cause).strip().splitlines()[0]})"
+    key = getattr(e, "full_key", None) or getattr(cause, "full_key", None)
+    return f"{key}: {text}" if key and key not in text else text
+
+
+def _did_you_mean(key: str, parent) -> str:
+    """`` (did you mean optim.lr?)`` from the keys beside a misspelled one, when one is close."""
+    if parent is None or not hasattr(parent, "keys"):
+        return ""
+    prefix, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys()], n=1)
+    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("wgpt")
@@ -24,14 +23,31 @@ DATETIME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # run dir names sort by start time
 START_DATETIME_ENV = "WGPT_START_DATETIME"  # set it to name a launch yourself (multi-node torchrun without a store)
 
 
+# Lightning is imported where it is needed, not here: train.py imports this module before Hydra
+# composes, and a mistyped override should be reported at once, not after seconds of imports.
+
+
+def _torchelastic() -> bool:
+    """Whether torchrun started this process (Lightning decides, where torchrun's RANK is set)."""
+    if "RANK" not in os.environ:
+        return False
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    return TorchElasticEnvironment.detect()
+
+
 def _slurm_tasks() -> int:
     """srun's task count: each task is one rank that srun started (1 outside srun)."""
-    return int(os.environ.get("SLURM_NTASKS", 1)) if SLURMEnvironment.detect() else 1
+    if "SLURM_NTASKS" not in os.environ:
+        return 1
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return int(os.environ["SLURM_NTASKS"]) if SLURMEnvironment.detect() else 1
 
 
 def external_launch() -> tuple[int, int] | None:
     """(processes per node, nodes) when torchrun or srun started every rank, else None."""
-    if TorchElasticEnvironment.detect():
+    if _torchelastic():
         per_node = int(os.environ["LOCAL_WORLD_SIZE"])
         return per_node, int(os.environ["WORLD_SIZE"]) // per_node
     if _slurm_tasks() > 1:
@@ -50,7 +66,7 @@ def start_datetime() -> str:
     if START_DATETIME_ENV in os.environ:
         return os.environ[START_DATETIME_ENV]
     now = datetime.now().strftime(DATETIME_FORMAT)
-    if TorchElasticEnvironment.detect() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+    if _torchelastic() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         from torch.distributed import TCPStore
 
         store = TCPStore(
@@ -72,7 +88,7 @@ def start_datetime() -> str:
 
 def rank_tag() -> str:
     """``[rank N]`` for log lines of a process other than rank 0, else nothing."""
-    if TorchElasticEnvironment.detect():
+    if _torchelastic():
         rank = os.environ["RANK"]
     elif _slurm_tasks() > 1:
         rank = os.environ["SLURM_PROCID"]

@@ -15,14 +15,17 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from wgpt.callbacks import RunSummary, SafeCheckpointIO
+from wgpt.callbacks import RunSummary, SafeCheckpointIO, build_callbacks
 from wgpt.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
+from wgpt.console import parameter_counts, print_config_tree
 from wgpt.data.tokenizer import Tokenizer
 from wgpt.devices import enable_tf32, resolve_hardware, reuse_freed_host_memory
-from wgpt.errors import WgptError
+from wgpt.errors import WgptError, discarded_on_bad_input
 from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
+from wgpt.loggers import build_loggers, check_logger_packages, log_config
 from wgpt.module import ModelLightningWrapper
 from wgpt.sweep import read_run_summary
+from wgpt.validate import check_config
 
 log = logging.getLogger("wgpt")
 
@@ -47,18 +50,18 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
 
     ``script`` is the entry point (train.py) that a sweep job re-runs when it needs its own DDP launch.
     """
-    OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
+    run_dir = Path(cfg.paths.output_dir)
+    vocab_size = padded_vocab_size(len(Tokenizer()))
+    with discarded_on_bad_input(run_dir, Path(cfg.paths.output_root)):
+        shapes = check_config(cfg, vocab_size)  # first: before anything is resolved, built, read or started
+        check_logger_packages(cfg.get("logger"))
+        OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
+        ckpt_path = checkpoint_to_resume(cfg, shapes)
+        datamodule = instantiate(cfg.data)
+        datamodule.check_ready()
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
-
-    if cfg.data.seq_len > cfg.model.max_seq_len:
-        raise WgptError(
-            f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: "
-            "lower data.seq_len or raise model.max_seq_len"
-        )
-    model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(Tokenizer())))
-    ckpt_path = checkpoint_to_resume(cfg, model)
-    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, vocab_size=vocab_size)
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
     if cfg.compile:
@@ -78,18 +81,22 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     )
     trainer = L.Trainer(
         **trainer_arguments(cfg.trainer, model),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
-        logger=[instantiate(lg) for lg in cfg.logger.values()],
+        callbacks=build_callbacks(cfg.callbacks, enable_progress_bar=cfg.trainer.get("enable_progress_bar", True)),
+        logger=build_loggers(cfg.get("logger")),  # csv, and any of tensorboard, wandb
         plugins=[SafeCheckpointIO()],
     )
     trainer.callbacks.append(RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path))  # not optional: sweeps read it
-    run_dir = Path(cfg.paths.output_dir)
     if in_sweep() and spawns_ranks(trainer):
         return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0])
 
-    if trainer.is_global_zero:
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("Model %s: %.2fM parameters; run directory %s", cfg.model.name, n_params / 1e6, run_dir)
+    if trainer.is_global_zero:  # once per run: other ranks print nothing, each sweep job its own
+        print_config_tree(cfg, run_dir)
+        total, non_embedding = parameter_counts(model)
+        log.info(
+            "Model %s: %.2fM parameters (%.2fM besides the embeddings); run directory %s",
+            cfg.model.name, total / 1e6, non_embedding / 1e6, run_dir,
+        )  # fmt: skip
+        log_config(trainer.loggers, cfg)
     if rank_tag():
         # Ctrl-C is rank 0's to handle: it saves `recent`, then stops the other ranks. A rank
         # that quit first would make Lightning kill rank 0 in the middle of that save.
@@ -107,8 +114,6 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
 def checkpoint_to_resume(cfg: DictConfig, model) -> str | None:
     """``ckpt_path``, or with ``resume=auto`` the newest ``recent`` of this model's runs; checked
     (safe to load, fits the model) before any heavy work. A resumed run gets a new run dir."""
-    if cfg.get("resume") not in (None, "auto"):
-        raise WgptError(f"resume={cfg.resume} is not an option: use resume=auto, or ckpt_path=<file>")
     if RESUME_FROM_ENV in os.environ:  # a rank that rank 0 started: rank 0 has chosen
         return os.environ[RESUME_FROM_ENV] or None
     path = cfg.get("ckpt_path")

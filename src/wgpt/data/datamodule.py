@@ -12,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from wgpt.data.diskdataset import DiskDataset
 from wgpt.data.pdbsampler import PDBSampler
 from wgpt.data.prepare import ensure_prepared, process_command, unprepared_reason
+from wgpt.data.sources import check_source
 from wgpt.data.splits import get_splits
 from wgpt.errors import WgptError
 
@@ -65,14 +66,28 @@ class DatasetLightningWrapper(L.LightningDataModule):
         self.weights = [weights[name] for name in self.datasets] if weights is not None else None
         self.splits: dict[str, dict[str, DiskDataset]] = {}
 
+    def check_ready(self) -> None:
+        """Raise now what ``prepare_data`` and ``setup`` would raise later, before any heavy work:
+        a dataset that is not prepared and may not be, bins that are damaged or too short for
+        ``seq_len``, a local corpus path with no files to prepare. Cheap: it reads sidecars,
+        opens bins and lists files, no tokens."""
+        for name, load in self.datasets.items():
+            if self._unready(name, load) is None:
+                get_splits(name, self.seq_len, self.stride_ratio, self.data_dir)
+            else:
+                check_source(load)
+
     def prepare_data(self) -> None:
         for name, load in self.datasets.items():
-            reason = unprepared_reason(name, load, self.data_dir)
-            if reason is None:
-                continue
-            if not (self.auto_prepare and load is not None):
-                raise WgptError(f"dataset '{name}' is not ready ({reason}): prepare it with `{process_command()}`")
-            ensure_prepared(name, load, self.data_dir)
+            if self._unready(name, load) is not None:
+                ensure_prepared(name, load, self.data_dir)
+
+    def _unready(self, name: str, load: Callable | None) -> str | None:
+        """Why ``name`` needs preparing (None if it is ready); a WgptError if it may not be prepared here."""
+        reason = unprepared_reason(name, load, self.data_dir)
+        if reason is not None and not (self.auto_prepare and load is not None):
+            raise WgptError(f"dataset '{name}' is not ready ({reason}): prepare it with `{process_command()}`")
+        return reason
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:

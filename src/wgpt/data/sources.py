@@ -76,6 +76,13 @@ def local(
     return {split: _text_column(ds, text_field, path) for split, ds in carved.items()}
 
 
+def check_source(load) -> None:
+    """Before any heavy work, what a source can check cheaply: a local corpus path that does not
+    exist or holds no usable files. (A hub dataset is only found out by loading it.)"""
+    if getattr(load, "func", None) is local and "path" in load.keywords:
+        _local_files(Path(load.keywords["path"]).expanduser())
+
+
 def _local_files(path: Path) -> list[Path]:
     if not path.exists():
         raise WgptError(f"data.path={path} does not exist: point it at a file or directory of .txt, .jsonl or .parquet files")

@@ -1,0 +1,196 @@
+"""What a run shows on its terminal: the composed config as a tree at start, and the progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch.nn as nn
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.text import Text
+from rich.tree import Tree
+
+log = logging.getLogger("wgpt")
+
+CONFIG_TREE = "config_tree.txt"
+
+
+def config_tree(cfg: DictConfig) -> Tree:
+    """The config as a tree, a branch per top-level group (model, data, trainer, ...) holding its YAML."""
+    tree = Tree("config", style="bold", guide_style="dim")
+    for key, value in cfg.items():
+        if isinstance(value, (DictConfig, ListConfig)):
+            yaml = OmegaConf.to_yaml(value, resolve=True).rstrip()
+            branch = tree.add(Text(str(key), style="bold cyan"))
+            branch.add(Syntax(yaml, "yaml", background_color="default", word_wrap=True))
+        else:  # seed, compile, ...: a line each
+            tree.add(Text(OmegaConf.to_yaml({key: value}).strip()))  # as text: a value may hold [brackets]
+    return tree
+
+
+def print_config_tree(cfg: DictConfig, run_dir: str | Path) -> None:
+    """Print the config tree and save it, as plain text, to ``<run dir>/config_tree.txt``."""
+    tree = config_tree(cfg)
+    # Wide enough that no YAML line wraps where there is no terminal to fit (a pipe, the file).
+    width = 8 + max(len(line) for line in OmegaConf.to_yaml(cfg, resolve=True).splitlines())
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=width)
+    console.print(tree)
+    text = StringIO()
+    Console(file=text, width=width, color_system=None, force_terminal=False).print(tree)
+    path = Path(run_dir) / CONFIG_TREE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text.getvalue())
+    os.replace(tmp, path)  # never a half-written tree
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, those outside the embedding tables); a tied output layer counts once, as embedding."""
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    params = list(model.parameters())  # shared (tied) tensors appear once
+    total = sum(p.numel() for p in params)
+    return total, total - sum(p.numel() for p in params if id(p) in embeddings)
+
+
+def batches_this_epoch(trainer: L.Trainer, done: int = 0) -> int | float:
+    """Training batches the current epoch will run in all, ``done`` of them already: the epoch's
+    length, or fewer where ``max_steps`` ends training first (a step is ``accumulate_grad_batches``
+    batches; accumulation restarts with each epoch). ``inf`` for an endless loader without max_steps."""
+    epoch = trainer.num_training_batches
+    if trainer.max_steps is None or trainer.max_steps < 0:
+        return epoch
+    accumulate = trainer.accumulate_grad_batches
+    steps_left = max(0, trainer.max_steps - trainer.global_step)  # counting a step in progress
+    return min(epoch, done + steps_left * accumulate - done % accumulate)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, showing the epoch, ``step N/max`` (optimizer steps), the
+    batches this epoch will actually run with their ETA, the loss, tokens/s and MFU.
+
+    Lightning sizes the bar by the epoch's batches even when ``max_steps`` ends training long
+    before the epoch ends (2,624 batches where 450 will run): here the total is what will run.
+    Where the output is not a terminal (a pipe, CI) the bar turns itself off, and train.log's step
+    lines, printed there too, show the progress. Log lines printed while the bar is live appear
+    above it instead of through it. ``trainer.enable_progress_bar=false`` leaves it out (see
+    ``wgpt.callbacks.build_callbacks``).
+    """
+
+    def __init__(self, refresh_rate: int = 4, leave: bool = False, console_kwargs: dict[str, Any] | None = None):
+        theme = RichProgressBarTheme(metrics_text_delimiter=" | ")
+        super().__init__(refresh_rate=refresh_rate, leave=leave, theme=theme, console_kwargs=dict(console_kwargs or {}))
+        self._total_steps: int | None = None  # optimizer steps of the whole run, when known
+        self._rerouted: dict[logging.StreamHandler, Any] = {}  # handler -> the stream it wrote to
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # off on ranks other than 0
+        console = Console(**self._console_kwargs)
+        if self.is_enabled and not (console.is_terminal or console.is_jupyter):
+            self.disable()  # a live display redrawn into a log file or CI output is only noise
+            log.info("Progress bar off: the output is not a terminal (train.log's step lines show progress)")
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Read at each epoch's start: none of its batches done yet, unless resumed inside it."""
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        done = epoch_loop.batch_progress.current.ready if epoch_loop.restarting else 0
+        return batches_this_epoch(self.trainer, done)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._total_steps = None  # the loader may change between epochs
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.is_enabled and self.progress is not None:
+            total = batches_this_epoch(trainer, done=batch_idx + 1)
+            description = self._get_train_description(trainer.current_epoch)
+            if self.train_progress_bar_id is None:  # resumed where Lightning calls no epoch start
+                self.train_progress_bar_id = self._add_task(total, description)
+            self.progress.update(self.train_progress_bar_id, total=total, description=description)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        """``Epoch 0/9 | step 120/450``: epochs counted from 0 as in train.log (the last one that
+        will run after the slash), optimizer steps done of the run's total."""
+        trainer = self.trainer
+        if self._total_steps is None:
+            estimate = trainer.estimated_stepping_batches  # max_steps or the epochs' steps, whichever ends first
+            self._total_steps = int(estimate) if 0 < estimate < math.inf else 0
+        epoch, steps = f"Epoch {current_epoch}", f"step {trainer.global_step}"
+        if self._total_steps:
+            steps += f"/{self._total_steps}"
+            if trainer.num_training_batches < math.inf:
+                per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+                # A run resumed from a checkpoint written after an earlier fit ended counts one epoch more.
+                epoch += f"/{max(current_epoch, math.ceil(self._total_steps / per_epoch) - 1)}"
+        return f"{epoch} | {steps}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The logged progress-bar metrics, named and rounded for reading (``loss: 5.2345``,
+        ``tokens/s: 1,403``, ``MFU: 3.1%``); any other one as Lightning shows it."""
+        shown = {}
+        for name, value in super().get_metrics(trainer, pl_module).items():
+            if name == "v_num":  # the logger's version: every run has its own dir instead
+                continue
+            if name in ("train_loss", "val_loss") and isinstance(value, float):
+                shown["loss" if name == "train_loss" else name] = f"{value:.4f}"
+            elif name == "tokens_per_sec" and isinstance(value, float):
+                shown["tokens/s"] = f"{value:,.0f}"
+            elif name == "mfu" and isinstance(value, float):
+                shown["MFU"] = f"{value:.1%}"
+            else:
+                shown[name] = value
+        return shown
+
+    def _init_progress(self, trainer: L.Trainer) -> None:
+        starting = self.is_enabled and (self.progress is None or self._progress_stopped)
+        super()._init_progress(trainer)
+        if starting and self.progress is not None:
+            self._log_lines_above_bar(self.progress.console)
+
+    def _stop_progress(self) -> None:
+        super()._stop_progress()
+        for handler, stream in self._rerouted.items():
+            handler.setStream(stream)
+        self._rerouted = {}
+
+    def _log_lines_above_bar(self, console: Console) -> None:
+        """Send the terminal's logging handlers (Hydra's console handler) through the bar's console.
+
+        Rich redirects ``print`` while the bar is live, but a logging handler holds the stream it
+        was given at start, and its lines would land in the middle of the bar's line."""
+        named = (lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))
+        for logger in (logging.getLogger(), *named):
+            for handler in logger.handlers:
+                if type(handler) is not logging.StreamHandler or handler in self._rerouted:
+                    continue  # file handlers (train.log) keep writing to their files
+                stream = handler.stream
+                if stream is console.file or getattr(stream, "isatty", lambda: False)():
+                    self._rerouted[handler] = handler.setStream(_LinesAbove(console))
+
+
+class _LinesAbove:
+    """A text stream that prints each whole line through ``console`` (above a live display), as it
+    is: no markup or highlighting, log lines are full of [brackets]."""
+
+    def __init__(self, console: Console):
+        self.console, self._partial = console, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,173 @@
+"""Every kind of bad input, through the real CLI: one line naming the bad value and the fix,
+exit status 1, no traceback, and no file written or changed (outputs, data, checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+
+@dataclass
+class Case:
+    args: list[str]
+    says: list[str]  # what the error line must name: the bad value, the valid ones, the fix
+    data: str = "shared"  # shared: the session's prepared bins; "corrupt", "mismatched": a damaged copy
+    skip: str | None = None
+    env: dict = field(default_factory=dict)
+
+
+CPU_CORES = os.cpu_count() or 1
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+CASES = {
+    # Hydra: options and keys that do not exist
+    "unknown model": Case(["model=gpt3"], ["model=gpt3 is not an option", "gpt2-tiny", "llama3-tiny"]),
+    "unknown data": Case(["data=shakespear"], ["data=shakespear is not an option", "shakespeare", "local"]),
+    "unknown trainer": Case(["trainer=fast"], ["trainer=fast is not an option", "default"]),
+    "misspelled key": Case(["optim.lrr=1e-3"], ["optim.lrr is not a config key", "did you mean optim.lr?", "+optim.lrr="]),
+    "misspelled group": Case(["modle=gpt2"], ["modle", "did you mean model"]),
+    "misspelled model key": Case(["model.n_layer=2"], ["model.n_layer is not a config key", "model.n_layers"]),
+    "added unknown trainer argument": Case(["+trainer.max_step=5"], ["trainer.max_step is not a lightning.Trainer argument", "trainer.max_steps"]),
+    "unparsable override": Case(["optim.lr=[1e-3"], ["cannot parse the override", "optim.lr=[1e-3"]),
+    # numbers
+    "learning rate not a number": Case(["optim.lr=fast"], ["optim.lr=fast is not a number", "optim.lr=3e-4"]),
+    "learning rate zero": Case(["optim.lr=0"], ["optim.lr=0 is out of range", "above 0"]),
+    "learning rate negative": Case(["optim.lr=-3e-4"], ["optim.lr=-0.0003 is out of range"]),
+    "batch size zero": Case(["data.batch_size=0"], ["data.batch_size=0 is out of range", "at least 1"]),
+    "batch size fractional": Case(["data.batch_size=2.5"], ["data.batch_size=2.5 is not a whole number"]),
+    "batch size not a number": Case(["data.batch_size=many"], ["data.batch_size=many is not a whole number"]),
+    "seq_len zero": Case(["data.seq_len=0"], ["data.seq_len=0 is out of range"]),
+    "seq_len not a number": Case(["data.seq_len=long"], ["data.seq_len=long is not a whole number"]),
+    "stride_ratio zero": Case(["data.stride_ratio=0"], ["data.stride_ratio=0 is out of range", "(0, 1]"]),
+    "stride_ratio above 1": Case(["data.stride_ratio=1.5"], ["data.stride_ratio=1.5 is out of range", "(0, 1]"]),
+    "max_steps zero": Case(["trainer.max_steps=0"], ["trainer.max_steps=0 is out of range", "-1 (no limit)"]),
+    "precision unknown": Case(["trainer.precision=bf17"], ["trainer.precision=bf17 is not one of", "bf16-mixed"]),
+    # model shapes
+    "width not divisible by heads": Case(["model.d_embed=100"], ["d_embed=100 is not divisible by n_heads=6", "model.*"]),
+    "kv heads not dividing heads": Case(["model=llama3-tiny", "model.n_kv_heads=4"], ["n_kv_heads=4", "n_heads=6"]),
+    "seq_len above max_seq_len": Case(["data.seq_len=256"], ["data.seq_len=256 exceeds model.max_seq_len=128", "lower data.seq_len"]),
+    "model setting of the wrong type": Case(["model.n_layers=deep"], ["n_layers", "deep", "model"]),
+    # data
+    "data path missing": Case(["data=local", "data.path={tmp}/no-such-corpus"], ["data.path=", "no-such-corpus does not exist"]),
+    "data path not set": Case(["data=local"], ["data.path is not set", "data.path=<value>"]),
+    "data path without text files": Case(["data=local", "data.path={tmp}/empty"], ["holds no", "files"]),
+    "data path unreadable": Case(
+        ["data=local", "data.path={tmp}/locked"], ["locked is not readable"], skip="root reads everything" if AS_ROOT else None
+    ),
+    "corrupt bins": Case(["data.auto_prepare=false"], ["dataset 'shakespeare' is not ready", "truncated", "python process.py"], data="corrupt"),
+    "bins of another source": Case(
+        ["data.auto_prepare=false", "data.datasets.shakespeare.validation_plays=[macbeth]"],
+        ["dataset 'shakespeare' is not ready", "was made from", "python process.py"],
+    ),
+    "bins of another tokenizer": Case(["data.auto_prepare=false"], ["tokenized with", "prepare"], data="mismatched"),
+    # checkpoints
+    "checkpoint missing": Case(["ckpt_path={tmp}/nope.ckpt"], ["ckpt_path=", "nope.ckpt does not exist"]),
+    "checkpoint not a checkpoint": Case(["ckpt_path={tmp}/notes.ckpt"], ["notes.ckpt is not a checkpoint"]),
+    "resume not an option": Case(["resume=yes"], ["resume=yes is not an option", "resume=auto"]),
+    # devices
+    "GPU without one": Case(
+        ["trainer.accelerator=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU"], skip="a GPU is here" if torch.cuda.is_available() else None
+    ),
+    "more devices than exist": Case(
+        ["trainer.accelerator=cpu", f"trainer.devices={CPU_CORES + 1}"], [f"trainer.devices={CPU_CORES + 1}", f"{CPU_CORES} CPU cores"]
+    ),
+    "devices zero": Case(["trainer.accelerator=cpu", "trainer.devices=0"], ["trainer.devices=0 is out of range"]),
+}
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[int, int] | str]:
+    """Every file (size, modification time) and dir under ``roots``, to spot any write."""
+    seen = {}
+    for root in roots:
+        for path in [root, *root.rglob("*")] if root.exists() else []:
+            stat = path.stat()  # a dir's own mtime would only show that an entry came and went
+            seen[str(path)] = (stat.st_size, stat.st_mtime_ns) if path.is_file() else "dir"
+    return seen
+
+
+def damaged_copy(data_dir: Path, kind: str, where: Path) -> Path:
+    copy = where / f"data-{kind}"
+    shutil.copytree(data_dir, copy)
+    train_bin = copy / "shakespeare" / "tokenized" / "train.bin"
+    if kind == "corrupt":  # cut short, as by a full disk
+        with open(train_bin, "r+b") as f:
+            f.truncate(train_bin.stat().st_size // 2)
+    else:  # made by another tokenizer: its sidecar says so
+        sidecar = next(p for p in train_bin.parent.iterdir() if p.name.startswith("train") and p.suffix == ".json")
+        info = json.loads(sidecar.read_text())
+        info["tokenizer"] = "cl100k_base:0000"
+        sidecar.write_text(json.dumps(info))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def results(data_dir, tmp_path_factory):
+    """Each case through `python train.py`, two at a time (they are mostly start-up)."""
+    tmp = tmp_path_factory.mktemp("bad-input")
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "notes.csv").write_text("a,b\n")
+    (tmp / "locked").mkdir()
+    (tmp / "locked" / "a.txt").write_text("text")
+    (tmp / "locked").chmod(0)
+    (tmp / "notes.ckpt").write_text("not a checkpoint")
+    data = {"shared": data_dir, **{kind: damaged_copy(data_dir, kind, tmp) for kind in ("corrupt", "mismatched")}}
+
+    def run(name: str):
+        case = CASES[name]
+        out = tmp / "runs" / name.replace(" ", "-")
+        out.mkdir(parents=True)
+        watched = (out, data[case.data], tmp / "notes.ckpt")
+        before = snapshot(*watched)
+        args = [a.format(tmp=tmp) for a in case.args]
+        result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data[case.data])})
+        return result, before, snapshot(*watched)
+
+    names = [name for name, case in CASES.items() if not case.skip]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(names, pool.map(run, names)))
+    (tmp / "locked").chmod(0o755)
+    return done
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(results, name):
+    case = CASES[name]
+    if case.skip:
+        pytest.skip(case.skip)
+    result, before, after = results[name]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
+    for words in case.says:
+        assert words in errors[0], errors[0]
+    assert after == before, f"files changed: {sorted(set(after.items()) ^ set(before.items()))}"
+
+
+def test_hydra_full_error_shows_the_traceback(data_dir, tmp_path):
+    for args in (["optim.lr=fast"], ["model=gpt3"]):
+        result = run_cli(
+            "train.py", *args, f"paths.output_root={tmp_path}", env={"WGPT_DATA_DIR": str(data_dir), "HYDRA_FULL_ERROR": "1"}
+        )
+        assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_sweep_with_one_bad_job_runs_the_others_and_reports_it_in_one_line(data_dir, tmp_path):
+    result = run_cli(
+        "train.py", "-m", "optim.lr=fast,1e-3", "model.n_layers=1", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0", f"paths.output_root={tmp_path}", env={"WGPT_DATA_DIR": str(data_dir)},
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: optim.lr=fast is not a number")
+    summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text()
+    assert "completed" in summary and "failed" in summary

@@ -1,0 +1,87 @@
+"""The logger group through the real train.py: csv always on, tensorboard and wandb (offline) beside it."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from test_train import FAST, paths, read_metrics
+
+
+def offline_wandb_env(tmp_path: Path) -> dict:
+    """W&B with no network and every file it writes under tmp_path, none in ~."""
+    home = tmp_path / "wandb-home"
+    return {
+        "WANDB_MODE": "offline", "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
+    }  # fmt: skip
+
+
+def tensorboard_scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def test_csv_tensorboard_and_offline_wandb_in_each_job_of_a_sweep(tmp_path, data_dir):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    wandb_config_existed = (Path.home() / ".config" / "wandb").exists()
+    result = run_cli(
+        "train.py", "-m", "logger=[csv,tensorboard,wandb]", "logger.wandb.offline=true", *FAST, "optim.lr=1e-2,2e-2",
+        *paths(tmp_path, data_dir),
+        env=offline_wandb_env(tmp_path), timeout=240,  # no network here: a W&B that waited for one would time out
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [job.name for job in jobs] == ["0-gpt2-tiny", "1-gpt2-tiny"]
+    for job, other in zip(jobs, reversed(jobs)):
+        # metrics.csv as always, and TensorBoard holding the same train losses at the same steps.
+        from_csv = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(job) if r["train_loss"]}
+        (events,) = (job / "tensorboard").glob("events.out.tfevents.*")
+        from_tensorboard = tensorboard_scalars(events.parent, "train_loss")
+        assert len(from_csv) == 4 and from_tensorboard.keys() == from_csv.keys()
+        assert all(from_tensorboard[step] == pytest.approx(loss, rel=1e-6) for step, loss in from_csv.items())
+        assert len(tensorboard_scalars(events.parent, "val_loss")) == 2  # validations at steps 4 and 8
+
+        # A W&B run of its own in the job's dir (the next job in this process must not reuse it),
+        # named after the job's dir, grouped by the sweep's, its metrics and config in its log.
+        (wandb_run,) = (job / "wandb").glob("offline-run-*")
+        (record,) = wandb_run.glob("run-*.wandb")
+        data = record.read_bytes()
+        assert b"train_loss" in data and b"val_loss" in data and b"d_embed" in data
+        name, group = f"multirun/{sweep_dir.name}/{job.name}".encode(), f"multirun/{sweep_dir.name}".encode()
+        assert name in data and group in data.replace(name, b"")  # the group apart from the name, which starts with it
+        assert f"multirun/{sweep_dir.name}/{other.name}".encode() not in data  # not the other job's run
+    assert not (Path.home() / ".config" / "wandb").exists() or wandb_config_existed  # nothing written to ~
+    # Each job prints its own start-up report and saves its own config tree.
+    assert result.stdout.count("Model gpt2-tiny:") == 2 and all((job / "config_tree.txt").is_file() for job in jobs)
+
+
+def test_tensorboard_alone_still_writes_metrics_csv(tmp_path, data_dir):
+    pytest.importorskip("tensorboard")
+    result = run_cli("train.py", "logger=tensorboard", *FAST, *paths(tmp_path, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
+    assert len([r for r in read_metrics(run_dir) if r["train_loss"]]) == 4
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# train.py as a user without the wandb package runs it: the import system finds no wandb.
+WITHOUT_WANDB = (
+    "import runpy, sys; sys.modules['wandb'] = None; sys.argv[0] = 'train.py'; "
+    "runpy.run_path('train.py', run_name='__main__')"
+)
+
+
+def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, data_dir):
+    result = run_cli("-c", WITHOUT_WANDB, "logger=wandb", *FAST, *paths(tmp_path, data_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: logger=wandb needs the wandb package: pip install wandb (or pip install -e '.[loggers]')"
+    )
+    assert "Traceback" not in result.stderr
