@@ -1,0 +1,156 @@
+"""python -m wgpt.plot on a real sweep made through train.py: the PNGs, their labels, bad input."""
+
+import math
+import struct
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from conftest import run_cli
+from wgpt.plot import load_runs, plot_curves, plot_summary, read_overrides, read_summary, run_labels, tokens_per_step
+
+# Two jobs of a model small enough to take seconds; validation at steps 4 and 8, train loss every 2.
+SWEEP = [
+    "-m", "optim.lr=1e-3,3e-3", "model=gpt2-tiny", "model.d_embed=32", "model.n_layers=1", "model.n_heads=2",
+    "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=8", "trainer.val_every_n_steps=4",
+    "trainer.limit_val_batches=2", "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=8",
+    "trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, data_dir) -> Path:
+    outputs = tmp_path_factory.mktemp("plot") / "outputs"
+    result = run_cli("train.py", *SWEEP, f"paths.output_root={outputs}", f"paths.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (outputs / "multirun").iterdir()
+    return sweep
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the PNG header, after checking the file decodes as a whole."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert matplotlib.image.imread(path).ndim == 3  # every chunk readable, not just the header
+    return struct.unpack(">II", data[16:24])
+
+
+def test_a_sweep_gives_its_loss_curves_and_summary(sweep_dir):
+    result = run_cli("-m", "wgpt.plot", str(sweep_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    curves, summary = sweep_dir / "loss.png", sweep_dir / "loss-summary.png"
+    assert result.stdout.splitlines() == [f"Wrote {curves}", f"Wrote {summary}"]
+    width, height = png_size(curves)
+    assert 1000 <= width <= 2500 and 500 <= height <= 1500
+    width, height = png_size(summary)
+    assert 800 <= width <= 2500 and 200 <= height <= 1000
+    assert not list(sweep_dir.glob(".*.tmp"))  # written whole, then renamed
+
+    # What the figures hold: both jobs, labelled by the override that differs, the rest in the title.
+    runs, summaries = load_runs([sweep_dir])
+    assert [run.dir.name for run in runs] == ["0-gpt2-tiny", "1-gpt2-tiny"]
+    labels, shared = run_labels([run.overrides for run in runs], [run.name for run in runs])
+    assert labels == ["optim.lr=0.001", "optim.lr=0.003"]
+    assert "model.d_embed=32" in shared and "trainer.max_steps=8" in shared
+    assert not any(o.startswith(("paths.", "trainer.enable_progress_bar")) for o in shared)  # noise
+    fig = plot_curves(runs, labels, "title", ["train_loss", "val_loss"], by_tokens=True)
+    run_legend, style_legend = fig.legends
+    assert [t.get_text() for t in run_legend.get_texts()] == labels
+    assert [t.get_text() for t in style_legend.get_texts()] == ["train_loss", "val_loss"]
+    assert fig.axes[0].get_xlabel().startswith("tokens trained on")
+
+    (summary_csv,) = summaries
+    rows = read_summary(summary_csv)
+    assert [row["path"] for row in rows] == [run.dir for run in runs]
+    fig = plot_summary(rows, labels, ["C0", "C1"], "title")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == labels
+    values = [t.get_text().split()[0] for t in fig.axes[0].texts]
+    assert values == [f"{float(row['best_val_loss']):.4f}" for row in rows]
+
+
+def test_a_run_dir_is_plotted_on_tokens_into_its_own_dir(sweep_dir):
+    run = sweep_dir / "1-gpt2-tiny"
+    result = run_cli("-m", "wgpt.plot", str(run), "--metric", "val_ppl,tokens_per_sec")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run / "ppl-tokens_per_sec.png"  # named after its panels, one above the other; a run has no summary
+    assert result.stdout.strip() == f"Wrote {out}"
+    width, height = png_size(out)
+    assert height > width * 0.8
+
+    (loaded,), _ = load_runs([run])
+    assert tokens_per_step(run) == loaded.tokens_per_step == 4 * 128  # batch x gpt2-tiny's max_seq_len, one process
+    # A row of metrics.csv at Lightning's step s is drawn at s + 1 steps done, as train.log counts.
+    assert [steps for steps, _ in loaded.metrics["val_loss"]] == [4, 8]
+    assert [steps for steps, _ in loaded.metrics["train_loss"]] == [2, 4, 6, 8]
+    assert "step 4 | val_loss" in (run / "train.log").read_text()
+
+
+def test_labels_keep_what_differs_and_title_what_is_shared():
+    labels, shared = run_labels(
+        [["model=gpt2-tiny", "optim.lr=1e-3", "trainer.max_steps=8"], ["model=llama3-tiny", "optim.lr=1e-3", "trainer.max_steps=8"]],
+        ["0-gpt2-tiny", "1-llama3-tiny"],
+    )  # fmt: skip
+    assert labels == ["model=gpt2-tiny", "model=llama3-tiny"] and shared == ["optim.lr=1e-3", "trainer.max_steps=8"]
+    # Nothing of its own: the dir name; the same overrides twice: the dir names tell them apart.
+    assert run_labels([["optim.lr=1e-3"]], ["2026-11-23_19-11-14"]) == (["2026-11-23_19-11-14"], ["optim.lr=1e-3"])
+    labels, shared = run_labels([["a=1", "b=2"], ["a=1", "b=2"], ["a=1", "b=3"]], ["x", "y", "z"])
+    assert labels == ["b=2 (x)", "b=2 (y)", "b=3"] and shared == ["a=1"]
+
+
+def test_overrides_of_where_and_when_are_left_out(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- optim.lr=0.003\n- start_datetime=2026-01-01_00-00-00\n- hydra.run.dir=/x\n- hydra/launcher=slurm\n"
+        "- paths.output_root=/tmp/out\n- +trainer.profiler=simple\n- data.num_workers=0\n"
+    )
+    assert read_overrides(tmp_path) == ["optim.lr=0.003", "+trainer.profiler=simple"]
+    assert read_overrides(tmp_path / "missing") == []
+
+
+def test_tokens_per_step_counts_accumulation_and_ddp_processes(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(
+        "model: {max_seq_len: 64}\ndata: {batch_size: 8, seq_len: '${model.max_seq_len}'}\n"
+        "trainer: {devices: auto, num_nodes: 1, accumulate_grad_batches: 2}\n"
+    )
+    assert tokens_per_step(tmp_path) is None  # devices=auto and no log to say how many processes ran
+    (tmp_path / "train.log").write_text(
+        "[...][lightning.fabric.utilities.distributed][INFO] - Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2\n"
+        "[...][rank 1][lightning.fabric.utilities.distributed][INFO] - Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2\n"
+    )
+    assert tokens_per_step(tmp_path) == 8 * 64 * 2 * 2
+
+
+def test_a_job_without_a_best_loss_says_how_it_ended():
+    rows = [
+        {"best_val_loss": "5.5", "best_step": "8", "status": "completed"},
+        {"best_val_loss": "nan", "best_step": "-1", "status": "failed", "error": "Error: boom"},
+    ]
+    ax = plot_summary(rows, ["optim.lr=0.001", "optim.lr=10"], ["C0", "C1"], "title").axes[0]
+    assert [t.get_text().strip() for t in ax.texts] == ["5.5000  (step 8)", "failed: Error: boom"]
+    assert ax.get_xlim()[0] < 5.5 and not any(math.isnan(p.get_width()) for p in ax.patches)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist: pass a run dir"),
+        ("no_metrics", "no metrics.csv under"),
+        ("unwritable_out", "cannot write"),
+        ("unknown_metric", "--metric val_acc: no run logged it; their metrics.csv have: "),
+    ],
+)
+def test_bad_input_ends_in_one_line(case, message, sweep_dir, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("")
+    args = {
+        "missing": [str(tmp_path / "nowhere")],
+        "no_metrics": [str(tmp_path / "empty")],
+        "unwritable_out": [str(sweep_dir), "--out", str(tmp_path / "a_file" / "loss.png")],  # under a file
+        "unknown_metric": [str(sweep_dir), "--metric", "val_acc"],
+    }[case]
+    result = run_cli("-m", "wgpt.plot", *args)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and message in line and "Traceback" not in result.stderr
