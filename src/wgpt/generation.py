@@ -204,6 +204,9 @@ def generate_from_config(cfg: DictConfig) -> list[str]:
         )
     source = f"ckpt_path={cfg.ckpt_path}"
     model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), source=source).to(device)
+    if use_cache and not hasattr(model, "new_cache"):  # a model added without a KV cache still decodes
+        print(f"{type(model).__name__} has no KV cache (new_cache): decoding without one", file=sys.stderr)
+        use_cache = False
     tokenizer = Tokenizer()
     ids = [tokenizer.encode(p) for p in prompts]
 
