@@ -16,7 +16,7 @@ from wgpt.validate import check_values  # noqa: E402
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     with one_line_errors():
-        with discarded_on_bad_input(cfg.paths.output_dir, cfg.paths.output_root):
+        with discarded_on_bad_input(cfg.paths.output_dir):
             check_values(cfg)  # before torch and Lightning load (seconds), so a mistyped value is reported at once
         from wgpt.train import train
 

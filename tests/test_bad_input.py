@@ -51,6 +51,11 @@ CASES = {
     "stride_ratio above 1": Case(["data.stride_ratio=1.5"], ["data.stride_ratio=1.5 is out of range", "(0, 1]"]),
     "max_steps zero": Case(["trainer.max_steps=0"], ["trainer.max_steps=0 is out of range", "-1 (no limit)"]),
     "precision unknown": Case(["trainer.precision=bf17"], ["trainer.precision=bf17 is not one of", "bf16-mixed"]),
+    "betas not a pair": Case(["optim.betas=0.9"], ["optim.betas=0.9 must be two numbers in [0, 1)"]),
+    "switch not a boolean": Case(["compile=flase"], ["compile=flase is not true or false"]),
+    "strategy misspelled": Case(["trainer.strategy=ddp_spwn"], ["trainer.strategy=ddp_spwn", "did you mean ddp_spawn?"]),
+    "trainer argument wgpt sets": Case(["+trainer.logger=false"], ["trainer.logger is set by wgpt", "logger="]),
+    "broken interpolation": Case(["optim.lr=${nope}"], ["optim.lr", "nope"]),
     # model shapes
     "width not divisible by heads": Case(["model.d_embed=100"], ["d_embed=100 is not divisible by n_heads=6", "model.*"]),
     "kv heads not dividing heads": Case(["model=llama3-tiny", "model.n_kv_heads=4"], ["n_kv_heads=4", "n_heads=6"]),
@@ -127,7 +132,7 @@ def results(data_dir, tmp_path_factory):
         out.mkdir(parents=True)
         watched = (out, data[case.data], tmp / "notes.ckpt")
         before = snapshot(*watched)
-        args = [a.format(tmp=tmp) for a in case.args]
+        args = [a.replace("{tmp}", str(tmp)) for a in case.args]
         result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data[case.data])})
         return result, before, snapshot(*watched)
 

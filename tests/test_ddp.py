@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import random
 import socket
 import time
@@ -71,6 +72,8 @@ def test_ddp_ranks_see_disjoint_windows_and_the_same_steps(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["gpt2-tiny"]
     log = one_log_and_config(run_dir)
     assert "][rank 1][" in log and "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    # The start-up print (config tree, parameter count) comes from rank 0 alone.
+    assert len(re.findall(r"^config$", result.stdout, re.M)) == 1 and result.stdout.count("Model gpt2-tiny:") == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "recent.ckpt"
     with open(run_dir / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["val_loss"]]

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_cli
 from test_train import FAST, paths, read_metrics
 
 
@@ -62,13 +64,12 @@ def test_csv_tensorboard_and_offline_wandb_in_each_job_of_a_sweep(tmp_path, data
     assert result.stdout.count("Model gpt2-tiny:") == 2 and all((job / "config_tree.txt").is_file() for job in jobs)
 
 
-def test_tensorboard_alone_still_writes_metrics_csv(tmp_path, data_dir):
-    pytest.importorskip("tensorboard")
-    result = run_cli("train.py", "logger=tensorboard", *FAST, *paths(tmp_path, data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
-    assert len([r for r in read_metrics(run_dir) if r["train_loss"]]) == 4
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+@pytest.mark.parametrize("choice", ["tensorboard", "wandb", "[tensorboard,wandb]", "[wandb,csv]"])
+def test_every_logger_choice_keeps_metrics_csv(choice):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"logger={choice}"])
+    assert cfg.logger.csv._target_ == "lightning.pytorch.loggers.CSVLogger"  # what plot and sweep tables read
+    assert set(cfg.logger) == {"csv", *choice.strip("[]").split(",")}
 
 
 # train.py as a user without the wandb package runs it: the import system finds no wandb.

@@ -164,13 +164,6 @@ def test_start_up_prints_the_config_tree_the_parameter_counts_and_the_run_dir(tm
     assert result.stdout.count("Progress bar off") == 1 and "step 8/8" not in result.stdout
 
 
-def test_ranks_other_than_zero_print_nothing_at_start(tmp_path, data_dir):
-    result = run_cli("train.py", *FAST, "trainer.accelerator=cpu", "trainer.devices=2", *paths(tmp_path, data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "GLOBAL_RANK: 1" in result.stdout + result.stderr  # two ranks ran
-    assert len(re.findall(r"^config$", result.stdout, re.M)) == 1 and result.stdout.count("Model gpt2-tiny:") == 1
-
-
 def test_parameter_counts_leave_out_the_embedding_tables():
     model = GPT(vocab_size=50304, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN)
     total, non_embedding = parameter_counts(model)

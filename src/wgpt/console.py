@@ -119,6 +119,15 @@ class ProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, total=total, description=description)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def _update_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Reading the logged metrics turns each into a Python number: on a GPU, a wait for it.
+        # During training, read them at logging steps only (as SpeedMonitor does), so that the GPU
+        # stays ahead of Python in between.
+        every = max(1, trainer.log_every_n_steps)
+        if trainer.training and self._metric_component is not None and trainer.global_step % every:
+            return
+        super()._update_metrics(trainer, pl_module)
+
     def _get_train_description(self, current_epoch: int) -> str:
         """``Epoch 0/9 | step 120/450``: epochs counted from 0 as in train.log (the last one that
         will run after the slash), optimizer steps done of the run's total."""

@@ -105,12 +105,17 @@ def check_devices(accelerator: str, devices: Any) -> None:
         return  # torchrun or srun chose the devices; other accelerators count their own
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
     have, kind = (torch.cuda.device_count(), "GPUs") if on_gpu else (os.cpu_count() or 1, "CPU cores")
-    if isinstance(devices, str) and "," in devices:  # Lightning's "0,1"
-        devices = [int(d) for d in devices.split(",") if d.strip()]
-    elif isinstance(devices, str) and devices.lstrip("-").isdigit():
-        devices = int(devices)
+    try:
+        if isinstance(devices, str) and "," in devices:  # Lightning's "0,1"
+            devices = [int(d) for d in devices.split(",") if d.strip()]
+        elif isinstance(devices, str) and devices.lstrip("-").isdigit():
+            devices = int(devices)
+    except ValueError:
+        raise WgptError(f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]") from None
     if isinstance(devices, (str, bool, float)):
         raise WgptError(f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]")
+    if not isinstance(devices, int) and not on_gpu:
+        raise WgptError(f"trainer.devices={list(devices)} lists device ids, which only GPUs have: give a number of CPU processes")
     if not isinstance(devices, int):
         ids = list(devices)
         outside = [i for i in ids if not isinstance(i, int) or not 0 <= i < have]

@@ -19,7 +19,15 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra.errors import CompactHydraException, HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    CompactHydraException,
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -49,7 +57,7 @@ def one_line_config_errors(conf_dir: str | Path):
 
     Hydra prints them itself, over several lines, unless HYDRA_FULL_ERROR=1 lets them through to
     the caller: so wgpt sets it for Hydra's part of the run, and ``one_line_errors`` unsets it
-    for the task's part (where a real bug should still show Hydra's trimmed traceback).
+    for the task's part (a bug there still gets Hydra's trimmed traceback).
     """
     if os.environ.get(FULL_ERROR) == "1":  # the user asked for tracebacks
         yield
@@ -73,41 +81,67 @@ def one_line_errors():
     borrowed = os.environ.pop(_BORROWED, None) is not None and os.environ.pop(FULL_ERROR, None) is not None
     try:
         yield
-    except (WgptError, OmegaConfBaseException) as e:
-        if os.environ.get(FULL_ERROR) == "1":
-            raise
-        message = str(e) if isinstance(e, WgptError) else describe_config_error(e)
-        if in_sweep():
+    except (WgptError, OmegaConfBaseException, InstantiationException) as e:
+        bad_input = user_error(e)
+        if bad_input is None or os.environ.get(FULL_ERROR) == "1":
+            raise  # a real bug: Hydra prints its trimmed traceback (HYDRA_FULL_ERROR is unset)
+        message = str(bad_input) if isinstance(bad_input, WgptError) else describe_config_error(bad_input)
+        if in_sweep():  # the job fails, the sweep goes on, and ends with this line
+            if borrowed:
+                os.environ[FULL_ERROR] = os.environ[_BORROWED] = "1"
             raise JobError(f"Error: {message}") from None
         _exit_with(message)
-    finally:
-        if borrowed:  # the processes this task started are gone: Hydra's part of the run resumes
-            os.environ[FULL_ERROR] = os.environ[_BORROWED] = "1"
+    if borrowed:  # the task ended normally: Hydra's part of the run (e.g. a sweep's end) resumes
+        os.environ[FULL_ERROR] = os.environ[_BORROWED] = "1"
+
+
+def user_error(e: BaseException) -> WgptError | OmegaConfBaseException | None:
+    """The user's mistake behind ``e`` (a WgptError or OmegaConf error, also when raised inside a
+    constructor that Hydra's instantiate called), or None when ``e`` is a bug."""
+    if isinstance(e, InstantiationException):
+        e = e.__cause__
+    return e if isinstance(e, (WgptError, OmegaConfBaseException)) else None
 
 
 # What Hydra writes into a run dir before the task starts: a run refused for bad input leaves none of it.
 HYDRA_RUN_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")
 
 
+_created_dirs: list[Path] = []  # the run dir and the dirs above it that this launch creates, deepest first
+
+
+class RunDirWatch(Callback):
+    """Hydra callback: notes, before Hydra makes a single run's dir, which of its dirs (up to
+    ``paths.output_root``) do not exist yet, so that bad input removes only what this launch made,
+    never another run's files (same-second launches, a relaunched sweep job, a fixed hydra.run.dir)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = Path(config.hydra.run.dir).resolve()
+        root = Path(config.paths.output_root).resolve()
+        _created_dirs[:] = [d for d in (run_dir, *run_dir.parents) if (d == root or root in d.parents) and not d.exists()]
+
+
 @contextmanager
-def discarded_on_bad_input(run_dir: str | Path, output_root: str | Path):
-    """On a WgptError in the block, remove the run dir Hydra made for this launch (and the empty
-    dirs above it, up to ``output_root``): bad input writes nothing. Files it does not know of are
-    left in place, with their dirs. Sweep jobs keep their dirs: the sweep's table reports them."""
+def discarded_on_bad_input(run_dir: str | Path):
+    """On bad input in the block, remove what Hydra wrote into the run dir that this launch made,
+    and the dirs it made: nothing is written. Anything else found there is left, with its dirs.
+    Sweep jobs keep their dirs (the sweep's table reports them), and only one process cleans up."""
     from wgpt.launch import in_sweep, rank_tag
 
     try:
         yield
-    except WgptError:
-        if not in_sweep() and not rank_tag():
-            run_dir, output_root = Path(run_dir), Path(output_root)
+    except (WgptError, OmegaConfBaseException, InstantiationException) as e:
+        run_dir = Path(run_dir).resolve()
+        if user_error(e) is not None and not in_sweep() and not rank_tag() and run_dir in _created_dirs:
             for name in HYDRA_RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
-            above = [d for d in run_dir.parents if d == output_root or output_root in d.parents]
-            for directory in (run_dir / ".hydra", run_dir, *above):
+            hydra_dir = run_dir / ".hydra"
+            if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
+                hydra_dir.rmdir()
+            for directory in _created_dirs:
                 try:
                     directory.rmdir()
-                except OSError:  # not empty, or not there
+                except OSError:  # not empty: something else lives there
                     break
         raise
 

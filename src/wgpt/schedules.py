@@ -7,6 +7,7 @@ of its options; the module supplies the run's length.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 
 def one_cycle(
@@ -15,7 +16,7 @@ def one_cycle(
     pct_start: float = 0.3,
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
-    anneal_strategy: str = "cos",
+    anneal_strategy: Literal["cos", "linear"] = "cos",
 ) -> float:
     """OneCycleLR (Smith, 2018) without momentum cycling: from ``1/div_factor`` up to 1 over the
     first ``pct_start`` of the steps, then down to ``1/(div_factor*final_div_factor)``."""

@@ -52,7 +52,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     """
     run_dir = Path(cfg.paths.output_dir)
     vocab_size = padded_vocab_size(len(Tokenizer()))
-    with discarded_on_bad_input(run_dir, Path(cfg.paths.output_root)):
+    with discarded_on_bad_input(run_dir):
         shapes = check_config(cfg, vocab_size)  # first: before anything is resolved, built, read or started
         check_logger_packages(cfg.get("logger"))
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run

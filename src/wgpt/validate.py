@@ -30,6 +30,9 @@ if typing.TYPE_CHECKING:
 # wgpt's own trainer keys (translated before lightning.Trainer sees them) and the values it
 # accepts beyond Lightning's.
 WGPT_TRAINER_KEYS = {"max_devices", "val_every_n_steps"}
+# lightning.Trainer arguments that wgpt sets itself, from other groups.
+SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the callbacks group",
+               "plugins": "wgpt (its safe checkpoint IO)", "val_check_interval": "trainer.val_every_n_steps"}
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
 
 
@@ -49,11 +52,16 @@ def _steps_or_unlimited(v) -> bool:
     return v == -1 or v >= 1
 
 
+# Switches that must be true or false (null where noted in their configs): a truthy string
+# such as "flase" would otherwise quietly turn them on.
+BOOLEANS = ("compile", "tf32", "optim.decay_matrices_only", "optim.fused")
+
 # key: (type, test, what to give instead). Keys absent from the config are skipped.
 NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "optim.lr": (float, _positive, "a learning rate above 0, e.g. optim.lr=3e-4"),
     "optim.weight_decay": (float, _non_negative, "0 or more, e.g. 0.1"),
     "optim.eps": (float, _positive, "a small number above 0, e.g. 1e-8"),
+    "model.max_seq_len": (int, _at_least_one, "a whole number of tokens, at least 1"),
     "data.batch_size": (int, _at_least_one, "a whole number of sequences per device, at least 1"),
     "data.seq_len": (int, _at_least_one, "a whole number of tokens, at least 1 and at most model.max_seq_len"),
     "data.stride_ratio": (float, lambda v: 0 < v <= 1, "a ratio in (0, 1]: 1 for disjoint windows, 0.5 for half-overlapping"),
@@ -91,8 +99,12 @@ def check_values(cfg: DictConfig) -> None:
         if value is not _ABSENT and not (value is None and key.startswith("trainer.max_")):
             check_number(key, value, kind, test, give)
     betas = cfg.optim.get("betas")
-    if betas is not None and (len(betas) != 2 or not all(_is(float, b) and 0 <= b < 1 for b in betas)):
-        raise WgptError(f"optim.betas={list(betas)} must be two numbers in [0, 1): e.g. optim.betas=[0.9,0.95]")
+    if betas is not None and not (isinstance(betas, ListConfig) and len(betas) == 2 and all(_is(float, b) and 0 <= b < 1 for b in betas)):
+        raise WgptError(f"optim.betas={betas} must be two numbers in [0, 1): e.g. optim.betas=[0.9,0.95]")
+    for key in BOOLEANS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            raise WgptError(f"{key}={value} is not true or false: give {key}=true or {key}=false")
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None:
         check_number("trainer.gradient_clip_val", clip, float, _non_negative, "0 or null (no clipping) or a norm above 0")
@@ -176,6 +188,8 @@ def check_arguments(node: DictConfig, key: str) -> None:
 def check_trainer(trainer: DictConfig) -> None:
     """The trainer group: lightning.Trainer's keyword arguments (and wgpt's own), then the devices."""
     import lightning as L
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
 
     from wgpt.devices import check_devices
 
@@ -184,6 +198,8 @@ def check_trainer(trainer: DictConfig) -> None:
     for name in trainer:
         if name in WGPT_TRAINER_KEYS:
             continue
+        if name in SET_BY_WGPT:
+            raise WgptError(f"trainer.{name} is set by wgpt: use {SET_BY_WGPT[name]} instead")
         if name not in params:
             close = difflib.get_close_matches(str(name), list(params), n=1)
             hint = f" (did you mean trainer.{close[0]}?)" if close else ""
@@ -191,6 +207,13 @@ def check_trainer(trainer: DictConfig) -> None:
         value = trainer[name]
         if not (isinstance(value, str) and value in WGPT_TRAINER_VALUES.get(name, ())):
             check_type(f"trainer.{name}", value, hints.get(name))
+    for name, registry in (("accelerator", AcceleratorRegistry), ("strategy", StrategyRegistry)):
+        value = trainer.get(name, "auto")
+        names = registry.available_accelerators() if name == "accelerator" else registry.available_strategies()
+        if isinstance(value, str) and value not in ("auto", "gpu", *names):
+            close = difflib.get_close_matches(value, list(names), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise WgptError(f"trainer.{name}={value} is not one Lightning knows: {hint}(choices: auto, {', '.join(sorted(names))})")
     check_devices(str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto"))
 
 
@@ -255,10 +278,11 @@ def _literal_choices(hint) -> list:
 
 
 def _import(target: str, key: str):
-    module_name, _, attr = target.rpartition(".")
+    from hydra.utils import get_object
+
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
+        return get_object(target)
+    except Exception as e:  # ImportError, or Hydra's wrapping of it
         raise WgptError(f"{key}._target_={target} cannot be imported ({e}): fix the module or class path") from None
 
 
