@@ -1,15 +1,23 @@
-"""Lightning's cost: training tokens/s of train.py vs a plain PyTorch loop doing the same work.
+"""Lightning's cost: train.py against a plain PyTorch loop doing the same work, side by side:
+tokens/s, MFU and peak memory, on whatever device this machine has (a CUDA GPU, else the CPU).
 
-    python bench/overhead.py                       # gpt2-tiny and llama3-tiny, 3 repeats each
+    python bench/overhead.py                                   # gpt2-tiny and llama3-tiny, 3 repeats each
     python bench/overhead.py --models gpt2-tiny --repeats 5 --window 40
+    python bench/overhead.py --models gpt2 llama3 --window 20  # on a GPU: the presets' 16 x 4, compile auto (on)
+    python bench/overhead.py --accumulate 4 --compile true --precision bf16-mixed --batch-size 8
 
-The plain loop is what one would write by hand (nanoGPT style): the same model class and config,
-the same seed and initial weights, the same batches (wgpt's datamodule and PDBSampler, same
-workers), the same AdamW (fused, decay on matrices), schedule, gradient clipping and precision,
-and the same allocator setting. Each measures its second ``window`` steps; runs alternate
-between the two, and the table gives medians. The loss at the last step is printed for both:
-equal losses show the two did the same work. The loader alone (its batches, no model) is timed
-too, to show it is never the bottleneck.
+The plain loop is what one would write by hand (nanoGPT style) and takes every choice from the
+same composed config as train.py: the model class and config, seed and initial weights; the
+device and precision as train.py resolves them (``trainer_arguments``); compile as train.py
+decides it (``compile_choice``: model and loss compiled as one function); the same batches
+(wgpt's datamodule and PDBSampler, same workers, pinned memory and non-blocking copies on a
+GPU); gradient accumulation (loss / N, one backward per micro-batch, a step every N); fused AdamW
+with decay on matrices, the schedule over the same length, gradient clipping; TF32 and the
+allocator setting. Each run measures its second ``window`` optimizer steps; runs alternate
+between the two, and the table gives medians. Peak memory is what training held: allocated GPU
+memory on a GPU, the process's peak RSS on a CPU. The loss at the last step (mean over its
+micro-batches) is printed for both: equal losses show the two did the same work. The loader
+alone (its batches, no model) is timed too, to show it is never the bottleneck.
 """
 
 from __future__ import annotations
@@ -23,34 +31,52 @@ import time
 from harness import ROOT, TRAIN_ONLY, fmt, last, median, train_py, window_overrides
 
 
-def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
-    """Train with a hand-written loop; returns tokens/s over steps window+1..2*window and the last loss."""
-    import lightning as L
-    import torch
-    import torch.nn.functional as F
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+def compose(model_name: str, extra: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     import wgpt.launch  # noqa: F401  (the config's resolvers)
-    from wgpt.data.tokenizer import Tokenizer
-    from wgpt.devices import cpu_precision, reuse_freed_host_memory
-    from wgpt.train import padded_vocab_size
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model_name}", *extra])
-    unmirrored = {
-        "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches != 1, "compile": cfg.compile,
-        "optim.fused": cfg.optim.fused is False, "optim.decay_matrices_only": not cfg.optim.decay_matrices_only,
-    }  # fmt: skip
+        return hydra_compose("train", overrides=[f"model={model_name}", *extra])
+
+
+def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
+    """Train with a hand-written loop; returns tokens/s, MFU and peak memory over optimizer steps
+    window+1..2*window, and the last step's loss."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.throughput import measure_flops
+
+    from wgpt.callbacks import peak_memory_gib
+    from wgpt.data.tokenizer import Tokenizer
+    from wgpt.devices import compute_dtype, enable_tf32, largest_matmul, peak_flops, reuse_freed_host_memory
+    from wgpt.models.loss import next_token_loss
+    from wgpt.train import compile_choice, padded_vocab_size, trainer_arguments
+
+    cfg = compose(model_name, extra)
+    unmirrored = {"optim.fused": cfg.optim.fused is False, "optim.decay_matrices_only": not cfg.optim.decay_matrices_only}
     if any(unmirrored.values()):
         raise SystemExit(f"the plain loop does not mirror {[k for k, v in unmirrored.items() if v]}: leave them at their defaults")
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(Tokenizer())))
+    hardware = trainer_arguments(cfg.trainer, model)  # device and precision, as train.py resolves them
+    on_gpu = hardware.get("accelerator") in ("gpu", "cuda")
+    device = torch.device("cuda", hardware["devices"][0]) if on_gpu else torch.device("cpu")
+    precision = str(hardware["precision"])
+    if precision not in ("bf16-mixed", "32-true", "32"):
+        raise SystemExit(f"the plain loop mirrors precision bf16-mixed and 32-true, not {precision}")
+    enable_tf32(cfg.tf32)
+    compile = compile_choice(cfg.compile, hardware)
+    model.to(device)
     data = instantiate(cfg.data)
     data.prepare_data()
     data.setup("fit")
     loader = data.train_dataloader()
 
+    accumulate = cfg.trainer.accumulate_grad_batches
     steps = 2 * window
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -60,42 +86,67 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     )  # fmt: skip
     schedule = instantiate(cfg.optim.scheduler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps if s else 1))  # as the module
-    precision = cfg.trainer.precision
-    if precision == "auto" or precision in ("16", "16-mixed", "16-true"):  # as wgpt.devices.resolve_hardware on a CPU
-        precision = cpu_precision()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     clip = cfg.trainer.gradient_clip_val
+    loss_of = torch.compile(next_token_loss, dynamic=False) if compile else next_token_loss
 
-    def loss_of(x, y):  # its (B, T, V) logits are freed on return, as in a training_step
-        with autocast:
-            logits = model(x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    def batches():
+        while True:  # epochs, as many as the steps need
+            yield from loader
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     model.train()
-    for step, (x, y) in enumerate(loader, start=1):
-        loss = loss_of(x, y)
-        loss.backward()
+    step, micro, step_losses = 0, 0, []
+    for x, y in batches():
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            loss = loss_of(model, x, y)
+        (loss / accumulate).backward()
+        step_losses.append(loss.detach())
+        micro += 1
+        if micro % accumulate:
+            continue
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        step += 1
         if step == window:  # the measured steps start: as SpeedMonitor's logging step W
+            sync()
             start = time.perf_counter()
         if step == steps:
             break
-    return {"tokens_per_sec": window * x.numel() / (time.perf_counter() - start), "loss": loss.item()}
+        step_losses = []
+    sync()
+    seconds = time.perf_counter() - start
+    micro_batches = window * accumulate
+    with torch.device("meta"):  # FLOPs as the module counts them for SpeedMonitor's MFU
+        meta = type(model)(**model.config)
+        input = torch.zeros(x.shape, dtype=torch.long)
+        flops = measure_flops(meta, lambda: meta(input), lambda logits: torch.nn.functional.cross_entropy(logits.flatten(0, 1), input.flatten()))
+    peak = peak_flops(device, compute_dtype(precision), largest_matmul(model, x.numel()))
+    return {
+        "tokens_per_sec": micro_batches * x.numel() / seconds,
+        "mfu": flops * micro_batches / seconds / peak if peak else float("nan"),
+        "peak_memory_gib": peak_memory_gib(device),
+        "loss": torch.stack(step_losses).mean().item(),
+        "device": torch.cuda.get_device_name(device) if on_gpu else "CPU",
+        "precision": precision,
+        "compile": compile,
+        "accumulate": accumulate,
+        "micro_batch": list(x.shape),
+    }
 
 
 def loader_alone(model_name: str, batches: int, extra: list[str]) -> float:
     """Tokens/s of the training DataLoader by itself (workers included, first batch excluded)."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    import wgpt.launch  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model_name}", *extra])
+    cfg = compose(model_name, extra)
     data = instantiate(cfg.data)
     data.prepare_data()
     data.setup("fit")
@@ -122,8 +173,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gpt2-tiny", "llama3-tiny"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--window", type=int, default=30, help="measured steps, after as many warm-up steps")
-    parser.add_argument("--extra", default="[]", help="JSON list of extra overrides for both (e.g. precision)")
+    parser.add_argument("--window", type=int, default=30, help="measured optimizer steps, after as many warm-up steps")
+    parser.add_argument("--accumulate", type=int, help="trainer.accumulate_grad_batches (default: the preset's)")
+    parser.add_argument("--compile", choices=["auto", "true", "false"], help="compile (default: the config's, auto)")
+    parser.add_argument("--precision", help="trainer.precision (default: the config's, auto)")
+    parser.add_argument("--batch-size", type=int, help="data.batch_size, the micro-batch (default: the preset's)")
+    parser.add_argument("--extra", default="[]", help="JSON list of more overrides for both")
     parser.add_argument("--_plain", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--_loader", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,29 +187,40 @@ def main() -> None:
         print(json.dumps(plain_loop(args._plain, args.window, extra)))
         return
     if args._loader:
-        print(json.dumps({"tokens_per_sec": loader_alone(args._loader, 200, extra)}))
+        print(json.dumps({"tokens_per_sec": loader_alone(args._loader, 100, extra)}))
         return
+    for flag, key in (("accumulate", "trainer.accumulate_grad_batches"), ("compile", "compile"),
+                      ("precision", "trainer.precision"), ("batch_size", "data.batch_size")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            extra.append(f"{key}={getattr(args, flag)}")
 
-    print("| model | train.py tokens/s | plain loop tokens/s | ratio | loss at last step (train.py / plain) | loader alone tokens/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | device, precision, compile | micro-batch x accumulation | train.py tokens/s | plain loop tokens/s "
+          "| ratio | MFU (train.py / plain) | peak memory GiB (train.py / plain) | loss at last step (train.py / plain) "
+          "| loader alone tokens/s |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for model_name in args.models:
-        lightning, plain, losses = [], [], []
+        lightning, plain, rows_of, plains = [], [], [], []
         for repeat in range(args.repeats):
             for kind in (("train.py", "plain") if repeat % 2 == 0 else ("plain", "train.py")):
                 if kind == "plain":
                     result = in_subprocess("plain", model_name, args.window, extra)
                     plain.append(result["tokens_per_sec"])
-                    losses.append(("plain", result["loss"]))
+                    plains.append(result)
                 else:
                     rows = train_py(f"model={model_name}", *TRAIN_ONLY, *window_overrides(args.window), *extra)
                     lightning.append(last(rows, "tokens_per_sec"))
-                    losses.append(("train.py", last(rows, "train_loss")))
+                    rows_of.append(rows)
             print(f"  {model_name} repeat {repeat + 1}: train.py {lightning[-1]:,.0f}, plain {plain[-1]:,.0f} tokens/s", file=sys.stderr)
         loader = in_subprocess("loader", model_name, args.window, extra)["tokens_per_sec"]
-        loss_of = {kind: value for kind, value in losses}
+        rows, p = rows_of[-1], plains[-1]
+        mfu = median([last(r, "mfu") for r in rows_of]), median([q["mfu"] for q in plains])
+        memory = max(last(r, "peak_memory_gib") for r in rows_of), max(q["peak_memory_gib"] for q in plains)
+        (B, T) = p["micro_batch"]
         print(
-            f"| {model_name} | {fmt(lightning)} | {fmt(plain)} | {median(lightning) / median(plain):.3f} "
-            f"| {loss_of['train.py']:.4f} / {loss_of['plain']:.4f} | {loader:,.0f} ({loader / median(lightning):.0f}x) |"
+            f"| {model_name} | {p['device']}, {p['precision']}, compile {'on' if p['compile'] else 'off'} "
+            f"| {B} x {T} x {p['accumulate']} | {fmt(lightning)} | {fmt(plain)} | {median(lightning) / median(plain):.3f} "
+            f"| {mfu[0]:.1%} / {mfu[1]:.1%} | {memory[0]:.2f} / {memory[1]:.2f} "
+            f"| {last(rows, 'train_loss'):.4f} / {p['loss']:.4f} | {loader:,.0f} ({loader / median(lightning):.0f}x) |"
         )
 
 

@@ -1,26 +1,47 @@
+import csv
+import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 import wgpt.launch  # noqa: E402, F401  (registers the resolvers conf/train.yaml uses, for tests that compose it)
 
+# pytest-xdist (`-n auto`, pyproject's addopts) runs the suite in one worker per core. Each
+# worker and every process it starts (train.py, DDP ranks, loader workers) then gets an equal
+# share of the cores: PyTorch's default of one thread per core in each of them would make
+# OpenMP threads wait on each other, several times slower. An OMP_NUM_THREADS you set is kept.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // WORKERS)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    """A data directory with the Shakespeare bins prepared once for the whole session."""
-    from wgpt.data.datamodule import DatasetLightningWrapper
-    from wgpt.data.shakespeare import load_splits
-    from functools import partial
+# A model small enough to take a few seconds, on the real data path, on the CPU (also on a GPU
+# machine: these runs check CPU facts, and a GPU would compile the model first).
+FAST = [
+    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
+    "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=4",
+    "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=4", "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]  # fmt: skip
 
-    path = tmp_path_factory.mktemp("data")
-    load = partial(load_splits, validation_plays=["macbeth", "twelfth-night"], test_plays=["hamlet", "the-tempest"])
-    DatasetLightningWrapper({"shakespeare": load}, seq_len=32, data_dir=path).prepare_data()
-    return path
+
+def paths(tmp_path: Path, data_dir: Path) -> list[str]:
+    return [f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={data_dir}"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
@@ -33,3 +54,118 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+def once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A directory that ``make`` fills once for the whole session, shared by every xdist worker
+    (the first to ask makes it, the others wait and reuse it). Tests must only read it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        path = tmp_path_factory.mktemp(name)
+        make(path)
+        return path
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's own
+    path = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (path / ".made").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            make(path)
+            (path / ".made").touch()
+    return path
+
+
+def save_result(path: Path, result: subprocess.CompletedProcess) -> None:
+    saved = {"args": result.args, "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+    path.write_text(json.dumps(saved))
+
+
+def load_result(path: Path) -> subprocess.CompletedProcess:
+    saved = json.loads(path.read_text())
+    return subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data directory with the Shakespeare bins prepared once per worker (tests may snapshot it:
+    no other worker's run touches it)."""
+    from wgpt.data.datamodule import DatasetLightningWrapper
+    from wgpt.data.shakespeare import load_splits
+    from functools import partial
+
+    path = tmp_path_factory.mktemp("data")
+    load = partial(load_splits, validation_plays=["macbeth", "twelfth-night"], test_plays=["hamlet", "the-tempest"])
+    DatasetLightningWrapper({"shakespeare": load}, seq_len=32, data_dir=path).prepare_data()
+    return path
+
+
+# The one gpt2-tiny run that several tests check (tests/test_train.py the run dir, test_progress.py
+# what it printed, test_eval.py, test_generate.py and test_crash_safety.py its checkpoint):
+# `python /path/to/train.py` started from another directory, progress bar on (in a pipe).
+GPT2_TINY_RUN = ["model=gpt2-tiny", *(o for o in FAST if o != "trainer.enable_progress_bar=false")]
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiny_run(tmp_path_factory, data_dir):
+    """(CompletedProcess, run dir) of GPT2_TINY_RUN; read-only: copy what a test would change."""
+
+    def make(path: Path):
+        result = run_cli(str(ROOT / "train.py"), *GPT2_TINY_RUN, *paths(path, data_dir), cwd=path)
+        save_result(path / "result.json", result)
+
+    path = once(tmp_path_factory, "gpt2-tiny-run", make)
+    result = load_result(path / "result.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (path / "outputs" / "gpt2-tiny").iterdir()
+    return result, run_dir
+
+
+# The one -m sweep that several tests check (test_train.py its jobs, test_loggers.py the loggers,
+# test_plot.py the plots): two models, gradient accumulation, every logger installed (W&B offline).
+LOGGERS = ["csv", *(name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name))]
+SWEEP = [
+    "-m", "model=gpt2-tiny,llama3-tiny", "trainer.accumulate_grad_batches=2", *FAST,
+    f"logger=[{','.join(LOGGERS)}]", *(["logger.wandb.offline=true"] if "wandb" in LOGGERS else []),
+]  # fmt: skip
+
+
+def offline_wandb_env(path: Path) -> dict:
+    """W&B with no network and every file it writes under path, none in ~."""
+    home = path / "wandb-home"
+    return {
+        "WANDB_MODE": "offline", "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, data_dir):
+    """(CompletedProcess, sweep dir) of SWEEP; read-only, except plots written beside the runs."""
+
+    def make(path: Path):
+        wandb_config = Path.home() / ".config" / "wandb"
+        existed = wandb_config.exists()
+        # no network here: a W&B that waited for one would time out
+        result = run_cli("train.py", *SWEEP, *paths(path, data_dir), env=offline_wandb_env(path), timeout=300)
+        save_result(path / "result.json", result)
+        (path / "wrote-home.json").write_text(json.dumps(wandb_config.exists() and not existed))
+
+    path = once(tmp_path_factory, "sweep", make)
+    result = load_result(path / "result.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (path / "outputs" / "multirun").iterdir()
+    return result, sweep_dir
+
+
+# Modules whose tests are the longest (multi-process runs, several launches each): first in the
+# order, so that the tests left at the end, which an idle worker takes over from a busy one
+# (`--dist worksteal`), are short ones and no worker waits on a long tail.
+LONGEST_FIRST = ["test_ddp", "test_crash_safety", "test_process", "test_add_model", "test_generate", "test_eval"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    module = lambda item: getattr(getattr(item, "module", None), "__name__", "")  # noqa: E731
+    items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: the rest keep their order

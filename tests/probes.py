@@ -23,11 +23,11 @@ class FastPathProbe(L.Callback):
         self.facts = {"lr": [], "norm_before_clip": [], "norm_after_clip": [], "batches": 0}
 
     def on_fit_start(self, trainer, pl_module):
-        def record_dtype(module, args, output):
-            self.facts["logits_dtype"] = str(output.dtype)
+        def record_autocast(module, args, output):  # inside the training step
             self.facts["autocast"] = torch.is_autocast_enabled("cpu") and str(torch.get_autocast_dtype("cpu"))
 
-        pl_module.model.lm_head.register_forward_hook(record_dtype)
+        # Training scores the final norm's output inside the loss (no lm_head call): hook the norm.
+        pl_module.model.final_norm.register_forward_hook(record_autocast)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before Lightning clips
         self.facts["norm_before_clip"].append(_grad_norm(pl_module))
@@ -41,7 +41,10 @@ class FastPathProbe(L.Callback):
     def on_train_end(self, trainer, pl_module):
         optimizer = trainer.optimizers[0]
         model = pl_module.model
+        with torch.no_grad(), trainer.precision_plugin.forward_context():  # the training step's precision
+            logits = model(torch.zeros(1, 4, dtype=torch.long, device=pl_module.device))
         self.facts.update(
+            logits_dtype=str(logits.dtype),
             steps=trainer.global_step,
             fused=bool(optimizer.defaults.get("fused")),
             decay_groups=[
@@ -49,7 +52,7 @@ class FastPathProbe(L.Callback):
                 for g in optimizer.param_groups
             ],
             sdpa=[m.sdpa for m in model.modules() if hasattr(m, "sdpa")],
-            compiled=getattr(model, "_compiled_call_impl", None) is not None,
+            compiled=hasattr(pl_module._loss_fn, "_torchdynamo_orig_callable"),  # model and loss as one function
             compiled_graphs=counters["stats"]["unique_graphs"],
             float32_matmul_precision=torch.get_float32_matmul_precision(),
         )

@@ -9,8 +9,7 @@ import textwrap
 
 import torch
 
-from conftest import ROOT, run_cli
-from test_train import paths, read_metrics
+from conftest import ROOT, paths, read_metrics, run_cli
 
 # A bigram model: the next token's logits depend on the current token only. It has the minimal
 # contract of wgpt.models' docstring and nothing more (no KV cache, no Transformer parts).
@@ -56,7 +55,7 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         result = run_cli(
             "train.py", f"model={module}", "trainer.max_steps=1", "trainer.val_every_n_steps=1",
             "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-            "data.num_workers=0", *paths(tmp_path, data_dir),
+            "data.num_workers=0", "trainer.accelerator=cpu", *paths(tmp_path, data_dir),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         (run_dir,) = (tmp_path / "outputs" / module).iterdir()
@@ -71,7 +70,7 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         assert set(checkpoint["state_dict"]) == {"model.embed.weight", "model.lm_head.weight", "model.lm_head.bias"}
 
         scored = run_cli(
-            "eval.py", f"ckpt_path={ckpt}", "max_batches=2", "splits=[validation]", f"paths.data_dir={data_dir}"
+            "eval.py", f"ckpt_path={ckpt}", "max_batches=2", "splits=[validation]", f"paths.data_dir={data_dir}", "device=cpu"
         )
         assert scored.returncode == 0, scored.stderr[-3000:]
         saved = json.loads((run_dir / "eval-recent.json").read_text())
@@ -79,7 +78,7 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         assert saved["results"]["shakespeare"]["validation"]["tokens"] == 2 * 4 * 32  # 2 batches of 4 x 32 tokens
 
         # No KV cache in this model: generate.py (kv_cache=true by default) recomputes the sequence.
-        sampled = run_cli("generate.py", f"ckpt_path={ckpt}", "prompt=To be", "max_new_tokens=5")
+        sampled = run_cli("generate.py", f"ckpt_path={ckpt}", "prompt=To be", "max_new_tokens=5", "device=cpu")
         assert sampled.returncode == 0, sampled.stderr[-3000:]
         assert sampled.stdout.startswith("To be") and re.search(r"generated \d+ tokens .*kv_cache=off", sampled.stderr)
     finally:

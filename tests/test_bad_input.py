@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ class Case:
 
 
 CPU_CORES = os.cpu_count() or 1
+GPUS = torch.cuda.device_count()
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 CASES = {
@@ -52,7 +52,7 @@ CASES = {
     "max_steps zero": Case(["trainer.max_steps=0"], ["trainer.max_steps=0 is out of range", "-1 (no limit)"]),
     "precision unknown": Case(["trainer.precision=bf17"], ["trainer.precision=bf17 is not one of", "bf16-mixed"]),
     "betas not a pair": Case(["optim.betas=0.9"], ["optim.betas=0.9 must be two numbers in [0, 1)"]),
-    "switch not a boolean": Case(["compile=flase"], ["compile=flase is not true or false"]),
+    "switch not a boolean": Case(["compile=flase"], ["compile=flase", "auto"]),
     "strategy misspelled": Case(["trainer.strategy=ddp_spwn"], ["trainer.strategy=ddp_spwn", "did you mean ddp_spawn?"]),
     "trainer argument wgpt sets": Case(["+trainer.logger=false"], ["trainer.logger is set by wgpt", "logger="]),
     "broken interpolation": Case(["optim.lr=${nope}"], ["optim.lr", "nope"]),
@@ -81,6 +81,10 @@ CASES = {
     # devices
     "GPU without one": Case(
         ["trainer.accelerator=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU"], skip="a GPU is here" if torch.cuda.is_available() else None
+    ),
+    "more GPUs than exist": Case(
+        ["trainer.accelerator=gpu", f"trainer.devices={GPUS + 1}"], [f"trainer.devices={GPUS + 1}", f"{GPUS} GPU"],
+        skip=None if GPUS else "needs a CUDA GPU",
     ),
     "more devices than exist": Case(
         ["trainer.accelerator=cpu", f"trainer.devices={CPU_CORES + 1}"], [f"trainer.devices={CPU_CORES + 1}", f"{CPU_CORES} CPU cores"]
@@ -114,41 +118,30 @@ def damaged_copy(data_dir: Path, kind: str, where: Path) -> Path:
     return copy
 
 
-@pytest.fixture(scope="module")
-def results(data_dir, tmp_path_factory):
-    """Each case through `python train.py`, two at a time (they are mostly start-up)."""
-    tmp = tmp_path_factory.mktemp("bad-input")
-    (tmp / "empty").mkdir()
-    (tmp / "empty" / "notes.csv").write_text("a,b\n")
-    (tmp / "locked").mkdir()
-    (tmp / "locked" / "a.txt").write_text("text")
-    (tmp / "locked").chmod(0)
-    (tmp / "notes.ckpt").write_text("not a checkpoint")
-    data = {"shared": data_dir, **{kind: damaged_copy(data_dir, kind, tmp) for kind in ("corrupt", "mismatched")}}
-
-    def run(name: str):
-        case = CASES[name]
-        out = tmp / "runs" / name.replace(" ", "-")
-        out.mkdir(parents=True)
-        watched = (out, data[case.data], tmp / "notes.ckpt")
-        before = snapshot(*watched)
-        args = [a.replace("{tmp}", str(tmp)) for a in case.args]
-        result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data[case.data])})
-        return result, before, snapshot(*watched)
-
-    names = [name for name, case in CASES.items() if not case.skip]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = dict(zip(names, pool.map(run, names)))
-    (tmp / "locked").chmod(0o755)
-    return done
-
-
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(results, name):
+def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(name, data_dir, tmp_path):
+    """One case through `python train.py`, in a directory of its own."""
     case = CASES[name]
     if case.skip:
         pytest.skip(case.skip)
-    result, before, after = results[name]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.csv").write_text("a,b\n")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "a.txt").write_text("text")
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    data = data_dir if case.data == "shared" else damaged_copy(data_dir, case.data, tmp_path)
+    out = tmp_path / "runs"
+    out.mkdir()
+    watched = (out, data, tmp_path / "notes.ckpt")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
+    (tmp_path / "locked").chmod(0)
+    try:
+        before = snapshot(*watched)
+        result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data)})
+        after = snapshot(*watched)
+    finally:
+        (tmp_path / "locked").chmod(0o755)  # for pytest to remove it
+
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -170,7 +163,8 @@ def test_hydra_full_error_shows_the_traceback(data_dir, tmp_path):
 def test_a_sweep_with_one_bad_job_runs_the_others_and_reports_it_in_one_line(data_dir, tmp_path):
     result = run_cli(
         "train.py", "-m", "optim.lr=fast,1e-3", "model.n_layers=1", "trainer.max_steps=1", "trainer.limit_val_batches=1",
-        "trainer.num_sanity_val_steps=0", f"paths.output_root={tmp_path}", env={"WGPT_DATA_DIR": str(data_dir)},
+        "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", f"paths.output_root={tmp_path}",
+        env={"WGPT_DATA_DIR": str(data_dir)},
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("Error: optim.lr=fast is not a number")

@@ -18,7 +18,7 @@ from conftest import ROOT, run_cli
 TINY = [
     "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.dropout=0.1", "data.batch_size=4",
     "data.num_workers=2", "trainer.max_steps=12", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4",
+    "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4", "trainer.accelerator=cpu",
 ]  # fmt: skip
 TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
 
@@ -38,11 +38,15 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     assert full.returncode == 0, full.stderr[-3000:]
 
     out = tmp_path / "crash"
-    killed = run_cli(
-        "train.py", *TINY, *paths(out, data_dir), "+callbacks.kill._target_=record_batches.KillAt",
-        "+callbacks.kill.step=6", "start_datetime=2020-01-01_00-00-00", env=TESTS_ON_PATH,
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL
+    # Its output not through pipes: its loader workers, orphaned by the kill, would hold them
+    # open (and the test waiting) until they notice, seconds later.
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.run(
+            [sys.executable, "train.py", *TINY, *paths(out, data_dir), "+callbacks.kill._target_=record_batches.KillAt",
+             "+callbacks.kill.step=6", "start_datetime=2020-01-01_00-00-00"],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH}, stdout=log, stderr=log, timeout=300,
+        )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
     assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4
 
@@ -125,11 +129,10 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path, data_dir):
+def test_a_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path, data_dir, gpt2_tiny_run):
     marker = tmp_path / "payload_ran"
-    good = run_cli("train.py", *TINY, "trainer.max_steps=2", *paths(tmp_path / "out", data_dir))
-    assert good.returncode == 0, good.stderr[-3000:]
-    checkpoint = torch.load(recent(tmp_path / "out"), weights_only=True)
+    _, run_dir = gpt2_tiny_run  # a good checkpoint (d_embed=32, as TINY's)
+    checkpoint = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)
     checkpoint["best_metrics"] = Payload(marker)
     evil = tmp_path / "evil.ckpt"
     torch.save(checkpoint, evil)
@@ -146,10 +149,9 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path, data
     assert marker.exists()
 
 
-def test_resuming_into_a_model_of_another_shape_is_one_line(tmp_path, data_dir):
-    good = run_cli("train.py", *TINY, "trainer.max_steps=2", *paths(tmp_path, data_dir))
-    assert good.returncode == 0, good.stderr[-3000:]
-    ckpt = recent(tmp_path)
+def test_resuming_into_a_model_of_another_shape_is_one_line(tmp_path, data_dir, gpt2_tiny_run):
+    _, run_dir = gpt2_tiny_run  # a good checkpoint of d_embed=32
+    ckpt = run_dir / "checkpoints" / "recent.ckpt"
     result = run_cli("train.py", *TINY, "model.d_embed=64", f"ckpt_path={ckpt}", *paths(tmp_path, data_dir))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (

@@ -9,8 +9,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT, run_cli
 
 # A model that takes seconds, two ranks on CPU, ranks recording what they train on.
@@ -50,7 +48,7 @@ def test_ddp_ranks_see_disjoint_windows_and_the_same_steps(tmp_path):
         "train.py", "data=local", f"data.path={tmp_path / 'alpha'}", "~data.datasets.local",
         f"+data.datasets.alpha={source % (tmp_path / 'alpha')}", f"+data.datasets.beta={source % (tmp_path / 'beta')}",
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=2",
-        "trainer.max_steps=-1", "trainer.val_every_n_steps=4", "trainer.enable_progress_bar=false",
+        "trainer.max_steps=-1", "trainer.val_every_n_steps=50", "trainer.enable_progress_bar=false",
         "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
         "data.num_workers=0", f"paths.data_dir={tmp_path / 'data'}", f"paths.output_root={tmp_path / 'out'}",
         "+callbacks.record._target_=record_batches.RecordBatches", f"+callbacks.record.path={tmp_path / 'seen'}",

@@ -1,6 +1,7 @@
 """Device choice: the best GPUs by free memory (NVML faked at its boundary: no GPU here) and the CPU fallbacks."""
 
 import logging
+import os
 import sys
 import types
 
@@ -14,6 +15,13 @@ from wgpt.train import trainer_arguments
 
 MODEL = torch.nn.Linear(4, 4)  # needs far less than min_vram
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallbacks")
+
+
+@pytest.fixture(autouse=True)
+def own_environment(monkeypatch):
+    """A copy of the environment for each test: resolve_hardware records its GPU choice there
+    (WGPT_GPU_IDS), which would otherwise reach every later run this worker starts."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))
 
 
 class FakeNvml(types.ModuleType):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -10,8 +11,11 @@ import torch.nn.functional as F
 
 from conftest import run_cli
 from test_crash_safety import Payload
-from test_train import FAST, paths
 from wgpt.evaluate import Evaluator, format_results
+
+
+# The run validated on the CPU: eval.py there too (on a GPU it would score in bf16, a little apart).
+CPU = ["device=cpu"]
 
 
 class NextToken(nn.Module):
@@ -40,18 +44,19 @@ def test_loss_perplexity_and_top_k_are_token_weighted():
     assert table[1].split()[:2] == ["toy", "validation"] and table[1].split()[-1] == "8"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("eval")
-    result = run_cli("train.py", *FAST, *paths(out, data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (ckpt,) = out.glob("outputs/gpt2-tiny/*/checkpoints/recent.ckpt")
-    return ckpt
+@pytest.fixture
+def trained(gpt2_tiny_run, tmp_path):
+    """The recent.ckpt of a copy of conftest's gpt2-tiny run dir: eval.py writes its results beside it."""
+    _, run_dir = gpt2_tiny_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    return copy / "checkpoints" / "recent.ckpt"
 
 
 def test_eval_py_scores_the_runs_own_data_and_saves_json(trained, data_dir):
     # The run validated on its first 4 batches of 4 windows: so does this, and the losses agree.
-    result = run_cli("eval.py", f"ckpt_path={trained}", "batch_size=4", "max_batches=4", f"paths.data_dir={data_dir}")
+    result = run_cli(
+        "eval.py", f"ckpt_path={trained}", "batch_size=4", "max_batches=4", f"paths.data_dir={data_dir}", *CPU
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((trained.parents[1] / "eval-recent.json").read_text())
     best = torch.load(trained, weights_only=True)["best_metrics"]
@@ -63,7 +68,10 @@ def test_eval_py_scores_the_runs_own_data_and_saves_json(trained, data_dir):
 
 
 def test_eval_py_takes_other_data_and_refuses_bad_input(trained, data_dir, tmp_path):
-    result = run_cli("eval.py", f"ckpt_path={trained}", "data=shakespeare", "splits=[test]", "max_batches=1", f"paths.data_dir={data_dir}")
+    result = run_cli(
+        "eval.py", f"ckpt_path={trained}", "data=shakespeare", "splits=[test]", "max_batches=1",
+        f"paths.data_dir={data_dir}", *CPU,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert set(json.loads((trained.parents[1] / "eval-recent.json").read_text())["results"]["shakespeare"]) == {"test"}
 

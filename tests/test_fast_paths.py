@@ -15,8 +15,8 @@ from conftest import ROOT, run_cli
 from wgpt.devices import enable_tf32
 from wgpt.schedules import warmup_cosine
 
-TINY = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
+TINY = [  # tests of CPU behaviour: pinned to the CPU, also on a GPU machine
+    "trainer.accelerator=cpu", "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
     "data.num_workers=0", "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_every_n_steps=8",
     "trainer.limit_val_batches=4", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
     "+callbacks.probe._target_=probes.FastPathProbe",
@@ -110,9 +110,14 @@ def test_warmup_cosine_shape():
     assert lrs[1000] == pytest.approx(0.1) and lrs[550] == pytest.approx(0.55, abs=1e-3)
 
 
-def test_compile_uses_the_compiled_model(tmp_path, data_dir):
+def test_compile_auto_is_off_on_a_cpu(run):
+    kind, facts = run
+    assert facts["compiled"] is False and facts["compiled_graphs"] == 0
+
+
+def test_compile_uses_the_compiled_model_and_loss(tmp_path, data_dir):
     facts, losses = train(tmp_path, data_dir, "compile=true", "trainer.max_steps=6")
-    assert facts["compiled"] and facts["compiled_graphs"] >= 1
+    assert facts["compiled"] and facts["compiled_graphs"] >= 2  # training, and validation (no grad, summed)
     assert losses[-1] < losses[0] - 0.3, losses
 
 

@@ -13,8 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT, run_cli
-from test_train import FAST, paths
+from conftest import FAST, ROOT, paths, run_cli
 from wgpt.checkpoint import load_checkpoint, model_from_checkpoint
 from wgpt.errors import WgptError
 from wgpt.generation import generate

@@ -10,22 +10,11 @@ import pytest
 from conftest import run_cli
 from wgpt.plot import load_runs, plot_curves, plot_summary, read_overrides, read_summary, run_labels, tokens_per_step
 
-# Two jobs of a model small enough to take seconds; validation at steps 4 and 8, train loss every 2.
-SWEEP = [
-    "-m", "optim.lr=1e-3,3e-3", "model=gpt2-tiny", "model.d_embed=32", "model.n_layers=1", "model.n_heads=2",
-    "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=8", "trainer.val_every_n_steps=4",
-    "trainer.limit_val_batches=2", "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=8",
-    "trainer.enable_progress_bar=false",
-]  # fmt: skip
 
-
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory, data_dir) -> Path:
-    outputs = tmp_path_factory.mktemp("plot") / "outputs"
-    result = run_cli("train.py", *SWEEP, f"paths.output_root={outputs}", f"paths.data_dir={data_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (outputs / "multirun").iterdir()
-    return sweep
+@pytest.fixture
+def sweep_dir(sweep) -> Path:
+    """conftest's SWEEP: jobs 0-gpt2-tiny and 1-llama3-tiny, validation at steps 4 and 8, train loss every 2."""
+    return sweep[1]
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -49,9 +38,9 @@ def test_a_sweep_gives_its_loss_curves_and_summary(sweep_dir):
 
     # What the figures hold: both jobs, labelled by the override that differs, the rest in the title.
     runs, summaries = load_runs([sweep_dir])
-    assert [run.dir.name for run in runs] == ["0-gpt2-tiny", "1-gpt2-tiny"]
+    assert [run.dir.name for run in runs] == ["0-gpt2-tiny", "1-llama3-tiny"]
     labels, shared = run_labels([run.overrides for run in runs], [run.name for run in runs])
-    assert labels == ["optim.lr=0.001", "optim.lr=0.003"]
+    assert labels == ["model=gpt2-tiny", "model=llama3-tiny"]
     assert "model.d_embed=32" in shared and "trainer.max_steps=8" in shared
     assert not any(o.startswith(("paths.", "trainer.enable_progress_bar")) for o in shared)  # noise
     fig = plot_curves(runs, labels, "title", ["train_loss", "val_loss"], by_tokens=True)
@@ -70,7 +59,7 @@ def test_a_sweep_gives_its_loss_curves_and_summary(sweep_dir):
 
 
 def test_a_run_dir_is_plotted_on_tokens_into_its_own_dir(sweep_dir):
-    run = sweep_dir / "1-gpt2-tiny"
+    run = sweep_dir / "1-llama3-tiny"
     result = run_cli("-m", "wgpt.plot", str(run), "--metric", "val_ppl,tokens_per_sec")
     assert result.returncode == 0, result.stderr[-3000:]
     out = run / "ppl-tokens_per_sec.png"  # named after its panels, one above the other; a run has no summary
@@ -79,7 +68,8 @@ def test_a_run_dir_is_plotted_on_tokens_into_its_own_dir(sweep_dir):
     assert height > width * 0.8
 
     (loaded,), _ = load_runs([run])
-    assert tokens_per_step(run) == loaded.tokens_per_step == 4 * 128  # batch x gpt2-tiny's max_seq_len, one process
+    # batch x llama3-tiny's max_seq_len x accumulate_grad_batches, one process
+    assert tokens_per_step(run) == loaded.tokens_per_step == 4 * 128 * 2
     # A row of metrics.csv at Lightning's step s is drawn at s + 1 steps done, as train.log counts.
     assert [steps for steps, _ in loaded.metrics["val_loss"]] == [4, 8]
     assert [steps for steps, _ in loaded.metrics["train_loss"]] == [2, 4, 6, 8]

@@ -17,7 +17,7 @@ from wgpt.data.tokenizer import Tokenizer
 FAST = [
     "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
     "data.num_workers=0", "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
 ]  # fmt: skip
 
 

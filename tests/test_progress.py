@@ -13,8 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import ROOT, run_cli
-from test_train import FAST, paths
+from conftest import GPT2_TINY_RUN, ROOT
 from wgpt.callbacks import SpeedMonitor, build_callbacks
 from wgpt.console import ProgressBar, parameter_counts
 from wgpt.models import GPT
@@ -138,11 +137,9 @@ def test_enable_progress_bar_false_leaves_the_bar_out(enabled, tmp_path):
     assert isinstance(trainer.progress_bar_callback, ProgressBar) if enabled else trainer.progress_bar_callback is None
 
 
-def test_start_up_prints_the_config_tree_the_parameter_counts_and_the_run_dir(tmp_path, data_dir):
-    fast = [o for o in FAST if o != "trainer.enable_progress_bar=false"]  # the bar on, in a pipe
-    result = run_cli("train.py", *fast, *paths(tmp_path, data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
+def test_start_up_prints_the_config_tree_the_parameter_counts_and_the_run_dir(gpt2_tiny_run):
+    result, run_dir = gpt2_tiny_run  # the bar on (enable_progress_bar's default), in a pipe
+    assert "trainer.enable_progress_bar=false" not in GPT2_TINY_RUN
 
     tree = (run_dir / "config_tree.txt").read_text()
     for group in ("paths", "trainer", "optim", "data", "callbacks", "logger", "model"):
@@ -152,7 +149,7 @@ def test_start_up_prints_the_config_tree_the_parameter_counts_and_the_run_dir(tm
     assert "├── ckpt_path: null" in tree and tree in result.stdout  # the file holds what was printed
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=FAST)
+        cfg = compose("train", overrides=GPT2_TINY_RUN)
     total, non_embedding = parameter_counts(instantiate(cfg.model, vocab_size=50304))
     assert non_embedding < total
     expected = (

@@ -1,32 +1,15 @@
 """train.py end to end, through the real command line: Hydra composition, Lightning, run dirs."""
 
-import csv
+import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, run_cli
+from conftest import FAST, ROOT, paths, read_metrics, run_cli
 from wgpt.devices import cpu_precision
-
-# A model small enough to take a few seconds, on the real data path.
-FAST = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
-    "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=4",
-    "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=4", "trainer.enable_progress_bar=false",
-]  # fmt: skip
-
-
-def paths(tmp_path: Path, data_dir: Path) -> list[str]:
-    return [f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={data_dir}"]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_seed_trainer_defaults_compose():
@@ -54,11 +37,10 @@ def test_data_dir_does_not_depend_on_the_working_directory(monkeypatch, tmp_path
     assert cfg.paths.output_root == f"{ROOT}/outputs"
 
 
-def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(tmp_path, data_dir):
-    # Started from another directory, as `python /path/to/train.py`: nothing depends on the cwd.
-    result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *FAST, *paths(tmp_path, data_dir), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
+def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
+    # conftest's GPT2_TINY_RUN, started from another directory, as `python /path/to/train.py`:
+    # nothing depends on the cwd.
+    _, run_dir = gpt2_tiny_run
     assert run_dir.name[:4].isdigit() and len(run_dir.name) == len("2026-01-01_00-00-00")
 
     assert {"config.yaml", "overrides.yaml", "hydra.yaml"} <= {p.name for p in (run_dir / ".hydra").iterdir()}
@@ -92,10 +74,10 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(tmp_path, data_dir):
     assert best["global_step"] == recent["best_metrics"]["step"] == 8
 
 
-def test_llama3_tiny_trains_with_gradient_accumulation(tmp_path, data_dir):
-    result = run_cli("train.py", "model=llama3-tiny", *FAST, "trainer.accumulate_grad_batches=2", *paths(tmp_path, data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "llama3-tiny").iterdir()
+def test_llama3_tiny_trains_with_gradient_accumulation(sweep):
+    # Job 1 of conftest's SWEEP: llama3-tiny, trainer.accumulate_grad_batches=2.
+    _, sweep_dir = sweep
+    run_dir = sweep_dir / "1-llama3-tiny"
     rows = read_metrics(run_dir)
     val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
     assert len(val) == 2 and val[-1] < val[0]  # validation every 4 optimizer steps (8 batches), then the end
@@ -103,24 +85,48 @@ def test_llama3_tiny_trains_with_gradient_accumulation(tmp_path, data_dir):
     logged = {int(line.split("step ")[1].split(" ")[0]): float(line.split("train_loss ")[1].split(" ")[0])
               for line in (run_dir / "train.log").read_text().splitlines() if "train_loss" in line}  # fmt: skip
     assert logged and all(loss > 5 for loss in logged.values())
-    config = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)["model_config"]
-    assert config["n_kv_heads"] == 2 and config["tie_embeddings"] is True
+    checkpoint = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 8  # optimizer steps: 16 batches
+    assert checkpoint["model_config"]["n_kv_heads"] == 2 and checkpoint["model_config"]["tie_embeddings"] is True
 
 
-def test_multirun_gives_one_job_dir_per_model(tmp_path, data_dir):
-    fast = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.val_every_n_steps"))]
-    result = run_cli(
-        "train.py", "-m", "model=gpt2-tiny,llama3-tiny", "trainer.max_steps=2", "trainer.val_every_n_steps=2",
-        *fast, *paths(tmp_path, data_dir),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
+def test_multirun_gives_one_job_dir_per_model(sweep):
+    _, sweep_dir = sweep
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     assert jobs == ["0-gpt2-tiny", "1-llama3-tiny"]
     for job in jobs:
         ckpt = torch.load(sweep_dir / job / "checkpoints" / "recent.ckpt", weights_only=True)
-        assert ckpt["global_step"] == 2 and ckpt["model_config"]["name"] == job[2:]
+        assert ckpt["global_step"] == 8 and ckpt["model_config"]["name"] == job[2:]
         assert (sweep_dir / job / "metrics.csv").exists() and (sweep_dir / job / "train.log").exists()
+        assert "model=" + job[2:] in (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_machine_a_run_takes_the_gpu_and_its_checkpoint_evaluates_and_samples(tmp_path, data_dir):
+    """What the CPU-pinned runs leave out: accelerator, devices and precision left to auto (one
+    GPU at most; compile off, for a quick first step), then eval.py and generate.py on their
+    default device."""
+    overrides = [o for o in FAST if o != "trainer.accelerator=cpu"]
+    result = run_cli(
+        "train.py", "model=gpt2-tiny", *overrides, "trainer.max_devices=1", "compile=false", *paths(tmp_path, data_dir)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
+    precision = "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    assert f"precision auto: {precision} on this GPU" in (run_dir / "train.log").read_text()
+    ckpt = run_dir / "checkpoints" / "recent.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["global_step"] == 8
+
+    scored = run_cli(
+        "eval.py", f"ckpt_path={ckpt}", "batch_size=4", "max_batches=4", "splits=[validation]", f"paths.data_dir={data_dir}"
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    loss = json.loads((run_dir / "eval-recent.json").read_text())["results"]["shakespeare"]["validation"]["loss"]
+    assert loss == pytest.approx(checkpoint["best_metrics"]["val_loss"], rel=2e-2)  # both in bf16 on the GPU
+    sampled = run_cli("generate.py", f"ckpt_path={ckpt}", "prompt=To be", "max_new_tokens=5")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert sampled.stdout.startswith("To be")
 
 
 def test_bad_input_ends_in_one_line(tmp_path, data_dir):

@@ -4,7 +4,9 @@ and the training speed report (the progress bar is in ``wgpt.console``)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from wgpt.checkpoint import load_checkpoint
-from wgpt.devices import compute_dtype, peak_flops
+from wgpt.devices import compute_dtype, largest_matmul, peak_flops
 from wgpt.sweep import write_run_summary
 
 log = logging.getLogger("wgpt")
@@ -172,6 +174,9 @@ class SpeedMonitor(Callback):
     (model FLOPs utilisation of one device) and ``flops_per_sec`` (one device), each averaged
     over the steps since the previous logging step, validation time left out.
 
+    Also ``peak_memory_gib``, the most memory training has held so far: allocated GPU memory
+    (``torch.cuda.max_memory_allocated``), or on a CPU the process's peak resident set.
+
     Logged with the metrics every ``trainer.log_every_n_steps`` and shown in train.log's step
     lines (tokens/s and MFU in the progress bar too). MFU divides the model's FLOPs (the module's
     ``flops_per_batch``, counted by Lightning's ``measure_flops``) by the device's peak in the
@@ -191,7 +196,10 @@ class SpeedMonitor(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
-            peak = peak_flops(trainer.strategy.root_device, compute_dtype(str(trainer.precision)))
+            datamodule = trainer.datamodule
+            rows = getattr(datamodule, "batch_size", 0) * getattr(datamodule, "seq_len", 0) or 1024  # tokens per micro-batch
+            matmul = largest_matmul(getattr(pl_module, "model", pl_module), rows)
+            peak = peak_flops(trainer.strategy.root_device, compute_dtype(str(trainer.precision)), matmul)
             self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=2)
 
     @staticmethod
@@ -222,14 +230,15 @@ class SpeedMonitor(Callback):
             return
         self._throughput.update(time=self._now(trainer) - self._start, **self._counts, flops=self._flops)
         self._flops = 0 if self._flops is not None else None
-        speed = self.speed(trainer.world_size)
-        for name, value in speed.items():  # samples/s and FLOP/s in the metrics only: the bar has tokens/s and MFU
-            pl_module.log(name, value, prog_bar=name in ("tokens_per_sec", "mfu"), rank_zero_only=True)
+        speed = {**self.speed(trainer.world_size), "peak_memory_gib": peak_memory_gib(trainer.strategy.root_device)}
+        for name, value in speed.items():  # the progress bar shows tokens/s and MFU from callback_metrics
+            pl_module.log(name, value, rank_zero_only=True)
         loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
         line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
         line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"
         if "mfu" in speed:
             line += f" | MFU {speed['mfu']:.1%}"
+        line += f" | peak memory {speed['peak_memory_gib']:.2f} GiB"
         log.info(line)
 
     def speed(self, world_size: int) -> dict[str, float]:
@@ -252,6 +261,17 @@ class SpeedMonitor(Callback):
         if self._validation_start is not None:
             self._start += self._now(trainer) - self._validation_start
             self._validation_start = None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The most memory this process has held: allocated on a CUDA device, resident on the host."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return math.nan
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**30
 
 
 def _lr(trainer: L.Trainer) -> float:

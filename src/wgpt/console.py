@@ -74,6 +74,13 @@ def batches_this_epoch(trainer: L.Trainer, done: int = 0) -> int | float:
     return min(epoch, done + steps_left * accumulate - done % accumulate)
 
 
+# (logged metric, label in the bar, format)
+SHOWN_METRICS = [
+    ("train_loss", "loss", "{:.4f}"), ("val_loss", "val_loss", "{:.4f}"),
+    ("tokens_per_sec", "tokens/s", "{:,.0f}"), ("mfu", "MFU", "{:.1%}"),
+]  # fmt: skip
+
+
 class ProgressBar(RichProgressBar):
     """Lightning's rich progress bar, showing the epoch, ``step N/max`` (optimizer steps), the
     batches this epoch will actually run with their ETA, the loss, tokens/s and MFU.
@@ -145,20 +152,20 @@ class ProgressBar(RichProgressBar):
         return f"{epoch} | {steps}"
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """The logged progress-bar metrics, named and rounded for reading (``loss: 5.2345``,
-        ``tokens/s: 1,403``, ``MFU: 3.1%``); any other one as Lightning shows it."""
+        """The loss, tokens/s and MFU, named and rounded for reading (``loss: 5.2345``,
+        ``tokens/s: 1,403``, ``MFU: 3.1%``), then any metric logged with ``prog_bar=True``.
+
+        wgpt logs its own without ``prog_bar``: Lightning turns progress-bar metrics into Python
+        numbers after every batch, a GPU sync per micro-batch. They are read here, from
+        ``callback_metrics``, only when the bar refreshes its metrics (see ``_update_metrics``)."""
         shown = {}
+        metrics = trainer.callback_metrics
+        for name, label, form in SHOWN_METRICS:
+            if name in metrics:
+                shown[label] = form.format(float(metrics[name]))
         for name, value in super().get_metrics(trainer, pl_module).items():
-            if name == "v_num":  # the logger's version: every run has its own dir instead
-                continue
-            if name in ("train_loss", "val_loss") and isinstance(value, float):
-                shown["loss" if name == "train_loss" else name] = f"{value:.4f}"
-            elif name == "tokens_per_sec" and isinstance(value, float):
-                shown["tokens/s"] = f"{value:,.0f}"
-            elif name == "mfu" and isinstance(value, float):
-                shown["MFU"] = f"{value:.1%}"
-            else:
-                shown[name] = value
+            if name != "v_num":  # the logger's version: every run has its own dir instead
+                shown.setdefault(name, value)
         return shown
 
     def _init_progress(self, trainer: L.Trainer) -> None:

@@ -234,11 +234,12 @@ def compute_dtype(precision: str) -> torch.dtype:
     return torch.float64 if precision.startswith("64") else torch.float32
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+def peak_flops(device: torch.device, dtype: torch.dtype, largest_matmul: tuple[int, int, int] | None = None) -> float | None:
     """The FLOP/s that MFU divides by: a GPU's datasheet figure (Lightning's table, TF32 when it
-    is on), or this CPU's measured matmul rate (``cpu_peak_flops``). None for unknown GPUs."""
+    is on), or this CPU's measured matmul rate (``cpu_peak_flops``, up to ``largest_matmul``, the
+    (rows, in, out) of the model's largest matmul). None for unknown GPUs."""
     if device.type == "cpu":
-        return cpu_peak_flops(dtype)
+        return cpu_peak_flops(dtype, largest_matmul=largest_matmul)
     if device.type == "cuda" and "h200" in torch.cuda.get_device_name(device).lower():
         # Lightning's table misses "NVIDIA H200" and lists H200 NVL/SXM1 at sparse rates. The H200
         # has the H100 SXM's compute (dense bf16 989 TFLOP/s) with more and faster memory.
@@ -250,11 +251,21 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
 H100_SXM_DENSE = {torch.float64: 33.5e12, torch.float32: 66.9e12, "tfloat32": 494.7e12, torch.bfloat16: 989.4e12, torch.float16: 989.4e12}
 
 
-def cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
-    """The best rate of a large matmul on this CPU, with this process's threads and ``dtype``
-    (float32, or autocast's bf16/fp16), measured once in ``seconds`` and cached per CPU model,
-    thread count, torch version and dtype in ~/.cache/wgpt/peak_flops.json (XDG_CACHE_HOME)."""
-    key = f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
+def cpu_peak_flops(
+    dtype: torch.dtype = torch.float32, seconds: float = 0.25, largest_matmul: tuple[int, int, int] | None = None
+) -> float:
+    """This CPU's matmul peak with this process's threads and ``dtype`` (float32, or autocast's
+    bf16/fp16): the best rate of a few sizes, squares of 512 to 2048 and ``largest_matmul`` (rows,
+    in, out), each timed for ``seconds``. One size under-reads: a CPU reaches its best rate only
+    on matmuls large enough to hide memory traffic, which a model's output layer can be and a
+    1024^3 product is not. Measured once and cached per CPU model, thread count, torch version,
+    dtype and largest matmul in ~/.cache/wgpt/peak_flops.json (XDG_CACHE_HOME)."""
+    sizes = [(n, n, n) for n in (512, 1024, 2048)]
+    if largest_matmul is not None:
+        largest_matmul = tuple(int(d) for d in largest_matmul)
+        sizes = [s for s in sizes if s[0] * s[1] * s[2] <= largest_matmul[0] * largest_matmul[1] * largest_matmul[2]]
+        sizes.append(largest_matmul)
+    key = f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype} | up to {sizes[-1]}"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wgpt" / "peak_flops.json"
     try:
         known = json.loads(cache.read_text())
@@ -262,7 +273,7 @@ def cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> 
         known = {}
     if isinstance(known.get(key), (int, float)):
         return float(known[key])
-    peak = _measure_matmul_flops(dtype, seconds)
+    peak = max(_measure_matmul_flops(dtype, seconds, *size) for size in sizes)
     log.info("Measured this CPU's matmul peak: %.1f GFLOP/s (%s)", peak / 1e9, key)
     try:  # write-then-rename: a concurrent reader never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -274,9 +285,9 @@ def cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> 
     return peak
 
 
-def _measure_matmul_flops(dtype: torch.dtype, seconds: float, n: int = 1024) -> float:
+def _measure_matmul_flops(dtype: torch.dtype, seconds: float, rows: int, inner: int, out: int) -> float:
     # The training path's op: F.linear on float32 weights, under autocast for bf16/fp16.
-    a, w = torch.randn(n, n), torch.randn(n, n)
+    a, w = torch.randn(rows, inner), torch.randn(out, inner)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
     best, start = 0.0, time.perf_counter()
     with autocast, torch.no_grad():
@@ -284,8 +295,17 @@ def _measure_matmul_flops(dtype: torch.dtype, seconds: float, n: int = 1024) -> 
         while time.perf_counter() - start < seconds or best == 0.0:
             t = time.perf_counter()
             F.linear(a, w)
-            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+            best = max(best, 2 * rows * inner * out / (time.perf_counter() - t))
     return best
+
+
+def largest_matmul(model: nn.Module, rows: int) -> tuple[int, int, int] | None:
+    """(rows, in, out) of the model's largest linear layer applied to ``rows`` tokens."""
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    if not shapes:
+        return None
+    inner, out = max(shapes, key=lambda s: s[0] * s[1])
+    return rows, inner, out
 
 
 def _cpu_model() -> str:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -64,9 +65,8 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     model = instantiate(cfg.model, vocab_size=vocab_size)
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
-    if cfg.compile:
-        model.compile()  # in place: the weights keep their names in checkpoints
-        log.info("Model compiled with torch.compile: the first steps wait for the compiler")
+    trainer_args = trainer_arguments(cfg.trainer, model)
+    compile = compile_choice(cfg.compile, trainer_args)
     module = ModelLightningWrapper(
         model,
         learning_rate=cfg.optim.lr,
@@ -78,9 +78,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         scheduler=instantiate(cfg.optim.scheduler),
         dataset_names=list(cfg.data.datasets),
         start_datetime=cfg.start_datetime,
+        compile=compile,
     )
     trainer = L.Trainer(
-        **trainer_arguments(cfg.trainer, model),
+        **trainer_args,
         callbacks=build_callbacks(cfg.callbacks, enable_progress_bar=cfg.trainer.get("enable_progress_bar", True)),
         logger=build_loggers(cfg.get("logger")),  # csv, and any of tensorboard, wandb
         plugins=[SafeCheckpointIO()],
@@ -109,6 +110,20 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         except SIGTERMException:  # Lightning's SystemExit() would exit 0, as if training had finished
             raise SystemExit(128 + signal.SIGTERM) from None
     return module.best["val_loss"]
+
+
+def compile_choice(setting: bool | str, trainer_args: dict) -> bool:
+    """Whether to compile model and loss: ``compile: auto`` does on CUDA GPUs, where it pays
+    (fused kernels, no float32 logits), not on CPUs (0.90x the eager speed there). Logged once."""
+    accelerator = str(trainer_args.get("accelerator", "auto"))
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    compile = on_cuda if setting == "auto" else bool(setting)
+    why = f"compile={setting}" + (f" on {'a CUDA GPU' if on_cuda else 'a CPU'}" if setting == "auto" else "")
+    if compile:
+        log.info("torch.compile on (%s): model and loss compile during the first steps, a minute or more", why)
+    elif setting == "auto":
+        log.info("torch.compile off (%s); compile=true turns it on", why)
+    return compile
 
 
 def checkpoint_to_resume(cfg: DictConfig, model) -> str | None:

@@ -54,7 +54,7 @@ def _steps_or_unlimited(v) -> bool:
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
 # such as "flase" would otherwise quietly turn them on.
-BOOLEANS = ("compile", "tf32", "optim.decay_matrices_only", "optim.fused")
+BOOLEANS = ("tf32", "optim.decay_matrices_only", "optim.fused")
 
 # key: (type, test, what to give instead). Keys absent from the config are skipped.
 NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
@@ -105,6 +105,8 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not isinstance(value, bool):
             raise WgptError(f"{key}={value} is not true or false: give {key}=true or {key}=false")
+    if cfg.get("compile", False) not in (True, False, "auto"):
+        raise WgptError(f"compile={cfg.compile} is not one of auto, true, false: auto compiles on CUDA GPUs only")
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None:
         check_number("trainer.gradient_clip_val", clip, float, _non_negative, "0 or null (no clipping) or a norm above 0")

@@ -100,11 +100,19 @@ class DatasetLightningWrapper(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def _on_gpu(self) -> bool:
+        """Whether the batches go to a CUDA device: the trainer's, or any GPU when used without one.
+        (Pinning memory starts CUDA: a CPU run on a GPU machine must not.)"""
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
     def _loader(self, dataset, loader_class: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
         return loader_class(
             dataset,
             num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self._on_gpu(),  # page-locked batches copy to a GPU asynchronously
             persistent_workers=self.num_workers > 0,
             # Each new iterator draws a worker seed from this generator; from torch's global one
             # it would shift dropout's random stream, and a resumed run would train differently.

@@ -20,6 +20,12 @@ Adding an architecture is one file here plus one YAML under ``conf/model/`` with
   that copy's FLOPs are counted;
 - ``forward(input)``: token ids (B, T) int64 -> next-token logits (B, T, vocab_size).
 
+Optional: ``loss(input, targets, reduction)`` -> the cross-entropy of the next-token predictions
+("mean" or "sum" over the tokens). Training and validation call it where a model has it (see
+``loss.next_token_loss``), so a model can score its output layer without the whole batch's logits
+in memory, as ``Transformer.loss`` does with ``loss.linear_cross_entropy``; else they take
+cross-entropy over ``forward``'s logits.
+
 generate.py also reads ``model.max_seq_len`` and, for KV-cached decoding (its ``kv_cache=true``
 default), calls ``model.new_cache(batch_size, max_len)`` and ``forward(input, cache)``; see
 ``Transformer.new_cache`` and kv_cache.py.

@@ -34,6 +34,7 @@ import torch.nn as nn
 from wgpt.errors import WgptError
 from wgpt.models.attention import causal_attention
 from wgpt.models.kv_cache import KVCache
+from wgpt.models.loss import linear_cross_entropy
 from wgpt.models.rotary import apply_rotary, rotary_tables
 
 Norm = Literal["layernorm", "rmsnorm"]
@@ -216,6 +217,16 @@ class Transformer(nn.Module):
     def forward(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token ids (B, T) -> next-token logits (B, T, V). With a cache (see ``new_cache``), the
         tokens continue the sequence it holds: they take positions cache.pos.. and are added to it."""
+        return self.lm_head(self.hidden_states(input, cache))  # (B, T, V)
+
+    def loss(self, input: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the next-token predictions for ``input`` (B, T) against ``targets`` (B, T),
+        without the (B, T, V) logits in memory (see loss.py): what training and evaluation call."""
+        hidden = self.hidden_states(input).flatten(0, 1)  # (B*T, C)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets.flatten(), reduction)
+
+    def hidden_states(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> the final norm's output (B, T, C), what the output layer scores."""
         B, T = input.shape
         start = 0 if cache is None else cache.pos
         if start + T > self.max_seq_len:
@@ -231,7 +242,7 @@ class Transformer(nn.Module):
             x = block(x, rope, cache, i)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.final_norm(x))  # (B, T, V)
+        return self.final_norm(x)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """An empty KVCache for ``batch_size`` sequences of up to ``max_len`` (max_seq_len) tokens,

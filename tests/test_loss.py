@@ -1,0 +1,137 @@
+"""The output layer's loss without whole-batch logits (wgpt.models.loss) equals the plain one,
+values and gradients, eager in chunks and compiled together with the model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wgpt.models.loss as loss_module
+from wgpt.models import GPT, Llama
+from wgpt.models.loss import linear_cross_entropy, next_token_loss
+
+TINY = dict(vocab_size=320, d_embed=32, n_layers=2, n_heads=4, max_seq_len=16)
+
+
+def reference(hidden, weight, targets, reduction):
+    return F.cross_entropy((hidden @ weight.T).float(), targets, reduction=reduction)
+
+
+def loss_and_grads(fn, hidden, weight, targets, reduction, autocast=False):
+    hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = fn(hidden, weight, targets, reduction)
+    (loss * 3.0).backward()  # a scale on the way back, as gradient accumulation applies
+    return loss.detach(), hidden.grad, weight.grad
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("rows_per_chunk", [7, 1000])  # many uneven chunks, and one
+def test_chunked_equals_plain_in_float32(monkeypatch, reduction, rows_per_chunk):
+    torch.manual_seed(0)
+    N, C, V = 50, 16, 96
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", rows_per_chunk * V)
+    hidden, weight, targets = torch.randn(N, C), torch.randn(V, C) * 0.3, torch.randint(0, V, (N,))
+    got = loss_and_grads(linear_cross_entropy, hidden, weight, targets, reduction)
+    want = loss_and_grads(reference, hidden, weight, targets, reduction)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_follows_autocast_bf16(monkeypatch):
+    torch.manual_seed(0)
+    N, C, V = 64, 32, 128
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 10 * V)
+    hidden, weight, targets = torch.randn(N, C), torch.randn(V, C) * 0.3, torch.randint(0, V, (N,))
+    got = loss_and_grads(linear_cross_entropy, hidden, weight, targets, "mean", autocast=True)
+    want = loss_and_grads(reference, hidden, weight, targets, "mean", autocast=True)
+    exact = loss_and_grads(reference, hidden, weight, targets, "mean")
+    assert got[1].dtype == hidden.dtype and got[2].dtype == weight.dtype  # gradients in the parameters' dtype
+    for g, w, e in zip(got, want, exact):
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-3)  # bf16 matmuls, as autocast's
+        assert not torch.equal(g, e)  # the matmuls really ran in bf16
+
+
+def test_no_gradients_are_made_without_grad():
+    hidden, weight, targets = torch.randn(10, 8), torch.randn(40, 8, requires_grad=True), torch.randint(0, 40, (10,))
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, weight, targets, "sum")
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, reference(hidden, weight.detach(), targets, "sum"))
+
+
+@pytest.mark.parametrize("model_class", [GPT, Llama])
+def test_model_loss_equals_cross_entropy_of_its_logits(model_class):
+    torch.manual_seed(0)
+    model = model_class(**TINY)
+    x, y = torch.randint(0, 320, (3, 16)), torch.randint(0, 320, (3, 16))
+    want = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    want.backward()
+    want_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    got = next_token_loss(model, x, y)
+    got.backward()
+    torch.testing.assert_close(got, want)
+    for name, p in model.named_parameters():  # the tied embedding gets both of its gradients
+        torch.testing.assert_close(p.grad, want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_models_without_a_loss_method_get_cross_entropy_of_their_logits():
+    class Bigram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(50, 50)
+
+        def forward(self, input):
+            return self.table(input)
+
+    model, x, y = Bigram(), torch.randint(0, 50, (2, 5)), torch.randint(0, 50, (2, 5))
+    torch.testing.assert_close(next_token_loss(model, x, y, "sum"), F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum"))
+
+
+def test_compiled_loss_and_gradients_equal_eager():
+    """compile=true compiles model and loss as one graph: same loss and gradients as eager."""
+    torch.manual_seed(0)
+    model = GPT(**TINY)
+    x, y = torch.randint(0, 320, (2, 16)), torch.randint(0, 320, (2, 16))
+    compiled = torch.compile(next_token_loss, dynamic=False)
+    results = []
+    for fn in (next_token_loss, compiled):
+        model.zero_grad()
+        loss = fn(model, x, y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert [n for n, _ in model.named_parameters()][0] == "wte.weight"  # weights keep their names
+
+
+def largest_tensor_bytes(fn) -> int:
+    """The largest tensor any op makes while ``fn`` runs (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.bytes = max(Largest.bytes, t.numel() * t.element_size())
+            return out
+
+    with Largest():
+        fn()
+    return Largest.bytes
+
+
+def test_eager_loss_never_holds_the_whole_batch_of_logits(monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 16 * 1000)  # 16 rows of a 1,000-token vocabulary
+    N, C, V = 256, 32, 1000
+    hidden = torch.randn(N, C, requires_grad=True)
+    weight, targets = torch.randn(V, C, requires_grad=True), torch.randint(0, V, (N,))
+    chunked = largest_tensor_bytes(lambda: linear_cross_entropy(hidden, weight, targets).backward())
+    plain = largest_tensor_bytes(lambda: reference(hidden, weight, targets, "mean").backward())
+    assert plain >= N * V * 4  # the float32 logits of every row
+    assert chunked <= V * C * 4  # the weight's gradient is now the largest: 16 rows of logits are smaller
