@@ -2,6 +2,7 @@ import csv
 import importlib.util
 import json
 import os
+import tempfile
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,10 @@ if WORKERS > 1:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // WORKERS)))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# CPU MFU divides by a matmul peak measured once and cached (wgpt.devices.cpu_peak_flops).
+# Measured here, beside other tests, it would read low: keep it out of the user's cache.
+os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"wgpt-test-cache-{os.getuid()}")
 
 # A model small enough to take a few seconds, on the real data path, on the CPU (also on a GPU
 # machine: these runs check CPU facts, and a GPU would compile the model first).

@@ -51,43 +51,48 @@ def linear_cross_entropy(
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Loss and gradients a chunk of rows at a time, in the forward pass; backward only scales them."""
+    """Loss and gradients a chunk of rows at a time, in the forward pass; backward only scales them.
+
+    The gradients are made unscaled (softmax - one_hot) and scaled once, in backward, by the
+    mean's 1/N and the incoming gradient together: on the small (N, C) and (V, C) results rather
+    than on every chunk's (n, V) logits. Every pass over the logits runs row by row in a fused
+    kernel (log_softmax) or is one elementwise pass; nothing else touches them."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, reduction, dtype):
         N, V = hidden.size(0), weight.size(0)
         rows = max(1, CHUNK_ELEMENTS // V)
-        grad_hidden_wanted, grad_weight_wanted = ctx.needs_input_grad[:2]
-        scale = 1.0 / N if reduction == "mean" else 1.0
+        wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         with torch.autocast(hidden.device.type, enabled=False):  # the casts are made here, once
             h, w = hidden.to(dtype), weight.to(dtype)
-            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if grad_weight_wanted else None
+            losses, grad_hidden, grad_weight = [], [], None
             for start in range(0, N, rows):
                 h_chunk, t_chunk = h[start : start + rows], targets[start : start + rows]  # (n, C), (n,)
-                logits = (h_chunk @ w.T).float()  # (n, V)
-                lse = torch.logsumexp(logits, dim=-1)  # (n,)
-                loss += (lse - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
-                if grad_hidden is None and grad_weight is None:
+                log_probs = torch.log_softmax((h_chunk @ w.T).float(), dim=-1)  # (n, V)
+                losses.append(-log_probs.gather(1, t_chunk[:, None]).sum())
+                if not wants_grad:
                     continue
-                # d loss / d logits = softmax - one_hot(target), made in place in the logits' memory
-                grad = logits.sub_(lse[:, None]).exp_()
+                grad = log_probs.exp_()  # d loss_i / d logits_i = softmax - one_hot(target), in place
                 grad[torch.arange(grad.size(0), device=grad.device), t_chunk] -= 1.0
-                grad = grad.mul_(scale).to(dtype)  # (n, V)
-                if grad_hidden is not None:
-                    grad_hidden[start : start + rows] = grad @ w  # (n, C)
-                if grad_weight is not None:
-                    grad_weight += (grad.T @ h_chunk).float()  # (V, C)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
-        return loss * scale
+                grad = grad.to(dtype)
+                grad_hidden.append(grad @ w)  # (n, C)
+                chunk_grad_weight = grad.T @ h_chunk  # (V, C)
+                if grad_weight is None:
+                    grad_weight = chunk_grad_weight.float()
+                else:
+                    grad_weight += chunk_grad_weight
+        loss = torch.stack(losses).sum() if len(losses) > 1 else losses[0]
+        ctx.scale = 1.0 / N if reduction == "mean" else 1.0
+        ctx.dtypes = hidden.dtype, weight.dtype
+        if wants_grad:
+            ctx.save_for_backward(torch.cat(grad_hidden) if len(grad_hidden) > 1 else grad_hidden[0], grad_weight)
+        return loss * ctx.scale
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        scale = grad_loss * ctx.scale  # a 0-d tensor: no sync
+        hidden_dtype, weight_dtype = ctx.dtypes
+        grad_hidden = (grad_hidden * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_weight * scale).to(weight_dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None
