@@ -50,10 +50,11 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     from lightning.fabric.utilities.throughput import measure_flops
 
     from wgpt.callbacks import peak_memory_gib
-    from wgpt.data.tokenizer import Tokenizer
     from wgpt.devices import compute_dtype, enable_tf32, largest_matmul, peak_flops, reuse_freed_host_memory
     from wgpt.models.loss import next_token_loss
-    from wgpt.train import compile_choice, padded_vocab_size, trainer_arguments
+    from wgpt.models import padded_vocab_size
+    from wgpt.train import compile_choice, trainer_arguments
+    from wgpt.validate import tokenizer_spec
 
     cfg = compose(model_name, extra)
     unmirrored = {"optim.fused": cfg.optim.fused is False, "optim.decay_matrices_only": not cfg.optim.decay_matrices_only}
@@ -61,7 +62,8 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
         raise SystemExit(f"the plain loop does not mirror {[k for k, v in unmirrored.items() if v]}: leave them at their defaults")
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(Tokenizer())))
+    data = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))  # the run's tokenizer (tokenizer=bpe trains one)
+    model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(data.tokenizer)))
     hardware = trainer_arguments(cfg.trainer, model)  # device and precision, as train.py resolves them
     on_gpu = hardware.get("accelerator") in ("gpu", "cuda")
     device = torch.device("cuda", hardware["devices"][0]) if on_gpu else torch.device("cpu")
@@ -71,7 +73,6 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     enable_tf32(cfg.tf32)
     compile = compile_choice(cfg.compile, hardware)
     model.to(device)
-    data = instantiate(cfg.data)
     data.prepare_data()
     data.setup("fit")
     loader = data.train_dataloader()

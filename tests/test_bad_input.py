@@ -74,6 +74,17 @@ CASES = {
         ["dataset 'shakespeare' is not ready", "was made from", "python process.py"],
     ),
     "bins of another tokenizer": Case(["data.auto_prepare=false"], ["tokenized with", "prepare"], data="mismatched"),
+    # tokenizers
+    "unknown tokenizer": Case(["tokenizer=bpee"], ["tokenizer=bpee is not an option", "bpe", "r50k"]),
+    "tokenizer vocabulary too small": Case(["tokenizer=bpe", "tokenizer.vocab_size=100"], ["tokenizer.vocab_size=100 is out of range", "259"]),
+    "tokenizer vocabulary not a number": Case(["tokenizer=bpe", "tokenizer.vocab_size=big"], ["tokenizer.vocab_size=big is not a whole number"]),
+    "tokenizer trained on an unknown dataset": Case(
+        ["tokenizer=bpe", "tokenizer.train_on=tinystories"], ["tokenizer.train_on=tinystories is not a dataset", "shakespeare"]
+    ),
+    "tokenizer not trained and may not be": Case(
+        ["tokenizer=bpe", "data.auto_prepare=false"],
+        ["tokenizer bpe4096 is not trained on 'shakespeare'", "python process.py data=shakespeare tokenizer=bpe"],
+    ),
     # checkpoints
     "checkpoint missing": Case(["ckpt_path={tmp}/nope.ckpt"], ["ckpt_path=", "nope.ckpt does not exist"]),
     "checkpoint not a checkpoint": Case(["ckpt_path={tmp}/notes.ckpt"], ["notes.ckpt is not a checkpoint"]),

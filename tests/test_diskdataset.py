@@ -1,3 +1,4 @@
+import copy
 import pickle
 
 import numpy as np
@@ -135,10 +136,14 @@ def test_truncated_bin_is_refused(toy):
         DiskDataset("toy", "train", 8, data_dir=data_dir)
 
 
-def test_bin_from_another_tokenizer_is_refused(toy):
+def test_bin_from_another_tokenizer_is_refused(toy, tok):
+    """Same name, other mapping (e.g. a BPE trained again on other data): the fingerprint tells."""
     data_dir, _ = toy
-    with pytest.raises(WgptError, match="was tokenized with r50k_base.*not other-tokenizer"):
-        DiskDataset("toy", "train", 8, data_dir=data_dir, tokenizer="other-tokenizer")
+
+    retrained = copy.copy(tok)
+    retrained.fingerprint = "r50k-retrained"
+    with pytest.raises(WgptError, match="was tokenized with r50k_base.*not r50k-retrained"):
+        DiskDataset("toy", "train", 8, data_dir=data_dir, tokenizer=retrained)
 
 
 def test_bin_shorter_than_one_window_is_refused(tmp_path, tok):

@@ -6,8 +6,9 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_cli
+from wgpt.data.bpe import BPETokenizer, train_bpe
 from wgpt.errors import WgptError
-from wgpt.generation import check_config, generate, sample_next
+from wgpt.generation import check_config, generate, generate_from_config, sample_next
 from wgpt.models import GPT, Llama
 
 V = 128
@@ -226,3 +227,31 @@ def test_generate_py_errors_are_one_line(tmp_path):
     result = run_cli("generate.py", f"ckpt_path={missing}", "temperature=-1")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["Error: temperature=-1 is out of range: give a number >= 0 (0 is greedy)"]
+
+
+def test_generate_decodes_with_the_checkpoints_tokenizer(tmp_path, capsys):
+    # A model of a 300-token BPE's padded vocabulary, saved as training saves it (weights,
+    # model class and config, the tokenizer's record): r50k ids would not even fit its embedding.
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 20
+    tokenizer = BPETokenizer(train_bpe([text], 300), "bpe300")
+    torch.manual_seed(0)
+    model = GPT(vocab_size=320, d_embed=32, n_layers=2, n_heads=4, max_seq_len=64).eval()
+    checkpoint = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                  "model_class": "wgpt.models.gpt.GPT", "model_config": model.config, "tokenizer": tokenizer.record()}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "bpe.ckpt")
+    cfg = OmegaConf.load(ROOT / "conf/generate.yaml")
+    cfg.update(ckpt_path=str(tmp_path / "bpe.ckpt"), prompt="To be, or", max_new_tokens=12, temperature=0, device="cpu")
+
+    (text_out,) = generate_from_config(cfg)
+    prompt = tokenizer.encode("To be, or")
+    assert max(prompt) >= 259  # merged tokens: the prompt was encoded by the BPE, not byte by byte
+    eos = tokenizer.eos_token_id
+    (new,) = generate(model, [prompt], 12, temperature=0, eos_token_id=eos, vocab_size=len(tokenizer))
+    assert text_out == "To be, or" + tokenizer.decode(new) and text_out in capsys.readouterr().out
+
+    # A record that does not rebuild the tokenizer it names is refused in one line.
+    checkpoint["tokenizer"] = {**checkpoint["tokenizer"], "fingerprint": "bpe300-0000000000000000"}
+    torch.save(checkpoint, tmp_path / "bpe.ckpt")
+    with pytest.raises(WgptError) as error:
+        generate_from_config(cfg)
+    assert "records tokenizer bpe300-0000000000000000" in str(error.value) and "\n" not in str(error.value)

@@ -78,7 +78,8 @@ def test_sweep_table_shows_what_varies_and_how_each_job_ended(tmp_path):
         (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
         (job / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={lr}\n- trainer.max_steps=8\n")
         if status == "completed":
-            write_run_summary(job, status=status, final_val_loss=5.5, best_val_loss=5.25, best_step=8, global_step=8)
+            write_run_summary(job, status=status, final_val_loss=5.5, best_val_loss=5.25, final_val_bpb=2.5,
+                              best_val_bpb=2.375, best_step=8, global_step=8)  # fmt: skip
         elif status == "failed":
             write_run_summary(job, status=status, error="Error: boom", global_step=3, final_val_loss=math.nan)
     varying, rows = sweep_rows(tmp_path)
@@ -86,11 +87,14 @@ def test_sweep_table_shows_what_varies_and_how_each_job_ended(tmp_path):
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [(0, "0.01", "completed"), (1, "0.02", "failed"), (2, "0.03", "failed")]
     assert rows[2]["error"] == "ended without a summary (killed?)"
     table = format_table(varying, rows).splitlines()
-    assert table[0].split() == ["job", "optim.lr", "status", "final_val_loss", "best_val_loss", "steps", "error"]
-    assert table[2].split() == ["0", "0.01", "completed", "5.5000", "5.2500", "8"]
+    assert table[0].split() == [
+        "job", "optim.lr", "status", "final_val_loss", "best_val_loss", "final_val_bpb", "best_val_bpb", "steps", "error"
+    ]  # fmt: skip
+    assert table[2].split() == ["0", "0.01", "completed", "5.5000", "5.2500", "2.5000", "2.3750", "8"]
     assert table[3].split() == ["1", "0.02", "failed", "nan", "3", "Error:", "boom"]
     write_sweep_csv(tmp_path / "summary.csv", rows)
     with open(tmp_path / "summary.csv") as f:
         saved = list(csv.DictReader(f))
     assert [r["status"] for r in saved] == ["completed", "failed", "failed"] and saved[0]["best_val_loss"] == "5.25"
+    assert saved[0]["best_val_bpb"] == "2.375" and saved[1]["best_val_bpb"] == ""  # a job that never validated
     assert saved[1]["error"] == "Error: boom" and saved[0]["overrides"] == "optim.lr=0.01 trainer.max_steps=8"

@@ -20,7 +20,7 @@ from wgpt.generation import generate
 from wgpt.models import GPT, Llama, Transformer
 from wgpt.models.rotary import apply_rotary, rotary_tables
 from wgpt.models.transformer import GatedMLP, ModelConfigError
-from wgpt.train import padded_vocab_size
+from wgpt.models import padded_vocab_size
 
 PRESETS = ["gpt2-tiny", "gpt2", "llama3-tiny", "llama3"]
 SMALL = dict(vocab_size=128, d_embed=32, n_layers=2, n_heads=4, max_seq_len=16)

@@ -13,27 +13,37 @@ from wgpt.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset, generate_bin
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.data.tokenizer import Tokenizer
+from wgpt.data.bpe import BPETokenizer, train_bpe
+from wgpt.data.tokenizer import Tokenizer, tokenizer_from_record
 from wgpt.models import GPT
 from wgpt.module import ModelLightningWrapper
 
 SEQ_LEN = 16
 
 
+DOCS = [{"text": f"Line {i}: now is the winter of our discontent, made glorious summer. " * 3} for i in range(40)]
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("toy")
     tok = Tokenizer()
-    docs = [{"text": f"Line {i}: now is the winter of our discontent, made glorious summer. " * 3} for i in range(40)]
     for split in ("train", "validation", "test"):
-        generate_bin("toy", split, docs[: 40 if split == "train" else 7], tok, data_dir=path)
+        generate_bin("toy", split, DOCS[: 40 if split == "train" else 7], tok, data_dir=path)
     return path
 
 
-def tiny_module(**kwargs):
+def tiny_module(vocab_size=50304, **kwargs):
     torch.manual_seed(0)
-    model = GPT(vocab_size=50304, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN)
+    model = GPT(vocab_size=vocab_size, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN)
     return ModelLightningWrapper(model, learning_rate=1e-2, **kwargs)
+
+
+def text_bytes(tokenizer, targets) -> int:
+    """UTF-8 bytes of the text that ``targets`` spell, specials left out, by decoding them: the
+    toy text is ASCII, so no window boundary splits a character."""
+    specials = {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id}
+    return len(tokenizer.decode([t for t in targets.tolist() if t not in specials]).encode("utf-8"))
 
 
 def datamodule(data_dir, batch_size=4):
@@ -56,6 +66,49 @@ def test_validation_loss_is_the_token_weighted_mean_over_all_windows(data_dir):
     expected = torch.stack(losses).sum().item() / (len(validation) * SEQ_LEN)
     assert metrics["val_loss"] == pytest.approx(expected, rel=1e-5)
     assert metrics["val_ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+    # Bits per byte: the same summed loss over the bytes the targets spell (eos predictions counted
+    # in the loss, 0 bytes), in bits. Each document ends in an eos, so some windows hold one.
+    tokenizer = Tokenizer()
+    num_bytes = sum(text_bytes(tokenizer, y) for _, y in validation)
+    assert any(tokenizer.eos_token_id in y for _, y in validation)
+    assert num_bytes > 2 * len(validation) * SEQ_LEN  # ~4 bytes per r50k token of English
+    bpb = metrics["val_loss"] / math.log(2) * len(validation) * SEQ_LEN / num_bytes
+    assert metrics["val_bpb"] == pytest.approx(bpb, rel=1e-5)
+    assert "_token_bytes" not in module.state_dict()  # follows the device, never in a checkpoint
+
+
+def test_val_bpb_follows_the_tokenizer_and_is_logged_per_dataset(tmp_path):
+    # A byte-level BPE of 300 tokens trained on the toy text, bins made with it for two datasets,
+    # and a model whose vocabulary is padded beyond the tokenizer's (as train.py pads it).
+    tokenizer = BPETokenizer(train_bpe((d["text"] for d in DOCS), 300), "bpe300")
+    assert len(tokenizer) == 300
+    for name, docs in (("toy", DOCS[:7]), ("short", DOCS[7:9])):
+        for split in ("train", "validation", "test"):
+            generate_bin(name, split, docs, tokenizer, data_dir=tmp_path)
+    module = tiny_module(vocab_size=320, tokenizer=tokenizer, dataset_names=["toy", "short"])
+    dm = DatasetLightningWrapper({"toy": None, "short": None}, seq_len=SEQ_LEN, batch_size=4, num_workers=0,
+                                 data_dir=tmp_path, tokenizer=tokenizer)  # fmt: skip
+    fit = trainer()
+    fit.validate(module, datamodule=dm, verbose=False)
+    metrics = {name: float(value) for name, value in fit.callback_metrics.items()}
+    sums = {}
+    for name, splits in dm.splits.items():
+        validation = splits["validation"]
+        with torch.no_grad():
+            loss = sum(F.cross_entropy(module(x[None])[0], y, reduction="sum").item() for x, y in validation)
+        sums[name] = (loss, sum(text_bytes(tokenizer, y) for _, y in validation))
+        assert metrics[f"val_bpb/{name}"] == pytest.approx(loss / math.log(2) / sums[name][1], rel=1e-5)
+    loss, num_bytes = (sum(column) for column in zip(*sums.values()))
+    assert metrics["val_bpb"] == pytest.approx(loss / math.log(2) / num_bytes, rel=1e-5)
+    assert metrics["val_bpb/toy"] != pytest.approx(metrics["val_bpb/short"], rel=1e-3)  # two sets, not one twice
+
+    # The checkpoint keeps the tokenizer (plain values: it loads weights_only); rebuilt, it is the same one.
+    fit.save_checkpoint(tmp_path / "validated.ckpt")
+    checkpoint = torch.load(tmp_path / "validated.ckpt", weights_only=True)
+    rebuilt = tokenizer_from_record(checkpoint["tokenizer"], source="test")
+    assert rebuilt.fingerprint == tokenizer.fingerprint
+    assert rebuilt.encode("Line 3: now") == tokenizer.encode("Line 3: now")
+    assert not any("_token_bytes" in key for key in checkpoint["state_dict"])
 
 
 class ScriptedValidation(ModelLightningWrapper):
@@ -66,8 +119,8 @@ class ScriptedValidation(ModelLightningWrapper):
         self.val_losses = list(val_losses)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        loss = torch.tensor(self.val_losses[0] * batch[1].numel())
-        self._val_sums[0] = torch.stack([loss, torch.tensor(float(batch[1].numel()))])
+        tokens = batch[1].numel()  # of 3 bytes each: val_bpb = val_loss / ln 2 / 3
+        self._val_sums[0] = torch.tensor([self.val_losses[0] * tokens, tokens, 3.0 * tokens], dtype=torch.float64)
 
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
@@ -91,6 +144,8 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(data_dir, tmp_path)
     assert best["global_step"] == 4 and best["best_metrics"]["val_loss"] == 1.0
     assert recent["global_step"] == 5 and recent["best_metrics"] == {**best["best_metrics"]}
     assert recent["best_metrics"]["val_ppl"] == pytest.approx(math.e)
+    assert recent["best_metrics"]["val_bpb"] == pytest.approx(1.0 / math.log(2) / 3)
+    assert recent["tokenizer"] == Tokenizer().record()
     assert recent["model_config"] == module.model.config
 
 

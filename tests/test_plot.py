@@ -8,7 +8,9 @@ import matplotlib.image
 import pytest
 
 from conftest import run_cli
-from wgpt.plot import load_runs, plot_curves, plot_summary, read_overrides, read_summary, run_labels, tokens_per_step
+from wgpt.plot import (
+    load_runs, plot_curves, plot_summary, read_overrides, read_summary, run_labels, summary_metric, tokens_per_step,
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -76,6 +78,44 @@ def test_a_run_dir_is_plotted_on_tokens_into_its_own_dir(sweep_dir):
     assert "step 4 | val_loss" in (run / "train.log").read_text()
 
 
+def test_bits_per_byte_get_a_panel_and_a_ranking_of_their_own(sweep, sweep_dir, tmp_path):
+    out = tmp_path / "sweep.png"
+    result = run_cli("-m", "wgpt.plot", str(sweep_dir), "--metric", "val_bpb", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [f"Wrote {out}", f"Wrote {tmp_path / 'sweep-summary.png'}"]
+    width, height = png_size(out)
+    assert 1000 <= width <= 2500 and 500 <= height <= 1500  # one panel
+    png_size(tmp_path / "sweep-summary.png")
+
+    runs, (summary_csv,) = load_runs([sweep_dir])
+    labels = [run.name for run in runs]
+    # Beside the losses, val_bpb is drawn in a panel of its own: bits per byte are not nats per token.
+    fig = plot_curves(runs, labels, "title", ["train_loss", "val_loss", "val_bpb"], by_tokens=False)
+    loss_ax, bpb_ax = fig.axes[:2]
+    assert loss_ax.get_ylabel().startswith("cross-entropy loss") and bpb_ax.get_ylabel() == "bits per byte"
+    for run, line in zip(runs, bpb_ax.get_lines()):
+        assert list(line.get_ydata()) == [v for _, v in run.metrics["val_bpb"]]
+        # ~4 bytes per r50k token: well below the loss in bits, so a shared axis would flatten one of them
+        assert all(bpb < loss / math.log(2) / 2 for bpb, (_, loss) in zip(line.get_ydata(), run.metrics["val_loss"]))
+    assert len(loss_ax.get_lines()) == 2 * len(runs)  # train and val loss of each run, no bpb among them
+
+    # The sweep summary ranks by the best val_bpb (that of the best val_loss validation) when that is drawn.
+    assert summary_metric(["val_bpb"]) == "val_bpb" and summary_metric(["val_loss", "val_bpb"]) == "val_loss"
+    assert summary_metric(["val_bpb/shakespeare"]) == "val_bpb" and summary_metric(["tokens_per_sec"]) == "val_loss"
+    rows = read_summary(summary_csv)
+    table = sweep[0].stdout.split("Sweep summary")[1].splitlines()  # as train.py -m printed it
+    header = table[1].split()
+    after_loss = header.index("best_val_loss") + 1
+    assert header[after_loss : after_loss + 2] == ["final_val_bpb", "best_val_bpb"]
+    for row, line in zip(rows, table[3:5]):
+        assert line.split()[header.index("best_val_bpb")] == f"{float(row['best_val_bpb']):.4f}"
+    fig = plot_summary(rows, labels, ["C0", "C1"], "title", metric="val_bpb")
+    values = [float(t.get_text().split()[0]) for t in fig.axes[0].texts]
+    assert values == [pytest.approx(float(row["best_val_bpb"]), abs=1e-4) for row in rows]
+    assert values == [pytest.approx(min(v for _, v in run.metrics["val_bpb"]), abs=1e-4) for run in runs]
+    assert fig.axes[0].get_xlabel().startswith("best validation bits per byte")
+
+
 def test_labels_keep_what_differs_and_title_what_is_shared():
     labels, shared = run_labels(
         [["model=gpt2-tiny", "optim.lr=1e-3", "trainer.max_steps=8"], ["model=llama3-tiny", "optim.lr=1e-3", "trainer.max_steps=8"]],
@@ -120,6 +160,9 @@ def test_a_job_without_a_best_loss_says_how_it_ended():
     ax = plot_summary(rows, ["optim.lr=0.001", "optim.lr=10"], ["C0", "C1"], "title").axes[0]
     assert [t.get_text().strip() for t in ax.texts] == ["5.5000  (step 8)", "failed: Error: boom"]
     assert ax.get_xlim()[0] < 5.5 and not any(math.isnan(p.get_width()) for p in ax.patches)
+    # Ranked by bits per byte, a job from before wgpt measured them (no best_val_bpb) says so.
+    ax = plot_summary(rows, ["optim.lr=0.001", "optim.lr=10"], ["C0", "C1"], "title", metric="val_bpb").axes[0]
+    assert [t.get_text().strip() for t in ax.texts] == ["completed: no best_val_bpb", "failed: Error: boom"]
 
 
 @pytest.mark.parametrize(

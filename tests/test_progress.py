@@ -117,6 +117,17 @@ def test_the_bar_shows_epoch_step_loss_and_tokens_per_second(terminal):
     assert re.search(r"Epoch 0/0 \| step 8/8 .* 8/8 .*loss: \d+\.\d{4} \| tokens/s: [\d,]+ \| MFU: [\d.]+%", frames[-1])
 
 
+def test_the_bar_shows_the_latest_validation(terminal):
+    bar, module = ProgressBar(console_kwargs=terminal), tiny_module()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[bar], max_steps=4, val_check_interval=2, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader(4), val_dataloaders=loader(2))
+    metrics = bar.get_metrics(trainer, module)
+    assert metrics["val_loss"] == f"{module.last_val_loss:.4f}" and metrics["val_bpb"] == f"{module.last_val_bpb:.4f}"
+    frames = [line for line in ANSI.sub("", terminal["file"].getvalue()).splitlines() if "Epoch" in line]
+    assert re.search(r"\| val_loss: \d+\.\d{4} \| val_bpb: \d+\.\d{4}", frames[-1])
+
+
 def test_no_terminal_no_bar():
     out = StringIO()  # not a terminal: a pipe, a CI log
     bar = ProgressBar(console_kwargs={"file": out})
@@ -153,8 +164,8 @@ def test_start_up_prints_the_config_tree_the_parameter_counts_and_the_run_dir(gp
     total, non_embedding = parameter_counts(instantiate(cfg.model, vocab_size=50304))
     assert non_embedding < total
     expected = (
-        f"Model gpt2-tiny: {total / 1e6:.2f}M parameters ({non_embedding / 1e6:.2f}M besides the embeddings); "
-        f"run directory {run_dir}"
+        f"Model gpt2-tiny: {total / 1e6:.2f}M parameters ({non_embedding / 1e6:.2f}M besides the embeddings), "
+        f"tokenizer r50k (50259 tokens); run directory {run_dir}"
     )
     assert expected in result.stdout and expected in (run_dir / "train.log").read_text()
     # In a pipe the bar is off, saying so once, and draws nothing.

@@ -116,7 +116,8 @@ class ValidateAtEnd(Callback):
 
 class RunSummary(Callback):
     """Writes how the run ended to ``summary.json`` in its dir: status (completed, interrupted,
-    failed, with the error), steps, final and best validation loss. Sweep tables read it."""
+    failed, with the error), steps, final and best validation loss and bits per byte (the best:
+    those of the validation with the lowest loss). Sweep tables read it."""
 
     def __init__(self, run_dir: str | Path, resumed_from: str | None = None):
         self.run_dir, self.resumed_from = Path(run_dir), resumed_from
@@ -124,8 +125,10 @@ class RunSummary(Callback):
     def _write(self, trainer: L.Trainer, pl_module, **fields) -> None:
         best = pl_module.best
         write_run_summary(
-            self.run_dir, global_step=trainer.global_step, final_val_loss=pl_module.last_val_loss,
-            best_val_loss=best["val_loss"], best_step=best["step"], resumed_from=self.resumed_from, **fields,
+            self.run_dir, global_step=trainer.global_step,
+            final_val_loss=pl_module.last_val_loss, final_val_bpb=getattr(pl_module, "last_val_bpb", math.nan),
+            best_val_loss=best["val_loss"], best_val_bpb=best.get("val_bpb", math.nan), best_step=best["step"],
+            resumed_from=self.resumed_from, **fields,
         )  # fmt: skip
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:

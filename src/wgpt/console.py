@@ -76,7 +76,7 @@ def batches_this_epoch(trainer: L.Trainer, done: int = 0) -> int | float:
 
 # (logged metric, label in the bar, format)
 SHOWN_METRICS = [
-    ("train_loss", "loss", "{:.4f}"), ("val_loss", "val_loss", "{:.4f}"),
+    ("train_loss", "loss", "{:.4f}"), ("val_loss", "val_loss", "{:.4f}"), ("val_bpb", "val_bpb", "{:.4f}"),
     ("tokens_per_sec", "tokens/s", "{:,.0f}"), ("mfu", "MFU", "{:.1%}"),
 ]  # fmt: skip
 
@@ -152,8 +152,9 @@ class ProgressBar(RichProgressBar):
         return f"{epoch} | {steps}"
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """The loss, tokens/s and MFU, named and rounded for reading (``loss: 5.2345``,
-        ``tokens/s: 1,403``, ``MFU: 3.1%``), then any metric logged with ``prog_bar=True``.
+        """The loss, the latest validation's loss and bits per byte, tokens/s and MFU, named and
+        rounded for reading (``loss: 5.2345``, ``val_bpb: 2.1234``, ``tokens/s: 1,403``, ``MFU: 3.1%``),
+        then any metric logged with ``prog_bar=True``.
 
         wgpt logs its own without ``prog_bar``: Lightning turns progress-bar metrics into Python
         numbers after every batch, a GPU sync per micro-batch. They are read here, from

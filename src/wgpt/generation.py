@@ -188,7 +188,7 @@ def pick_device(name: str) -> torch.device:
 def generate_from_config(cfg: DictConfig) -> list[str]:
     """Print each prompt followed by its sampled continuation; a speed summary goes to stderr."""
     from wgpt.checkpoint import load_checkpoint, model_from_checkpoint
-    from wgpt.data.tokenizer import Tokenizer
+    from wgpt.data.tokenizer import tokenizer_from_record
 
     settings = check_config(cfg)  # before the (slow) checkpoint load
     prompts = settings.pop("prompts")
@@ -203,11 +203,13 @@ def generate_from_config(cfg: DictConfig) -> list[str]:
             "e.g. ckpt_path=outputs/gpt2-tiny/<run>/checkpoints/recent.ckpt"
         )
     source = f"ckpt_path={cfg.ckpt_path}"
-    model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), source=source).to(device)
+    checkpoint = load_checkpoint(cfg.ckpt_path)  # once: the model and the tokenizer it was trained with
+    model = model_from_checkpoint(checkpoint, source=source).to(device)
+    tokenizer = tokenizer_from_record(checkpoint.get("tokenizer"), source=source)  # r50k for older checkpoints
+    del checkpoint  # the weights now live in the model
     if use_cache and not hasattr(model, "new_cache"):  # a model added without a KV cache still decodes
         print(f"{type(model).__name__} has no KV cache (new_cache): decoding without one", file=sys.stderr)
         use_cache = False
-    tokenizer = Tokenizer()
     ids = [tokenizer.encode(p) for p in prompts]
 
     generator = torch.Generator(device=device)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
 from wgpt.models.loss import next_token_loss
 from wgpt.schedules import one_cycle
@@ -25,6 +26,19 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf  # a diverged run must not crash the logging
 
 
+def bits_per_byte(loss_sum: float, num_bytes: float) -> float:
+    """Bits per UTF-8 byte of text: a summed loss in nats over the bytes its target tokens spell.
+    Unlike the loss per token it does not depend on the tokenizer, so runs with different ones compare."""
+    return loss_sum / math.log(2) / num_bytes if num_bytes > 0 else math.nan
+
+
+def token_bytes_table(tokenizer: TokenizerBase, vocab_size: int = 0) -> torch.Tensor:
+    """(max(len(tokenizer), vocab_size),) int64: the UTF-8 bytes each id spells, 0 for the special
+    tokens and for the padding rows of a model's vocabulary beyond the tokenizer's."""
+    table = torch.from_numpy(tokenizer.token_bytes()).long()
+    return F.pad(table, (0, max(0, vocab_size - table.numel())))
+
+
 class ModelLightningWrapper(L.LightningModule):
     """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a learning-rate schedule
     (``scheduler(step, total_steps)`` -> factor of ``learning_rate``; the seed's one-cycle by default).
@@ -33,10 +47,15 @@ class ModelLightningWrapper(L.LightningModule):
     is left as it is, so checkpoints keep its weight names): faster steps and no float32 logits.
 
     Logs ``train_loss``, the mean over an optimizer step's micro-batches, at the steps written
-    (every ``log_every_n_steps``, and the last); nothing is logged or synced per micro-batch. ``val_loss`` and
-    ``val_ppl`` per validation (and ``val_loss/<dataset>`` when several datasets are served),
-    keeps the best metrics seen so far and stores them, with the model config, in every
-    checkpoint.
+    (every ``log_every_n_steps``, and the last); nothing is logged or synced per micro-batch. ``val_loss``,
+    ``val_ppl`` and ``val_bpb`` per validation (and ``val_loss/<dataset>``, ``val_bpb/<dataset>`` when
+    several datasets are served), keeps the best metrics seen so far (by ``val_loss``) and stores
+    them, with the model config and the tokenizer's ``record()``, in every checkpoint.
+
+    ``val_bpb`` is bits per byte: the summed validation loss (nats, over every target token,
+    end-of-text predictions included) / ln 2 / the UTF-8 bytes the target tokens spell
+    (``tokenizer.token_bytes()``; None: the default r50k tokenizer). Unlike ``val_loss`` it
+    compares across tokenizers.
     """
 
     def __init__(
@@ -52,6 +71,7 @@ class ModelLightningWrapper(L.LightningModule):
         dataset_names: list[str] | None = None,
         start_datetime: str | None = None,
         compile: bool = False,
+        tokenizer: TokenizerBase | None = None,
     ):
         super().__init__()
         self.model = model
@@ -65,13 +85,20 @@ class ModelLightningWrapper(L.LightningModule):
         self.scheduler = scheduler
         self.dataset_names = list(dataset_names or [])
         self.start_datetime = start_datetime or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        self.best = {"train_loss": math.inf, "val_loss": math.inf, "val_ppl": math.inf, "step": -1}
-        self.last_val_loss = math.nan  # of the latest validation
+        self.tokenizer = tokenizer if tokenizer is not None else R50k().load()
+        # Bytes per target id, for val_bpb: a buffer follows the module's device; non-persistent,
+        # so never in a checkpoint's state_dict. Kept out of DDP's buffer broadcast, which would
+        # otherwise send it before every forward (each rank builds the same table).
+        table = token_bytes_table(self.tokenizer, int(self.model_config.get("vocab_size") or 0))
+        self.register_buffer("_token_bytes", table, persistent=False)
+        self._ddp_params_and_buffers_to_ignore = ["_token_bytes"]  # read by torch's DistributedDataParallel
+        self.best = {"train_loss": math.inf, "val_loss": math.inf, "val_ppl": math.inf, "val_bpb": math.inf, "step": -1}
+        self.last_val_loss = self.last_val_bpb = math.nan  # of the latest validation
         self._train_loss_sum = torch.zeros(())  # of optimizer steps since the last validation, for best["train_loss"]
         self._train_loss_count = 0
         self._step_loss_sum: torch.Tensor | None = None  # of the current optimizer step's micro-batches
         self._step_micro_batches = 0
-        self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count)
+        self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count, byte count)
         self._total = None  # optimizer steps the run will take, once known
         self._flops: tuple[torch.Size, int] | None = None  # (input shape, FLOPs of a training micro-batch)
         self._input_shape: torch.Size | None = None  # of the latest training micro-batch
@@ -128,39 +155,56 @@ class ModelLightningWrapper(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {}
 
+    def _sum_dtype(self, device: torch.device) -> torch.dtype:
+        # float64 where the device has it: byte and token counts stay exact integers past 2^24.
+        return torch.float32 if device.type == "mps" else torch.float64
+
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        targets = batch[1]
         loss_sum = self._loss(batch, reduction="sum").detach()
-        tokens = torch.tensor(float(batch[1].numel()), device=loss_sum.device)
-        self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + torch.stack([loss_sum, tokens])
+        dtype = self._sum_dtype(loss_sum.device)
+        tokens = torch.tensor(float(targets.numel()), device=loss_sum.device, dtype=dtype)
+        num_bytes = self._token_bytes[targets].sum()  # on the device: no sync
+        row = torch.stack([loss_sum.to(dtype), tokens, num_bytes.to(dtype)])
+        self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + row
 
     def on_validation_epoch_end(self) -> None:
-        # One all-reduce of every (loss sum, token count), per validation set plus the train
-        # losses since the last validation: token-weighted means over all ranks. Every rank
+        # One all-reduce of every (loss sum, token count, byte count), per validation set plus the
+        # train losses since the last validation: token-weighted means over all ranks. Every rank
         # takes part even with no batches of its own, so none waits forever.
         num_sets = max(len(self.dataset_names), len(self._val_sums), 1)
-        zero = torch.zeros(2, device=self.device)
-        rows = [self._val_sums.get(i, zero) for i in range(num_sets)]
-        train = torch.stack([self._train_loss_sum.to(self.device), torch.tensor(float(self._train_loss_count), device=self.device)])
+        dtype = self._sum_dtype(self.device)
+        zero = torch.zeros(3, device=self.device, dtype=dtype)
+        rows = [self._val_sums.get(i, zero).to(self.device, dtype) for i in range(num_sets)]
+        count = torch.tensor(float(self._train_loss_count), device=self.device, dtype=dtype)
+        train = torch.stack([self._train_loss_sum.to(self.device, dtype), count, torch.zeros_like(count)])
         sums = self.trainer.strategy.reduce(torch.stack([*rows, train]), reduce_op="sum").tolist()
-        (*per_set, (train_sum, train_count)) = sums
-        val_loss = sum(s for s, _ in per_set) / max(sum(n for _, n in per_set), 1)
+        (*per_set, (train_sum, train_count, _)) = sums
+        loss_sum, tokens, num_bytes = (sum(column) for column in zip(*per_set))
+        val_loss = loss_sum / max(tokens, 1)
+        val_bpb = bits_per_byte(loss_sum, num_bytes)
         # Already equal on every rank; sync_dist only tells Lightning so (its mean changes nothing).
         self.log("val_loss", val_loss, sync_dist=True)
         self.log("val_ppl", perplexity(val_loss), sync_dist=True)
+        self.log("val_bpb", val_bpb, sync_dist=True)
         if len(self.dataset_names) > 1:
-            for name, (loss_sum, tokens) in zip(self.dataset_names, per_set):
-                self.log(f"val_loss/{name}", loss_sum / max(tokens, 1), sync_dist=True)
+            for name, (set_loss, set_tokens, set_bytes) in zip(self.dataset_names, per_set):
+                self.log(f"val_loss/{name}", set_loss / max(set_tokens, 1), sync_dist=True)
+                self.log(f"val_bpb/{name}", bits_per_byte(set_loss, set_bytes), sync_dist=True)
         if self.trainer.sanity_checking:
             return
         self._train_loss_sum, self._train_loss_count = torch.zeros(()), 0
-        self.last_val_loss = val_loss
+        self.last_val_loss, self.last_val_bpb = val_loss, val_bpb
         if val_loss < self.best["val_loss"]:
             train_loss = train_sum / train_count if train_count else math.nan
-            self.best = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "step": self.global_step}
+            self.best = {
+                "train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpb": val_bpb,
+                "step": self.global_step,
+            }  # fmt: skip
         if self.trainer.is_global_zero:
             log.info(
-                "step %d | val_loss %.4f | val_ppl %.2f | best val_loss %.4f (step %d)",
-                self.global_step, val_loss, perplexity(val_loss), self.best["val_loss"], self.best["step"],
+                "step %d | val_loss %.4f | val_ppl %.2f | val_bpb %.4f | best val_loss %.4f (step %d)",
+                self.global_step, val_loss, perplexity(val_loss), val_bpb, self.best["val_loss"], self.best["step"],
             )  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -170,6 +214,7 @@ class ModelLightningWrapper(L.LightningModule):
         checkpoint["model_config"] = dict(self.model_config)
         checkpoint["best_metrics"] = dict(self.best)
         checkpoint["start_datetime"] = self.start_datetime
+        checkpoint["tokenizer"] = self.tokenizer.record()  # eval.py and generate.py rebuild it from this
         # Dropout's random stream: a resumed run draws the masks the uninterrupted one would have.
         # (Data loaders draw from generators of their own, so they never shift it.)
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
@@ -177,7 +222,9 @@ class ModelLightningWrapper(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.best = dict(checkpoint.get("best_metrics", self.best))
+        best = dict(checkpoint.get("best_metrics", self.best))
+        best.setdefault("val_bpb", math.nan)  # a checkpoint made before val_bpb was measured
+        self.best = best
         states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"].cpu())

@@ -3,11 +3,13 @@
 Reads what every run leaves in its dir: ``metrics.csv`` (the curves), ``.hydra/overrides.yaml``
 (the labels) and ``.hydra/config.yaml`` with ``train.log`` (the tokens each optimizer step
 trains on). A sweep dir (``outputs/multirun/<time>/``) stands for its job dirs, and its
-``summary.csv`` becomes a second figure: the best validation loss of each job.
+``summary.csv`` becomes a second figure: the best validation loss of each job, or its bits per
+byte when ``val_bpb`` is drawn before ``val_loss`` (compare runs of different tokenizers so).
 
     python -m wgpt.plot outputs/multirun/2026-11-23_19-21-02          # -> <sweep dir>/loss.png, loss-summary.png
     python -m wgpt.plot outputs/gpt2-tiny/A outputs/llama3-tiny/B --out cmp.png
     python -m wgpt.plot <run dir> --metric val_ppl,tokens_per_sec     # any metrics.csv columns, a panel each
+    python -m wgpt.plot outputs/multirun/<time> --metric val_bpb      # -> bpb.png, bpb-summary.png
 """
 
 from __future__ import annotations
@@ -29,8 +31,18 @@ from wgpt.errors import WgptError, one_line_errors
 DEFAULT_METRICS = ["train_loss", "val_loss"]
 # Overrides that say where or how a run was launched, not what was trained: never in a label.
 NOISE = ("start_datetime", "hydra", "paths", "logger", "trainer.enable_progress_bar", "data.num_workers")
-Y_LABELS = {"loss": "cross-entropy loss (nats per token)", "ppl": "perplexity", "tokens_per_sec": "tokens/s"}
+Y_LABELS = {
+    "loss": "cross-entropy loss (nats per token)",
+    "ppl": "perplexity",
+    "bpb": "bits per byte",
+    "tokens_per_sec": "tokens/s",
+}
 VAL_LINESTYLES = ["-", "--", ":", "-."]  # val_loss, then val_loss/<dataset>, ... in one panel
+# What a sweep's summary figure can rank jobs by: metric -> (summary.csv column, axis label).
+SUMMARY_METRICS = {
+    "val_loss": ("best_val_loss", "best validation loss"),
+    "val_bpb": ("best_val_bpb", "best validation bits per byte"),
+}
 SWEEP_DIR = "outputs/multirun/<time>"
 
 
@@ -195,8 +207,15 @@ def _wrap(text: str, width: int) -> str:
 
 
 def _panel(metric: str) -> str:
-    """The panel a metric is drawn in: train_loss, val_loss and val_loss/<dataset> share "loss"."""
+    """The panel a metric is drawn in: train_loss, val_loss and val_loss/<dataset> share "loss";
+    val_bpb and val_bpb/<dataset> have "bpb" (bits per byte are not nats per token)."""
     return re.sub(r"^(train|val)_", "", metric.split("/")[0])
+
+
+def summary_metric(metrics: Sequence[str]) -> str:
+    """The metric a sweep's summary figure ranks jobs by: the first drawn of val_loss and val_bpb
+    (either alone or per dataset), val_loss when neither is."""
+    return next((m.split("/")[0] for m in metrics if m.split("/")[0] in SUMMARY_METRICS), "val_loss")
 
 
 def _colours(n: int) -> list:
@@ -269,12 +288,15 @@ def _number(cell: Any) -> float:
         return math.nan
 
 
-def plot_summary(rows: Sequence[dict[str, Any]], labels: Sequence[str], colours: Sequence, title: str):
-    """Horizontal bars: the best validation loss of each sweep job, with its value and step;
-    a job without one says how it ended. Returns a matplotlib Figure."""
+def plot_summary(
+    rows: Sequence[dict[str, Any]], labels: Sequence[str], colours: Sequence, title: str, metric: str = "val_loss"
+):  # fmt: skip
+    """Horizontal bars: the best ``metric`` (val_loss or val_bpb, see ``SUMMARY_METRICS``) of each
+    sweep job, with its value and step; a job without one says how it ended. Returns a matplotlib Figure."""
     from matplotlib.figure import Figure
 
-    best = [_number(row.get("best_val_loss")) for row in rows]
+    column, axis_label = SUMMARY_METRICS[metric]
+    best = [_number(row.get(column)) for row in rows]
     finite = [b for b in best if math.isfinite(b)]
     fig = Figure(figsize=(10, 1.6 + 0.45 * len(rows)), layout="constrained")
     ax = fig.subplots()
@@ -293,9 +315,11 @@ def plot_summary(rows: Sequence[dict[str, Any]], labels: Sequence[str], colours:
             text = f"{value:.4f}" + (f"  (step {step})" if step not in ("", "-1") else "")
             ax.text(value, y, "  " + text, va="center", fontsize=9)
         else:
-            why = row.get("error") or row.get("status") or "no validation"
-            ax.text(left, y, f"  {row.get('status', '')}: {why}"[:90], va="center", fontsize=9, color="firebrick")
-    ax.set_xlabel("best validation loss" + (f" (the axis starts at {left:.2f}, not 0)" if left > 0 else ""))
+            status = row.get("status", "")
+            # A job that ended well but has no value: made before wgpt measured it (val_bpb).
+            why = row.get("error") or (f"no {column}" if status == "completed" else status) or "no validation"
+            ax.text(left, y, f"  {status}: {why}"[:90], va="center", fontsize=9, color="firebrick")
+    ax.set_xlabel(axis_label + (f" (the axis starts at {left:.2f}, not 0)" if left > 0 else ""))
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
     return fig
@@ -368,8 +392,9 @@ def plot(
             for row in rows
         ]
         summary_colours = [colours.get(row["path"], "0.6") for row in rows]
-        heading = "best validation loss per sweep job"
-        fig = plot_summary(rows, summary_labels, summary_colours, _title(heading, shared))
+        ranked_by = summary_metric(metrics)
+        heading = f"{SUMMARY_METRICS[ranked_by][1]} per sweep job"
+        fig = plot_summary(rows, summary_labels, summary_colours, _title(heading, shared), ranked_by)
         summary_out = out.with_name(f"{out.stem}-summary.png")
         save_png(fig, summary_out)
         written.append(summary_out)
@@ -387,7 +412,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="the PNG to write (default: <DIR>/loss.png for one DIR, ./loss.png for several)")
     parser.add_argument(
         "--metric", action="append", metavar="NAME[,NAME...]",
-        help="metrics.csv columns to draw, repeatable (default: train_loss,val_loss); train_X and val_X share a panel",
+        help="metrics.csv columns to draw, repeatable (default: train_loss,val_loss); train_X and val_X share a "
+        "panel; a sweep's summary ranks by whichever of val_loss and val_bpb comes first",
     )  # fmt: skip
     parser.add_argument(
         "--x", choices=["auto", "tokens", "steps"], default="auto",

@@ -62,6 +62,8 @@ def sweep_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
                 "status": summary.get("status", "unknown"),
                 "final_val_loss": summary.get("final_val_loss"),
                 "best_val_loss": summary.get("best_val_loss"),
+                "final_val_bpb": summary.get("final_val_bpb"),
+                "best_val_bpb": summary.get("best_val_bpb"),
                 "best_step": summary.get("best_step"),
                 "steps": summary.get("global_step"),
                 "error": summary.get("error", ""),
@@ -75,12 +77,14 @@ def sweep_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
-    return "" if value is None else str(value)
+    return "" if value is None else str(value)  # a job without val_bpb (made before it existed): blank
 
 
 def format_table(varying: list[str], rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of the sweep: job, the swept values, status, losses, and why a job failed."""
-    columns = ["job", *varying, "status", "final_val_loss", "best_val_loss", "steps", "error"]
+    """A plain-text table of the sweep: job, the swept values, status, losses, bits per byte (compare
+    these across tokenizers), and why a job failed."""
+    metrics = ["final_val_loss", "best_val_loss", "final_val_bpb", "best_val_bpb"]
+    columns = ["job", *varying, "status", *metrics, "steps", "error"]
     cells = [columns] + [[_cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]

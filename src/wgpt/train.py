@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
@@ -19,23 +18,19 @@ from omegaconf import DictConfig, OmegaConf
 from wgpt.callbacks import RunSummary, SafeCheckpointIO, build_callbacks
 from wgpt.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
 from wgpt.console import parameter_counts, print_config_tree
-from wgpt.data.tokenizer import Tokenizer
+from wgpt.data.tokenizer import R50K, TokenizerBase, tokenizer_config
 from wgpt.devices import enable_tf32, resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError, discarded_on_bad_input
 from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.loggers import build_loggers, check_logger_packages, log_config
+from wgpt.models import padded_vocab_size
 from wgpt.module import ModelLightningWrapper
 from wgpt.sweep import read_run_summary
-from wgpt.validate import check_config
+from wgpt.validate import check_config, tokenizer_spec
 
 log = logging.getLogger("wgpt")
 
 RESUME_FROM_ENV = "WGPT_RESUME_FROM"  # rank 0's checkpoint choice, for the ranks it starts
-
-
-def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
-    """Round the embedding table up to a multiple of 64: matmuls on such shapes run faster."""
-    return multiple * math.ceil(vocab_size / multiple)
 
 
 def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
@@ -52,17 +47,19 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     ``script`` is the entry point (train.py) that a sweep job re-runs when it needs its own DDP launch.
     """
     run_dir = Path(cfg.paths.output_dir)
-    vocab_size = padded_vocab_size(len(Tokenizer()))
     with discarded_on_bad_input(run_dir):
-        shapes = check_config(cfg, vocab_size)  # first: before anything is resolved, built, read or started
+        shapes = check_config(cfg)  # first: before anything is resolved, built, read or started
         check_logger_packages(cfg.get("logger"))
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
-        ckpt_path = checkpoint_to_resume(cfg, shapes)
-        datamodule = instantiate(cfg.data)
-        datamodule.check_ready()
+        spec = tokenizer_spec(cfg)
+        ckpt_path, ckpt_tokenizer = checkpoint_to_resume(cfg, shapes, spec.name)
+        datamodule = instantiate(cfg.data, tokenizer=spec)
+        datamodule.check_ready()  # trains a BPE tokenizer here if it is not trained yet
+        tokenizer = datamodule.tokenizer
+        check_same_tokenizer(ckpt_path, ckpt_tokenizer, tokenizer)
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
-    model = instantiate(cfg.model, vocab_size=vocab_size)
+    model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
     trainer_args = trainer_arguments(cfg.trainer, model)
@@ -79,6 +76,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         dataset_names=list(cfg.data.datasets),
         start_datetime=cfg.start_datetime,
         compile=compile,
+        tokenizer=tokenizer,
     )
     trainer = L.Trainer(
         **trainer_args,
@@ -94,8 +92,8 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         print_config_tree(cfg, run_dir)
         total, non_embedding = parameter_counts(model)
         log.info(
-            "Model %s: %.2fM parameters (%.2fM besides the embeddings); run directory %s",
-            cfg.model.name, total / 1e6, non_embedding / 1e6, run_dir,
+            "Model %s: %.2fM parameters (%.2fM besides the embeddings), tokenizer %s (%d tokens); run directory %s",
+            cfg.model.name, total / 1e6, non_embedding / 1e6, tokenizer.name, len(tokenizer), run_dir,
         )  # fmt: skip
         log_config(trainer.loggers, cfg)
     if rank_tag():
@@ -126,24 +124,41 @@ def compile_choice(setting: bool | str, trainer_args: dict) -> bool:
     return compile
 
 
-def checkpoint_to_resume(cfg: DictConfig, model) -> str | None:
-    """``ckpt_path``, or with ``resume=auto`` the newest ``recent`` of this model's runs; checked
-    (safe to load, fits the model) before any heavy work. A resumed run gets a new run dir."""
-    if RESUME_FROM_ENV in os.environ:  # a rank that rank 0 started: rank 0 has chosen
-        return os.environ[RESUME_FROM_ENV] or None
+def checkpoint_to_resume(cfg: DictConfig, model, tokenizer_name: str) -> tuple[str | None, dict | None]:
+    """``ckpt_path``, or with ``resume=auto`` the newest ``recent`` of this model's runs, and the
+    record of the tokenizer it was trained with; checked (safe to load, same tokenizer, fits the
+    model) before any heavy work. A resumed run gets a new run dir."""
+    if RESUME_FROM_ENV in os.environ:  # a rank that rank 0 started: rank 0 has chosen (and checked)
+        return os.environ[RESUME_FROM_ENV] or None, None
     path = cfg.get("ckpt_path")
     if path is None and cfg.get("resume") == "auto":
         runs_dir = Path(cfg.paths.output_root) / cfg.model.name
         path = newest_recent(runs_dir, exclude=cfg.paths.output_dir)
         if path is None:
             log.info("resume=auto: no run of %s with a recent checkpoint in %s, starting afresh", cfg.model.name, runs_dir)
-            return None
+            return None, None
     if path is None:
-        return None
+        return None, None
     checkpoint = load_checkpoint(path, mmap=True)  # refuses pickled code, reads no tensor data yet
+    record = checkpoint.get("tokenizer") or {"name": R50K}  # made before checkpoints recorded it: r50k
+    if record.get("name") != tokenizer_name:
+        raise WgptError(
+            f"ckpt_path={path} was trained with tokenizer {record.get('name')}, this run uses {tokenizer_name}: "
+            f"continue it with {tokenizer_config(record.get('name'))}, as its run had"
+        )
     check_fits(model, model_state(checkpoint), f"ckpt_path={path}")
     log.info("Resuming from %s (step %d)", path, checkpoint.get("global_step", 0))
-    return str(path)
+    return str(path), record
+
+
+def check_same_tokenizer(ckpt_path: str | None, record: dict | None, tokenizer: TokenizerBase) -> None:
+    """A checkpoint continues only with the very tokenizer it was trained with (same name is not
+    enough: a BPE trained on other data maps ids to other text)."""
+    if ckpt_path is not None and record is not None and record.get("fingerprint", tokenizer.fingerprint) != tokenizer.fingerprint:
+        raise WgptError(
+            f"ckpt_path={ckpt_path} was trained with tokenizer {record['fingerprint']}, but this run's {tokenizer.name} is "
+            f"{tokenizer.fingerprint} (trained on other data): use the data and tokenizer.* settings of that run"
+        )
 
 
 def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path, script: str) -> float:

@@ -75,17 +75,41 @@ NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "trainer.num_nodes": (int, _at_least_one, "a number of machines, at least 1"),
     "callbacks.recent.every_n_train_steps": (int, _at_least_one, "a number of optimizer steps, at least 1"),
     "seed": (int, lambda v: True, "a whole number"),
+    "tokenizer.vocab_size": (int, lambda v: 259 <= v <= 2**20, "a number of tokens from 259 (256 bytes + 3 specials) up, e.g. 4096"),
 }
 
 
-def check_config(cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
+def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Module:
     """Raise a WgptError for the first mistake in a composed training config (unresolved or not).
 
-    Returns the model built on the meta device: its shapes, with no memory behind them."""
+    Returns the model built on the meta device, for ``vocab_size`` tokens (None: the tokenizer
+    config's, padded): its shapes, with no memory behind them."""
     check_values(cfg)
     check_targets(cfg, "")
     check_trainer(cfg.trainer)
+    if vocab_size is None:
+        from wgpt.models import padded_vocab_size
+
+        vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
     return check_model_builds(cfg.model, vocab_size)
+
+
+def tokenizer_spec(cfg: DictConfig):
+    """The ``tokenizer`` group instantiated (``R50k``, ``ByteLevelBPE``, ...): cheap, nothing trained
+    or loaded. r50k where a config has no tokenizer group."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from wgpt.data.tokenizer import R50k
+
+    if cfg.get("tokenizer") is None:
+        return R50k()
+    try:
+        return instantiate(cfg.tokenizer)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, WgptError):
+            raise e.__cause__ from None
+        raise WgptError(f"tokenizer: {e.__cause__ or e}: fix the tokenizer.* values (see conf/tokenizer/)") from None
 
 
 def check_values(cfg: DictConfig) -> None:

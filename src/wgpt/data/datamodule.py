@@ -14,6 +14,7 @@ from wgpt.data.pdbsampler import PDBSampler
 from wgpt.data.prepare import ensure_prepared, process_command, unprepared_reason
 from wgpt.data.sources import check_source
 from wgpt.data.splits import get_splits
+from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
 
 
@@ -34,6 +35,9 @@ class DatasetLightningWrapper(L.LightningDataModule):
             through interpolation; the datamodule itself does not use it.
         weights: ``{name: weight}`` mixture weights for the training batches; None draws
             each dataset in proportion to its size.
+        tokenizer: the tokenizer of the bins, or a spec of the ``tokenizer`` group (``R50k``,
+            ``ByteLevelBPE``) that ``tokenizer`` loads, training it first where it may (``auto_prepare``).
+            None: r50k.
 
     The seed's ``DatasetLightningWrapper(splits, ...)`` took ready-made splits; under Hydra it
     takes the dataset recipes and builds the splits in ``setup``, after ``prepare_data``. The
@@ -52,6 +56,7 @@ class DatasetLightningWrapper(L.LightningDataModule):
         auto_prepare: bool = True,
         path: str | None = None,
         weights: Mapping[str, float] | None = None,
+        tokenizer=None,
     ):
         super().__init__()
         if not datasets:
@@ -65,26 +70,36 @@ class DatasetLightningWrapper(L.LightningDataModule):
             raise WgptError(f"data.weights names {sorted(weights)}, but the datasets are {sorted(self.datasets)}")
         self.weights = [weights[name] for name in self.datasets] if weights is not None else None
         self.splits: dict[str, dict[str, DiskDataset]] = {}
+        tokenizer = R50k() if tokenizer is None else tokenizer
+        self._tokenizer_spec, self._tokenizer = (tokenizer, None) if hasattr(tokenizer, "load") else (None, tokenizer)
+
+    @property
+    def tokenizer(self) -> TokenizerBase:
+        """The tokenizer of the bins, loaded on first use; a BPE not trained yet is trained then
+        (from its dataset's train split) when ``auto_prepare`` allows, else a WgptError says how."""
+        if self._tokenizer is None:
+            self._tokenizer = self._tokenizer_spec.load(self.datasets, self.data_dir, train=self.auto_prepare)
+        return self._tokenizer
 
     def check_ready(self) -> None:
         """Raise now what ``prepare_data`` and ``setup`` would raise later, before any heavy work:
         a dataset that is not prepared and may not be, bins that are damaged or too short for
-        ``seq_len``, a local corpus path with no files to prepare. Cheap: it reads sidecars,
-        opens bins and lists files, no tokens."""
+        ``seq_len``, a local corpus path with no files to prepare. Cheap (it reads sidecars, opens
+        bins and lists files, no tokens), but for training a tokenizer that is not trained yet."""
         for name, load in self.datasets.items():
             if self._unready(name, load) is None:
-                get_splits(name, self.seq_len, self.stride_ratio, self.data_dir)
+                get_splits(name, self.seq_len, self.stride_ratio, self.data_dir, self.tokenizer)
             else:
                 check_source(load)
 
     def prepare_data(self) -> None:
         for name, load in self.datasets.items():
             if self._unready(name, load) is not None:
-                ensure_prepared(name, load, self.data_dir)
+                ensure_prepared(name, load, self.data_dir, tokenizer=self.tokenizer)
 
     def _unready(self, name: str, load: Callable | None) -> str | None:
         """Why ``name`` needs preparing (None if it is ready); a WgptError if it may not be prepared here."""
-        reason = unprepared_reason(name, load, self.data_dir)
+        reason = unprepared_reason(name, load, self.data_dir, self.tokenizer)
         if reason is not None and not (self.auto_prepare and load is not None):
             raise WgptError(f"dataset '{name}' is not ready ({reason}): prepare it with `{process_command()}`")
         return reason
@@ -92,7 +107,8 @@ class DatasetLightningWrapper(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = {
-                name: get_splits(name, self.seq_len, self.stride_ratio, self.data_dir) for name in self.datasets
+                name: get_splits(name, self.seq_len, self.stride_ratio, self.data_dir, self.tokenizer)
+                for name in self.datasets
             }
 
     @property

@@ -1,7 +1,8 @@
 """Token bins on disk: ``generate_bin`` writes them, ``DiskDataset`` reads windows from them.
 
 A dataset ``<name>`` lives in ``<data_dir>/<name>/tokenized/<split>.bin`` (raw token ids, no
-header) beside ``<split>.json`` (its sidecar: dtype, token count, tokenizer identity, ...).
+header) beside ``<split>.json`` (its sidecar: dtype, token count, tokenizer identity, ...);
+bins of a tokenizer other than the default r50k go to ``tokenized-<tokenizer name>/`` instead.
 The sidecar is written last, so a bin without one is unfinished and is never read.
 """
 
@@ -18,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from wgpt.data.tokenizer import Tokenizer, tokenizer_fingerprint
+from wgpt.data.tokenizer import R50K, TokenizerBase, tokenizer_fingerprint
 from wgpt.errors import WgptError
 
 
@@ -34,8 +35,10 @@ def default_data_dir() -> Path:
     return Path.home() / ".cache" / "wgpt" / "data"
 
 
-def bin_path(dataset_name: str, split: str, data_dir: str | Path | None = None) -> Path:
-    return Path(data_dir or default_data_dir()) / dataset_name / "tokenized" / f"{split}.bin"
+def bin_path(dataset_name: str, split: str, data_dir: str | Path | None = None, tokenizer: str = R50K) -> Path:
+    """Where the bin of ``split`` made by the tokenizer named ``tokenizer`` lives."""
+    folder = "tokenized" if tokenizer == R50K else f"tokenized-{tokenizer}"
+    return Path(data_dir or default_data_dir()) / dataset_name / folder / f"{split}.bin"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -86,7 +89,7 @@ def generate_bin(
     dataset_name: str,
     split: str,
     data: Iterable,
-    tokenizer: Tokenizer,
+    tokenizer: TokenizerBase,
     data_dir: str | Path | None = None,
     batch_size: int = 512,
     source: str = "",
@@ -102,15 +105,12 @@ def generate_bin(
     its sidecar, so an interrupted run leaves nothing that looks finished. Empty or non-text
     records are skipped and counted. ``max_docs``/``max_tokens`` cut the split short.
     """
-    path = bin_path(dataset_name, split, data_dir)
+    path = bin_path(dataset_name, split, data_dir, tokenizer.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(len(tokenizer))
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     num_tokens = num_documents = skipped = 0
     tmp = path.with_name(path.name + ".tmp")
-
-    def encode(texts: list[str]) -> np.ndarray:  # runs in a worker thread; tiktoken releases the GIL
-        return np.concatenate([part for text in texts for part in (tokenizer.encode_to_numpy(text), tokenizer.eos)])
 
     with open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool:
         pending: deque = deque()  # (future token array, documents in it), in corpus order
@@ -135,7 +135,7 @@ def generate_bin(
             if max_docs is not None:
                 good = good[: max_docs - submitted]
             if good:
-                pending.append((pool.submit(encode, good), len(good)))
+                pending.append((pool.submit(tokenizer.encode_documents, good), len(good)))  # tokenizers release the GIL
                 submitted += len(good)
             while len(pending) > threads + 1 or (pending and pending[0][0].done()):
                 write_oldest()
@@ -217,14 +217,16 @@ class DiskDataset(torch.utils.data.Dataset):
         seq_len: int,
         stride_ratio: float = 0.5,
         data_dir: str | Path | None = None,
-        tokenizer: str | None = None,
+        tokenizer: TokenizerBase | None = None,
     ):
         if not 0 < stride_ratio <= 1:
             raise WgptError(f"stride_ratio={stride_ratio} must be in (0, 1]: set data.stride_ratio")
         self.dataset_name, self.split, self.seq_len = dataset_name, split, seq_len
         self.stride = max(1, int(seq_len * stride_ratio))
-        self.path = bin_path(dataset_name, split, data_dir)
-        self.info = check_bin(self.path, tokenizer or tokenizer_fingerprint())
+        # Only the tokenizer's name and fingerprint are kept: each DataLoader worker copies self.
+        name, fingerprint = (tokenizer.name, tokenizer.fingerprint) if tokenizer is not None else (R50K, tokenizer_fingerprint())
+        self.path = bin_path(dataset_name, split, data_dir, name)
+        self.info = check_bin(self.path, fingerprint)
         if self.info.num_tokens < seq_len + 1:
             raise WgptError(
                 f"{self.path} holds {self.info.num_tokens} tokens, fewer than one window of seq_len+1="

@@ -14,21 +14,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from wgpt.data.diskdataset import BinInfo, bin_path, check_bin, generate_bin
 from wgpt.data.splits import SPLITS
-from wgpt.data.tokenizer import Tokenizer, tokenizer_fingerprint
+from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
 
 log = logging.getLogger("wgpt")
 
 
-def unprepared_reason(name: str, load: Callable | None, data_dir: str | Path | None = None) -> str | None:
+def unprepared_reason(
+    name: str, load: Callable | None, data_dir: str | Path | None = None, tokenizer: TokenizerBase | None = None
+) -> str | None:
     """Why ``name``'s bins cannot be used as they are (None when every split is finished, intact,
-    made by this tokenizer and, when ``load`` is given, from that same source)."""
+    made by ``tokenizer`` (None: r50k) and, when ``load`` is given, from that same source)."""
+    tokenizer = tokenizer or R50k().load()
     for split in SPLITS:
-        path = bin_path(name, split, data_dir)
+        path = bin_path(name, split, data_dir, tokenizer.name)
         if BinInfo.read(path) is None:
             return f"no finished bin at {path}"
         try:
-            info = check_bin(path, tokenizer_fingerprint())
+            info = check_bin(path, tokenizer.fingerprint)
         except WgptError as e:
             return str(e)
         if load is not None and info.source != describe(load):
@@ -42,10 +45,12 @@ def prepare_dataset(
     data_dir: str | Path | None = None,
     max_docs: int | None = None,
     max_tokens: int | None = None,
+    tokenizer: TokenizerBase | None = None,
 ) -> dict[str, BinInfo]:
-    """Tokenize every split that ``load()`` returns into ``<data_dir>/<name>/tokenized/``."""
-    log.info("Preparing dataset '%s' under %s", name, bin_path(name, "train", data_dir).parent)
-    tokenizer, splits, infos = Tokenizer(), load(), {}
+    """Tokenize every split that ``load()`` returns into ``<data_dir>/<name>/tokenized[-<tokenizer>]/``."""
+    tokenizer = tokenizer or R50k().load()
+    log.info("Preparing dataset '%s' under %s", name, bin_path(name, "train", data_dir, tokenizer.name).parent)
+    splits, infos = load(), {}
     for split in SPLITS:
         infos[split] = info = generate_bin(
             name, split, splits[split], tokenizer, data_dir, source=describe(load), max_docs=max_docs, max_tokens=max_tokens
@@ -53,7 +58,7 @@ def prepare_dataset(
         log.info("  %s/%s: %d documents, %d tokens (%d records skipped)",
                  name, split, info.num_documents, info.num_tokens, info.skipped_documents)  # fmt: skip
         if info.num_tokens == 0:
-            path = bin_path(name, split, data_dir)
+            path = bin_path(name, split, data_dir, tokenizer.name)
             BinInfo.sidecar(path).unlink()  # an empty split is not a prepared one
             path.unlink()
             raise WgptError(
@@ -64,12 +69,15 @@ def prepare_dataset(
 
 
 def process_command() -> str:
-    """The command that prepares this run's data: process.py with its data choice and data.* overrides."""
+    """The command that prepares this run's data: process.py with its data and tokenizer choices and
+    their overrides."""
     if not HydraConfig.initialized():
         return "python process.py data=<your data config>"
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith(("data.", "paths."))]
-    return " ".join(["python process.py", f"data={hydra_cfg.runtime.choices.get('data')}", *overrides])
+    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith(("data.", "paths.", "tokenizer."))]
+    choices = hydra_cfg.runtime.choices
+    tokenizer = [f"tokenizer={choices['tokenizer']}"] if choices.get("tokenizer") not in (None, "r50k") else []
+    return " ".join(["python process.py", f"data={choices.get('data')}", *tokenizer, *overrides])
 
 
 def describe(load: Callable) -> str:
@@ -83,29 +91,34 @@ def describe(load: Callable) -> str:
 
 def ensure_prepared(
     name: str, load: Callable, data_dir: str | Path | None = None, max_docs: int | None = None,
-    max_tokens: int | None = None, force: bool = False,
+    max_tokens: int | None = None, force: bool = False, tokenizer: TokenizerBase | None = None,
 ) -> bool:
-    """Prepare ``name`` unless finished bins from this source, with these limits, exist.
+    """Prepare ``name`` unless finished bins from this source, with these limits and this
+    tokenizer (None: r50k), exist.
 
     A lock file makes concurrent preparers (e.g. one per node on a shared file system) take
     turns; whoever comes second finds the work done. Returns whether it prepared anything.
     """
-    lock_path = bin_path(name, "train", data_dir).parent / ".prepare.lock"
+    tokenizer = tokenizer or R50k().load()
+    train_bin = bin_path(name, "train", data_dir, tokenizer.name)
+    lock_path = train_bin.parent / ".prepare.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        info = BinInfo.read(bin_path(name, "train", data_dir))
+        info = BinInfo.read(train_bin)
         same_limits = info is not None and (info.max_docs, info.max_tokens) == (max_docs, max_tokens)
-        if not force and same_limits and unprepared_reason(name, load, data_dir) is None:
+        if not force and same_limits and unprepared_reason(name, load, data_dir, tokenizer) is None:
             return False
-        prepare_dataset(name, load, data_dir, max_docs, max_tokens)
+        prepare_dataset(name, load, data_dir, max_docs, max_tokens, tokenizer)
         return True
 
 
 def process(cfg: DictConfig) -> None:
-    """process.py: prepare every dataset of ``cfg.data`` that is not prepared yet (all with ``force``)."""
+    """process.py: train the tokenizer if it needs it, then prepare every dataset of ``cfg.data``
+    that is not prepared yet (all, and the tokenizer, with ``force``)."""
     datasets = instantiate(cfg.data.datasets, _convert_="partial")
+    tokenizer = instantiate(cfg.tokenizer).load(datasets, cfg.paths.data_dir, train=True, force=cfg.force)
     for name, load in datasets.items():
-        if not ensure_prepared(name, load, cfg.paths.data_dir, cfg.max_docs, cfg.max_tokens, cfg.force):
+        if not ensure_prepared(name, load, cfg.paths.data_dir, cfg.max_docs, cfg.max_tokens, cfg.force, tokenizer):
             log.info("Dataset '%s' is already prepared under %s (force=true prepares it again)",
-                     name, bin_path(name, "train", cfg.paths.data_dir).parent)  # fmt: skip
+                     name, bin_path(name, "train", cfg.paths.data_dir, tokenizer.name).parent)  # fmt: skip

@@ -31,8 +31,16 @@ default), calls ``model.new_cache(batch_size, max_len)`` and ``forward(input, ca
 ``Transformer.new_cache`` and kv_cache.py.
 """
 
+import math
+
 from wgpt.models.gpt import GPT
 from wgpt.models.llama import Llama
 from wgpt.models.transformer import Transformer
 
-__all__ = ["GPT", "Llama", "Transformer"]
+__all__ = ["GPT", "Llama", "Transformer", "padded_vocab_size"]
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """A tokenizer's size rounded up to a multiple of 64 for the embedding table: matmuls on such
+    shapes run faster, and the extra rows are never a target."""
+    return multiple * math.ceil(vocab_size / multiple)

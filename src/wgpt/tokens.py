@@ -1,0 +1,228 @@
+"""Show how a tokenizer splits a text: `python -m wgpt.tokens [overrides...] "some text"`.
+
+Overrides are those of the training config (conf/train.yaml), so the tokenizer shown is the one
+a run with them would train on: ``tokenizer=bpe tokenizer.vocab_size=4096 data=shakespeare``
+(trained first where the data config allows, as train.py would), or the one stored in a
+checkpoint, ``ckpt_path=<file.ckpt>``. Arguments of the form ``key=value`` are overrides, the
+others the text (after ``--``, everything is text); with no text, stdin is read.
+
+Prints the text token by token (alternating background colours on a terminal; on a pipe, or
+with NO_COLOR set, pieces separated by ``│``), with spaces, tabs and newlines made visible
+(``·``, ``→``, ``↵``) and bytes of a character split across tokens shown as ``<0xNN>``; then
+the ids, and a summary line (tokens, characters, bytes, bytes per token, the tokenizer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig
+
+from wgpt.errors import WgptError, one_line_config_errors, one_line_errors
+
+# A Hydra override (key=value, +key=value, ++key=value, ~key=value, group/option=value); the rest is text.
+OVERRIDE = re.compile(r"^(?:\+\+|\+|~)?[\w./@-]+=")
+SEPARATOR = "│"  # between tokens where there is no colour to tell them apart
+# Alternating light blue and light orange under black text: readable on dark and light themes,
+# and still two colours on 16-colour terminals (bright cyan, bright yellow).
+BACKGROUNDS = ("black on #a5d6ff", "black on #ffd6a5")
+VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # a newline also breaks the line, as in the text
+
+
+# Config: shared with python -m wgpt.shapes.
+
+
+def repo_root() -> Path:
+    """The checkout whose conf/ to compose: $WGPT_ROOT (as train.py sets it), else the one holding this package."""
+    return Path(os.environ.get("WGPT_ROOT") or Path(__file__).resolve().parents[2])
+
+
+def compose_train_config(overrides: Sequence[str]) -> DictConfig:
+    """conf/train.yaml composed with ``overrides`` as train.py would (unresolved); Hydra's errors
+    (unknown option or key, unparsable override) end the program with one line. Call it inside
+    ``one_line_errors``, which reports a checkout without conf/."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import wgpt.launch  # noqa: F401  (registers the resolvers conf/train.yaml uses)
+
+    root = repo_root()
+    conf_dir = root / "conf"
+    if not (conf_dir / "train.yaml").is_file():  # wgpt installed without its checkout
+        raise WgptError(f"no conf/train.yaml under {root}: run this from a wgpt checkout, or set WGPT_ROOT to one")
+    os.environ.setdefault("WGPT_ROOT", str(root))  # conf/paths: root_dir (paths.data_dir follows it)
+    with one_line_config_errors(conf_dir):
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    # As under train.py's @hydra.main: messages that name a command to run (`python process.py
+    # data=... tokenizer=...`) read the choices and overrides made here.
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(overrides, words of the text): ``key=value`` arguments are overrides, wherever they are,
+    up to a ``--``; everything after it is text (for text that looks like an override)."""
+    overrides, words = [], []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return overrides, words + list(argv[i + 1 :])
+        (overrides if OVERRIDE.match(arg) else words).append(arg)
+    return overrides, words
+
+
+# The tokenizer.
+
+
+def load_tokenizer(cfg: DictConfig):
+    """The checkpoint's tokenizer (``ckpt_path``), else the one a run of ``cfg`` would use."""
+    if cfg.get("ckpt_path") is not None:
+        from wgpt.checkpoint import load_checkpoint
+
+        path = str(cfg.ckpt_path)
+        checkpoint = load_checkpoint(path, mmap=True)  # reads no weights: only the tokenizer record is wanted
+        # Imported after: a wrong path is reported before the seconds that wgpt.data's imports take.
+        from wgpt.data.tokenizer import tokenizer_from_record
+
+        return tokenizer_from_record(checkpoint.get("tokenizer"), source=f"ckpt_path={path}")
+    from hydra.utils import instantiate
+
+    from wgpt.validate import tokenizer_spec
+
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))
+    return datamodule.tokenizer  # a BPE not trained yet is trained here, where data.auto_prepare allows
+
+
+@lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted (character -> byte): printable bytes stand for
+    themselves, the other 68 for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The bytes a token stands for, also when they are part of a character (which decoding one
+    id alone would turn into U+FFFD)."""
+    model = getattr(tokenizer, "model", None)
+    if hasattr(model, "decode_single_token_bytes"):  # tiktoken (r50k)
+        return model.decode_single_token_bytes(token_id)
+    if _is_byte_level(model):  # a trained BPE: each character of the token is one byte
+        alphabet, token = _byte_level_alphabet(), model.id_to_token(token_id)
+        if token is not None and all(c in alphabet for c in token):
+            return bytes(alphabet[c] for c in token)
+    return tokenizer.decode([token_id]).encode("utf-8")  # any other tokenizer: its text
+
+
+def _is_byte_level(model) -> bool:
+    """Whether ``model`` is a Hugging Face tokenizer whose tokens spell bytes in GPT-2's alphabet."""
+    if not hasattr(model, "id_to_token"):
+        return False
+    from tokenizers import decoders
+
+    return isinstance(model.decoder, decoders.ByteLevel)
+
+
+def piece_parts(piece: bytes) -> list[tuple[str, bool]]:
+    """A token's bytes as (text, is_raw) runs: UTF-8 text, and ``<0xNN>`` for bytes of a
+    character that this token holds only part of."""
+    parts, start = [], 0
+    while start < len(piece):
+        try:
+            parts.append((piece[start:].decode("utf-8"), False))
+            break
+        except UnicodeDecodeError as e:
+            if e.start:
+                parts.append((piece[start : start + e.start].decode("utf-8"), False))
+            parts.append(("".join(f"<0x{b:02X}>" for b in piece[start + e.start : start + e.end]), True))
+            start += e.end
+    return parts
+
+
+def visible(text: str) -> str:
+    """Whitespace made visible, and other control characters shown as their Unicode pictures (␀, ␛, ␡)."""
+    return "".join(VISIBLE.get(c) or _picture(c) for c in text)
+
+
+def _picture(c: str) -> str:
+    return chr(0x2400 + ord(c)) if ord(c) < 0x20 else "␡" if c == "\x7f" else c
+
+
+# The output.
+
+
+def coloured_view(pieces: Sequence[bytes]):
+    """A rich Text of the pieces on alternating backgrounds (split-character bytes in italics)."""
+    from rich.text import Text
+
+    view = Text()
+    for i, piece in enumerate(pieces):
+        background = BACKGROUNDS[i % len(BACKGROUNDS)]
+        for text, raw in piece_parts(piece):
+            view.append(visible(text) if not raw else text, style=f"{background} italic" if raw else background)
+    return view
+
+
+def plain_view(pieces: Sequence[bytes]) -> str:
+    """The pieces separated by ``│``: for pipes, files and NO_COLOR."""
+    return SEPARATOR.join("".join(text if raw else visible(text) for text, raw in piece_parts(p)) for p in pieces)
+
+
+def summary(tokenizer, text: str, pieces: Sequence[bytes]) -> str:
+    n_bytes = len(text.encode("utf-8"))
+    per_token = f"{n_bytes / len(pieces):.2f}" if pieces else "-"
+    line = (
+        f"{_count(len(pieces), 'token')}, {_count(len(text), 'character')}, {_count(n_bytes, 'byte')}, "
+        f"{per_token} bytes/token; tokenizer {tokenizer.name} ({len(tokenizer)} tokens, {tokenizer.fingerprint})"
+    )
+    split = sum(any(raw for _, raw in piece_parts(p)) for p in pieces)
+    if split:
+        line += f"; {_count(split, 'token')} hold{'s' if split == 1 else ''} part of a character, shown as <0xNN> bytes"
+    return line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def show(tokenizer, text: str) -> None:
+    from rich.console import Console
+
+    ids = tokenizer.encode(text)
+    pieces = [token_bytes(tokenizer, i) for i in ids]
+    console = Console()
+    if console.color_system is not None and not console.no_color:  # a terminal (or FORCE_COLOR) that shows colour
+        console.print(coloured_view(pieces), soft_wrap=True)  # the terminal wraps: no line breaks added
+    else:
+        print(plain_view(pieces))
+    print(f"ids: {ids}")
+    print(summary(tokenizer, text, pieces))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
+    overrides, words = split_arguments(argv)
+    # Training a BPE on first use takes a while: say so (the wgpt logger has no handler outside train.py).
+    logging.getLogger("wgpt").addHandler(logging.StreamHandler(sys.stderr))
+    logging.getLogger("wgpt").setLevel(logging.INFO)
+    with one_line_errors():
+        cfg = compose_train_config(overrides)
+        text = " ".join(words) if words else sys.stdin.read()
+        show(load_tokenizer(cfg), text)
+
+
+if __name__ == "__main__":
+    main()
