@@ -38,11 +38,13 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--bpe-steps", type=int, default=1350, help="optimizer steps of the BPE run (r50k: the quick start's 450)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for both runs")
+    parser.add_argument("--keep", type=Path, help="keep the runs (and the data) in this directory")
     args = parser.parse_args()
 
     bpe = ["tokenizer=bpe", f"tokenizer.vocab_size={args.vocab_size}", f"trainer.max_steps={args.bpe_steps}"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="wgpt-bench-tok-") as tmp:
+        tmp = args.keep or tmp
         data_dir = Path(tmp) / "data"
         for name, overrides in [("r50k", []), (f"bpe{args.vocab_size}", bpe)]:
             out = Path(tmp) / name
@@ -61,7 +63,9 @@ def main() -> None:
             steps = int(float(last(metrics, "step"))) + 1
             rows.append([name, str(steps), f"{seconds:.0f}", f"{median(rates):,.0f}", f"{last(metrics, 'val_loss'):.3f}",
                          f"{last(metrics, 'val_bpb'):.3f}", f"{scored['loss']:.3f}", f"{scored['bpb']:.3f}", f"{scored['tokens']:,}"])  # fmt: skip
-            print(f"{name}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
+            curve = [(int(float(r["step"])) + 1, float(r["val_loss"]), float(r["val_bpb"])) for r in metrics if r.get("val_bpb")]
+            print(f"{name}: {seconds:.0f} s; validation (step, loss, bpb): "
+                  + ", ".join(f"({s}, {loss:.3f}, {bpb:.3f})" for s, loss, bpb in curve), file=sys.stderr, flush=True)  # fmt: skip
     header = ["tokenizer", "steps", "wall s", "tokens/s", "val_loss", "val_bpb", "eval loss", "eval bpb", "eval tokens"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *rows]:

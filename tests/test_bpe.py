@@ -2,6 +2,7 @@
 
 import functools
 import json
+import pickle
 import socket
 
 import numpy as np
@@ -49,6 +50,7 @@ def test_round_trip(trained, text):
     assert tok.decode(ids) == text
     assert not set(ids) & {tok.eos_token_id, tok.bos_token_id, tok.pad_token_id}  # spelled specials stay text
     assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))  # what bits per byte divide by
+    assert b"".join(tok.id_to_bytes(i) for i in ids) == text.encode("utf-8")  # also through split characters
 
 
 def test_specials_the_seeds_api_and_merges(trained):
@@ -68,6 +70,7 @@ def test_r50k_token_bytes_match_the_text():
     tok = Tokenizer()
     for text in TEXTS:
         assert int(tok.token_bytes()[tok.encode(text)].sum()) == len(text.encode("utf-8"))
+        assert b"".join(tok.id_to_bytes(i) for i in tok.encode(text)) == text.encode("utf-8")
     assert tok.token_bytes()[tok.eos_token_id] == 0 and len(tok.token_bytes()) == len(tok)
 
 
@@ -92,6 +95,8 @@ def test_training_twice_gives_the_same_file_offline(tmp_path, monkeypatch):
 
 def test_checkpoint_record_rebuilds_the_same_tokenizer(trained):
     tok, _ = trained
+    copied = pickle.loads(pickle.dumps(tok))  # as ddp_spawn sends the module to its processes
+    assert copied.encode(TEXTS[-1]) == tok.encode(TEXTS[-1]) and copied.fingerprint == tok.fingerprint
     rebuilt = tokenizer_from_record(tok.record())
     assert isinstance(rebuilt, BPETokenizer) and rebuilt.fingerprint == tok.fingerprint
     assert rebuilt.encode(TEXTS[2]) == tok.encode(TEXTS[2])

@@ -29,7 +29,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from wgpt.errors import WgptError, one_line_errors
-from wgpt.tokens import compose_train_config, split_arguments
+from wgpt.config import compose_train_config, split_arguments
 
 MAX_ITEMS = 4  # items of a tuple/list/dict shown before the rest is counted
 

@@ -15,69 +15,19 @@ the ids, and a summary line (tokens, characters, bytes, bytes per token, the tok
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
-from functools import lru_cache
-from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig
 
-from wgpt.errors import WgptError, one_line_config_errors, one_line_errors
+from wgpt.config import compose_train_config, split_arguments
+from wgpt.errors import one_line_errors
 
-# A Hydra override (key=value, +key=value, ++key=value, ~key=value, group/option=value); the rest is text.
-OVERRIDE = re.compile(r"^(?:\+\+|\+|~)?[\w./@-]+=")
 SEPARATOR = "│"  # between tokens where there is no colour to tell them apart
 # Alternating light blue and light orange under black text: readable on dark and light themes,
 # and still two colours on 16-colour terminals (bright cyan, bright yellow).
 BACKGROUNDS = ("black on #a5d6ff", "black on #ffd6a5")
 VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # a newline also breaks the line, as in the text
-
-
-# Config: shared with python -m wgpt.shapes.
-
-
-def repo_root() -> Path:
-    """The checkout whose conf/ to compose: $WGPT_ROOT (as train.py sets it), else the one holding this package."""
-    return Path(os.environ.get("WGPT_ROOT") or Path(__file__).resolve().parents[2])
-
-
-def compose_train_config(overrides: Sequence[str]) -> DictConfig:
-    """conf/train.yaml composed with ``overrides`` as train.py would (unresolved); Hydra's errors
-    (unknown option or key, unparsable override) end the program with one line. Call it inside
-    ``one_line_errors``, which reports a checkout without conf/."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    import wgpt.launch  # noqa: F401  (registers the resolvers conf/train.yaml uses)
-
-    root = repo_root()
-    conf_dir = root / "conf"
-    if not (conf_dir / "train.yaml").is_file():  # wgpt installed without its checkout
-        raise WgptError(f"no conf/train.yaml under {root}: run this from a wgpt checkout, or set WGPT_ROOT to one")
-    os.environ.setdefault("WGPT_ROOT", str(root))  # conf/paths: root_dir (paths.data_dir follows it)
-    with one_line_config_errors(conf_dir):
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    # As under train.py's @hydra.main: messages that name a command to run (`python process.py
-    # data=... tokenizer=...`) read the choices and overrides made here.
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
-def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(overrides, words of the text): ``key=value`` arguments are overrides, wherever they are,
-    up to a ``--``; everything after it is text (for text that looks like an override)."""
-    overrides, words = [], []
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            return overrides, words + list(argv[i + 1 :])
-        (overrides if OVERRIDE.match(arg) else words).append(arg)
-    return overrides, words
 
 
 # The tokenizer.
@@ -100,37 +50,6 @@ def load_tokenizer(cfg: DictConfig):
 
     datamodule = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))
     return datamodule.tokenizer  # a BPE not trained yet is trained here, where data.auto_prepare allows
-
-
-@lru_cache(maxsize=1)
-def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted (character -> byte): printable bytes stand for
-    themselves, the other 68 for the characters from U+0100 on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
-
-
-def token_bytes(tokenizer, token_id: int) -> bytes:
-    """The bytes a token stands for, also when they are part of a character (which decoding one
-    id alone would turn into U+FFFD)."""
-    model = getattr(tokenizer, "model", None)
-    if hasattr(model, "decode_single_token_bytes"):  # tiktoken (r50k)
-        return model.decode_single_token_bytes(token_id)
-    if _is_byte_level(model):  # a trained BPE: each character of the token is one byte
-        alphabet, token = _byte_level_alphabet(), model.id_to_token(token_id)
-        if token is not None and all(c in alphabet for c in token):
-            return bytes(alphabet[c] for c in token)
-    return tokenizer.decode([token_id]).encode("utf-8")  # any other tokenizer: its text
-
-
-def _is_byte_level(model) -> bool:
-    """Whether ``model`` is a Hugging Face tokenizer whose tokens spell bytes in GPT-2's alphabet."""
-    if not hasattr(model, "id_to_token"):
-        return False
-    from tokenizers import decoders
-
-    return isinstance(model.decoder, decoders.ByteLevel)
 
 
 def piece_parts(piece: bytes) -> list[tuple[str, bool]]:
@@ -199,7 +118,7 @@ def show(tokenizer, text: str) -> None:
     from rich.console import Console
 
     ids = tokenizer.encode(text)
-    pieces = [token_bytes(tokenizer, i) for i in ids]
+    pieces = [tokenizer.id_to_bytes(i) for i in ids]  # bytes: a token may hold part of a character
     console = Console()
     if console.color_system is not None and not console.no_color:  # a terminal (or FORCE_COLOR) that shows colour
         console.print(coloured_view(pieces), soft_wrap=True)  # the terminal wraps: no line breaks added

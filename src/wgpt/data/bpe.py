@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -48,6 +49,13 @@ class BPETokenizer(TokenizerBase):
         self.eos_token_id, self.bos_token_id, self.pad_token_id = ids
         self.fingerprint = f"{name}-{content_hash(json_text)[:16]}"
 
+    def __getstate__(self) -> dict:
+        return {"json_text": self.json_text, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        # Rebuilt, not unpickled: a pickled ``tokenizers`` object forgets encode_special_tokens.
+        self.__init__(state["json_text"], state["name"])
+
     @classmethod
     def from_file(cls, path: str | Path, name: str | None = None) -> "BPETokenizer":
         path = Path(path)
@@ -70,6 +78,12 @@ class BPETokenizer(TokenizerBase):
     def _decode_one(self, ids: list[int]) -> str:
         return self.model.decode(ids, skip_special_tokens=False)
 
+    def id_to_bytes(self, token_id: int) -> bytes:
+        if token_id in (self.eos_token_id, self.bos_token_id, self.pad_token_id):
+            return self.model.id_to_token(token_id).encode("utf-8")
+        alphabet = _byte_alphabet()
+        return bytes(alphabet[c] for c in self.model.id_to_token(token_id))
+
     def token_bytes(self) -> np.ndarray:
         # Byte-level tokens spell each byte as one character of a printable alphabet.
         specials = {self.eos_token_id, self.bos_token_id, self.pad_token_id}
@@ -79,6 +93,15 @@ class BPETokenizer(TokenizerBase):
 
     def record(self) -> dict:
         return {**super().record(), "json": self.json_text}
+
+
+@lru_cache(maxsize=1)
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted (character -> byte): the printable bytes stand for
+    themselves, the other 68 for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
 def content_hash(text: str) -> str:

@@ -104,6 +104,11 @@ class TokenizerBase:
         byte divide a loss by these, so runs with different tokenizers compare."""
         raise NotImplementedError
 
+    def id_to_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a special token: its name), also when they are part
+        of a character, which decoding the id alone would turn into U+FFFD."""
+        raise NotImplementedError
+
     def record(self) -> dict[str, Any]:
         """Plain values a checkpoint keeps to rebuild this tokenizer (``tokenizer_from_record``)."""
         return {"name": self.name, "fingerprint": self.fingerprint, "vocab_size": len(self)}
@@ -149,6 +154,9 @@ class Tokenizer(TokenizerBase):
 
     def _decode_one(self, ids: list[int]) -> str:
         return self.model.decode(ids)
+
+    def id_to_bytes(self, token_id: int) -> bytes:
+        return self.model.decode_single_token_bytes(token_id)
 
     def token_bytes(self) -> np.ndarray:
         # Merge ranks first, specials after them (0 bytes: they stand for no text).
