@@ -102,3 +102,26 @@ def test_killed_processing_never_leaves_a_bin_that_looks_finished(tmp_path):
     info = BinInfo.read(train_bin)
     assert info.num_documents == 20_000 - 2 and train_bin.stat().st_size == 2 * info.num_tokens
     assert not partial.exists()
+
+
+def test_process_trains_a_bpe_on_streamed_jsonl_and_its_bins_decode_back(tmp_path):
+    """tokenizer=bpe on a streamed local source (the path hub datasets take too): the tokenizer
+    learns from the train split only, and the bins hold each document followed by end-of-text."""
+    from wgpt.data.bpe import BPETokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [f"Doc {i}: " + "the quick brown fox jumps over the lazy dog. " * (5 + i) for i in range(12)]
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    env = {"HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    result = run_cli(
+        "process.py", "data=local", f"data.path={corpus}", "tokenizer=bpe", "tokenizer.vocab_size=300",
+        f"paths.data_dir={tmp_path / 'data'}", f"paths.output_root={tmp_path / 'out'}", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tok = BPETokenizer.from_file(tmp_path / "data" / "local" / "tokenizers" / "bpe300.json")
+    meta = json.loads((tmp_path / "data" / "local" / "tokenizers" / "bpe300.meta.json").read_text())
+    assert meta["trained_on_documents"] == len(texts) - 2  # validation and test are carved off first
+    train = np.fromfile(bin_path("local", "train", tmp_path / "data", "bpe300"), dtype=np.uint16)
+    assert BinInfo.read(bin_path("local", "train", tmp_path / "data", "bpe300")).tokenizer == tok.fingerprint
+    assert tok.decode(train.tolist()) == "".join(t + "<|end_of_text|>" for t in texts[2:])

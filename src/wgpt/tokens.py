@@ -48,8 +48,15 @@ def load_tokenizer(cfg: DictConfig):
 
     from wgpt.validate import tokenizer_spec
 
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))
-    return datamodule.tokenizer  # a BPE not trained yet is trained here, where data.auto_prepare allows
+    from wgpt.data.tokenizer import R50k
+
+    spec = tokenizer_spec(cfg)
+    if isinstance(spec, R50k):  # ships with wgpt: no data config needed
+        return spec.load()
+    # As the datamodule loads it (a BPE not trained yet is trained here, where data.auto_prepare
+    # allows), without importing Lightning for it.
+    datasets = instantiate(cfg.data.datasets, _convert_="partial")
+    return spec.load(datasets, cfg.data.data_dir, train=cfg.data.auto_prepare)
 
 
 def piece_parts(piece: bytes) -> list[tuple[str, bool]]:
