@@ -57,7 +57,13 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     from wgpt.validate import tokenizer_spec
 
     cfg = compose(model_name, extra)
-    unmirrored = {"optim.fused": cfg.optim.fused is False, "optim.decay_matrices_only": not cfg.optim.decay_matrices_only}
+    from omegaconf import OmegaConf
+
+    default_groups = {"vectors": {"kinds": ["vector"], "weight_decay": 0.0}}
+    unmirrored = {
+        "optim._target_": cfg.optim._target_ != "torch.optim.AdamW", "optim.fused": cfg.optim.get("fused") is False,
+        "optim.param_groups": OmegaConf.to_container(cfg.optim.param_groups) != default_groups,
+    }  # fmt: skip
     if any(unmirrored.values()):
         raise SystemExit(f"the plain loop does not mirror {[k for k, v in unmirrored.items() if v]}: leave them at their defaults")
     reuse_freed_host_memory()

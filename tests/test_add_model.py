@@ -81,6 +81,15 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         sampled = run_cli("generate.py", f"ckpt_path={ckpt}", "prompt=To be", "max_new_tokens=5", "device=cpu")
         assert sampled.returncode == 0, sampled.stderr[-3000:]
         assert sampled.stdout.startswith("To be") and re.search(r"generated \d+ tokens .*kv_cache=off", sampled.stderr)
+
+        # Muon needs 2-D hidden weights: this model has only an embedding and an output layer.
+        refused = run_cli("train.py", f"model={module}", "optim=muon", "trainer.accelerator=cpu", f"paths.output_root={tmp_path / 'muon'}",
+                          f"paths.data_dir={data_dir}")  # fmt: skip
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        assert refused.stderr.strip().splitlines()[-1].startswith(
+            "Error: optim.param_groups.hidden_matrices matches no parameter of this model (kinds ['hidden_matrix']"
+        )
+        assert not any((tmp_path / "muon").rglob("*.*"))  # nothing written
     finally:
         model_file.unlink(missing_ok=True)
         config_file.unlink(missing_ok=True)

@@ -74,6 +74,17 @@ CASES = {
         ["dataset 'shakespeare' is not ready", "was made from", "python process.py"],
     ),
     "bins of another tokenizer": Case(["data.auto_prepare=false"], ["tokenized with", "prepare"], data="mismatched"),
+    # optimizers and schedules
+    "unknown optimizer class": Case(["optim._target_=torch.optim.Adamm"], ["optim._target_=torch.optim.Adamm cannot be imported"]),
+    "unknown optimizer argument": Case(["+optim.momentum=0.9"], ["optim.momentum is not a setting of torch.optim.AdamW"]),
+    "argument the group's optimizer lacks": Case(
+        ["optim=muon", "+optim.param_groups.hidden_matrices.betas=[0.9,0.95]"],
+        ["optim.param_groups.hidden_matrices.betas is not a setting of torch.optim.Muon"],
+    ),
+    "unknown parameter kind": Case(["optim.param_groups.vectors.kinds=[vectors]"], ["kinds names 'vectors'", "hidden_matrix"]),
+    "schedule option out of range": Case(
+        ["optim/scheduler=wsd", "optim.scheduler.decay_fraction=2"], ["optim.scheduler.decay_fraction=2 is out of range"]
+    ),
     # tokenizers
     "unknown tokenizer": Case(["tokenizer=bpee"], ["tokenizer=bpee is not an option", "bpe", "r50k"]),
     "tokenizer vocabulary too small": Case(["tokenizer=bpe", "tokenizer.vocab_size=100"], ["tokenizer.vocab_size=100 is out of range", "259"]),

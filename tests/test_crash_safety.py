@@ -32,8 +32,11 @@ def recent(out: Path) -> Path:
     return path
 
 
-def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_dir):
-    """Dropout on, 2 loader workers: SIGKILL at step 6 (recent saved at 4), resume=auto to step 12."""
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_dir, optim):
+    """Dropout on, 2 loader workers: SIGKILL at step 6 (recent saved at 4), resume=auto to step 12.
+    With Muon, both of its optimizers' states go through the checkpoint."""
+    TINY = [*globals()["TINY"], f"optim={optim}"]
     full = run_cli("train.py", *TINY, *paths(tmp_path / "full", data_dir))
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -63,6 +66,9 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["best_metrics"] == b["best_metrics"]
+    if optim == "muon":  # Muon on the hidden matrices, AdamW on the rest: both states saved
+        states = b["optimizer_states"][0]["optimizers"]
+        assert len(states) == 2 and "exp_avg" in states[0]["state"][0] and "momentum_buffer" in states[1]["state"][0]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

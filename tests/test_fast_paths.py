@@ -22,12 +22,12 @@ TINY = [  # tests of CPU behaviour: pinned to the CPU, also on a GPU machine
     "+callbacks.probe._target_=probes.FastPathProbe",
 ]  # fmt: skip
 FAST = [  # every switch on, clipping tight enough to act
-    "optim.fused=true", "optim.decay_matrices_only=true", "trainer.gradient_clip_val=0.05", "model.sdpa=true",
+    "+optim.fused=true", "trainer.gradient_clip_val=0.05", "model.sdpa=true",
     "trainer.accumulate_grad_batches=2", "optim/scheduler=warmup_cosine", "optim.scheduler.warmup_steps=3",
     "trainer.precision=bf16-mixed",
 ]  # fmt: skip
 PLAIN = [  # every switch off
-    "optim.fused=false", "optim.decay_matrices_only=false", "trainer.gradient_clip_val=null", "model.sdpa=false",
+    "+optim.fused=false", "~optim.param_groups.vectors", "trainer.gradient_clip_val=null", "model.sdpa=false",
     "trainer.accumulate_grad_batches=1", "trainer.precision=32-true",
 ]  # fmt: skip
 

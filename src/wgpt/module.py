@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
 from wgpt.models.loss import next_token_loss
+from wgpt.optim import OptimizerFactory, default_optimizer, parameter_kinds
 from wgpt.schedules import one_cycle
 
 log = logging.getLogger("wgpt")
@@ -40,8 +41,11 @@ def token_bytes_table(tokenizer: TokenizerBase, vocab_size: int = 0) -> torch.Te
 
 
 class ModelLightningWrapper(L.LightningModule):
-    """Trains ``model`` (token ids -> logits) with cross-entropy, AdamW and a learning-rate schedule
-    (``scheduler(step, total_steps)`` -> factor of ``learning_rate``; the seed's one-cycle by default).
+    """Trains ``model`` (token ids -> logits) with cross-entropy, an optimizer and a learning-rate
+    schedule (``scheduler(step, total_steps)`` -> factor of each group's learning rate; the seed's
+    one-cycle by default). ``optimizer`` builds the optimizer from the model (``wgpt.optim``, from
+    the ``optim`` config); None: AdamW at ``learning_rate``, norm gains and biases not decayed.
+    ``fused``: fused kernels where the optimizer and the device have them (None), or forced.
 
     ``compile`` compiles the model and the loss as one graph (token ids to loss; the model itself
     is left as it is, so checkpoints keep its weight names): faster steps and no float32 logits.
@@ -61,11 +65,8 @@ class ModelLightningWrapper(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        learning_rate: float,
-        weight_decay: float = 0.1,
-        decay_matrices_only: bool = True,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
+        optimizer: OptimizerFactory | None = None,
+        learning_rate: float = 3e-4,
         fused: bool | None = None,
         scheduler: Callable[[int, int], float] = one_cycle,
         dataset_names: list[str] | None = None,
@@ -79,9 +80,10 @@ class ModelLightningWrapper(L.LightningModule):
         self._loss_fn = torch.compile(next_token_loss, dynamic=False) if compile else next_token_loss
         # Kept apart from the module: FSDP may wrap or shard it, and these must stay readable.
         self.model_class, self.model_config = type(model), dict(model.config)
-        self._matrices = {name for name, p in model.named_parameters() if p.dim() >= 2}
-        self.learning_rate, self.weight_decay, self.betas, self.eps = learning_rate, weight_decay, tuple(betas), eps
-        self.decay_matrices_only, self.fused = decay_matrices_only, fused
+        # Kinds by name, as the model was built: FSDP may have flattened the parameters by then.
+        self._kinds = parameter_kinds(model)
+        self.optimizer_factory = optimizer or default_optimizer(learning_rate)
+        self.fused = fused
         self.scheduler = scheduler
         self.dataset_names = list(dataset_names or [])
         self.start_datetime = start_datetime or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -232,26 +234,16 @@ class ModelLightningWrapper(L.LightningModule):
             torch.cuda.set_rng_state(states["cuda"].cpu(), self.device)
 
     def configure_optimizers(self):
-        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
-        if self.decay_matrices_only:  # decaying norm gains and biases towards 0 only hurts
-            # By name, as the model was built: FSDP may have flattened the parameters by now.
-            matrix = {name: name.replace("_fsdp_wrapped_module.", "") in self._matrices for name in params}
-            groups = [
-                {"params": [p for name, p in params.items() if matrix[name]], "weight_decay": self.weight_decay},
-                {"params": [p for name, p in params.items() if not matrix[name]], "weight_decay": 0.0},
-            ]
-        else:
-            groups = [{"params": list(params.values()), "weight_decay": self.weight_decay}]
         # A fused AdamW unscales float16 gradients inside step(), after clipping would have seen
         # them still scaled. bf16 and float32 have no scaling, so nothing stands in the way there.
         fp16_clipping = getattr(self.trainer.precision_plugin, "scaler", None) is not None and bool(self.trainer.gradient_clip_val)
         if self.fused and fp16_clipping:
             raise WgptError(
                 "optim.fused=true cannot be combined with float16 (precision 16-mixed) and gradient clipping: "
-                "use precision=bf16-mixed, optim.fused=null or trainer.gradient_clip_val=null"
+                "use precision=bf16-mixed, leave optim.fused unset (or false) or set trainer.gradient_clip_val=null"
             )
         fused = self.fused if self.fused is not None else self.device.type in ("cuda", "cpu") and not fp16_clipping
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, eps=self.eps, fused=fused)
+        optimizer = self.optimizer_factory(self.model, fused=fused, kinds=self._kinds)
         schedule = self.scheduler
         # The schedule's length is asked for only from step 1 on. At step 0 Lightning is still
         # setting up; asking then (estimated_stepping_batches) makes it start the train loader

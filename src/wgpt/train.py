@@ -25,6 +25,7 @@ from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag
 from wgpt.loggers import build_loggers, check_logger_packages, log_config
 from wgpt.models import padded_vocab_size
 from wgpt.module import ModelLightningWrapper
+from wgpt.optim import optimizer_factory
 from wgpt.sweep import read_run_summary
 from wgpt.validate import check_config, tokenizer_spec
 
@@ -57,6 +58,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         datamodule.check_ready()  # trains a BPE tokenizer here if it is not trained yet
         tokenizer = datamodule.tokenizer
         check_same_tokenizer(ckpt_path, ckpt_tokenizer, tokenizer)
+        optimizer = optimizer_factory(cfg.optim)
+        optimizer(shapes)  # built once on the meta-device model: a rule no parameter fits fails here
+        schedule = instantiate(cfg.optim.scheduler)
+        schedule(0, 1)  # its options' checks, now rather than at the first step
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))
@@ -66,13 +71,9 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     compile = compile_choice(cfg.compile, trainer_args)
     module = ModelLightningWrapper(
         model,
-        learning_rate=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        decay_matrices_only=cfg.optim.decay_matrices_only,
-        betas=cfg.optim.betas,
-        eps=cfg.optim.eps,
-        fused=cfg.optim.fused,
-        scheduler=instantiate(cfg.optim.scheduler),
+        optimizer=optimizer,
+        fused=cfg.optim.get("fused"),
+        scheduler=schedule,
         dataset_names=list(cfg.data.datasets),
         start_datetime=cfg.start_datetime,
         compile=compile,

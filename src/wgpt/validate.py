@@ -34,6 +34,8 @@ WGPT_TRAINER_KEYS = {"max_devices", "val_every_n_steps"}
 SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the callbacks group",
                "plugins": "wgpt (its safe checkpoint IO)", "val_check_interval": "trainer.val_every_n_steps"}
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
+# Keys of a _target_ node that wgpt reads and the target never sees (see wgpt/optim.py).
+WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups")}
 
 
 def _positive(v) -> bool:
@@ -54,7 +56,7 @@ def _steps_or_unlimited(v) -> bool:
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
 # such as "flase" would otherwise quietly turn them on.
-BOOLEANS = ("tf32", "optim.decay_matrices_only", "optim.fused")
+BOOLEANS = ("tf32", "optim.fused")
 
 # key: (type, test, what to give instead). Keys absent from the config are skipped.
 NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
@@ -84,8 +86,11 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
 
     Returns the model built on the meta device, for ``vocab_size`` tokens (None: the tokenizer
     config's, padded): its shapes, with no memory behind them."""
+    from wgpt.optim import check_optim
+
     check_values(cfg)
     check_targets(cfg, "")
+    check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     if vocab_size is None:
         from wgpt.models import padded_vocab_size
@@ -199,8 +204,9 @@ def check_arguments(node: DictConfig, key: str) -> None:
         return
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     hints = _type_hints(obj)
+    own = WGPT_NODE_KEYS.get(key, ())
     for name in node:
-        if str(name).startswith("_"):
+        if str(name).startswith("_") or name in own:
             continue
         if name not in params:
             if takes_any:
@@ -304,12 +310,20 @@ def _literal_choices(hint) -> list:
 
 
 def _import(target: str, key: str):
+    import logging
+
     from hydra.utils import get_object
 
+    hydra_log = logging.getLogger("hydra.utils")  # it logs the failure over 3 lines before raising
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)
     try:
         return get_object(target)
     except Exception as e:  # ImportError, or Hydra's wrapping of it
-        raise WgptError(f"{key}._target_={target} cannot be imported ({e}): fix the module or class path") from None
+        why = " ".join(str(e).split())  # Hydra's message spans lines
+        raise WgptError(f"{key}._target_={target} cannot be imported ({why}): fix the module or class path") from None
+    finally:
+        hydra_log.setLevel(level)
 
 
 def _type_hints(obj) -> dict:

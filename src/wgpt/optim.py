@@ -1,0 +1,236 @@
+"""Optimizers from config: any ``torch.optim`` class (or one of yours) by ``_target_``, with the
+model's parameters split into groups by rules, and groups that take an optimizer of their own
+(Muon on the hidden matrices, AdamW on the rest) combined into the one optimizer Lightning steps.
+
+The ``optim`` node is the optimizer's partial (``_target_``, ``_partial_: true``, its arguments)
+plus two keys of wgpt's, which the optimizer never sees: ``scheduler`` (the learning-rate
+schedule) and ``param_groups``, named rules applied in order, the first that matches a
+parameter taking it::
+
+    param_groups:
+      vectors: {kinds: [vector], weight_decay: 0.0}      # norm gains and biases: no decay
+      embeddings: {kinds: [embedding], lr_scale: 0.5}     # any optimizer argument, and lr_scale
+      hidden: {kinds: [hidden_matrix], optimizer: {_target_: torch.optim.Muon, _partial_: true, lr: 0.02}}
+
+A rule selects by ``kinds`` (see ``parameter_kinds``) and/or ``names`` (``fnmatch`` patterns of
+parameter names); parameters no rule takes form the default group, first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import inspect
+from collections import ChainMap
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from wgpt.errors import WgptError
+
+OPTIM_KEYS = ("scheduler", "param_groups")  # wgpt's keys in the optim node, not the optimizer's
+RULE_KEYS = ("kinds", "names", "lr_scale", "optimizer")  # a rule's own keys; the others are optimizer arguments
+KINDS = ("hidden_matrix", "embedding", "output", "vector")
+
+
+def parameter_kinds(model: nn.Module) -> dict[str, str]:
+    """``{name: kind}`` for every trainable parameter (tied ones once, under their first name):
+
+    - ``embedding``: the weight of an ``nn.Embedding`` (token and position tables);
+    - ``output``: the weight of the layer that produces the logits (a Linear as wide as the
+      vocabulary, when not tied to the embedding);
+    - ``hidden_matrix``: any other parameter of 2 or more dimensions (attention and MLP weights);
+    - ``vector``: parameters of fewer dimensions (norm gains, biases).
+    """
+    vocab = getattr(model, "config", {}).get("vocab_size") if isinstance(getattr(model, "config", None), dict) else None
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    output = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and vocab and m.out_features == vocab}
+    kinds = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in embedding:
+            kinds[name] = "embedding"
+        elif id(p) in output:
+            kinds[name] = "output"
+        else:
+            kinds[name] = "hidden_matrix" if p.dim() >= 2 else "vector"
+    return kinds
+
+
+class OptimizerFactory:
+    """What the ``optim`` config builds: ``factory(model, fused)`` -> the run's optimizer.
+
+    ``fused`` is whether fused kernels may be used (the device has them, and float16 clipping does
+    not stand in the way); an optimizer class that takes ``fused`` gets it unless the config sets it.
+    """
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], rules: Mapping[str, Mapping[str, Any]] | None = None):
+        self.optimizer, self.rules = optimizer, dict(rules or {})
+
+    def __call__(self, model: nn.Module, fused: bool = False, kinds: Mapping[str, str] | None = None) -> torch.optim.Optimizer:
+        """``kinds``: ``parameter_kinds`` of the model as built (FSDP may have wrapped it since:
+        names are matched without its ``_fsdp_wrapped_module.`` parts)."""
+        kinds = dict(kinds) if kinds is not None else parameter_kinds(model)
+        params = {
+            name.replace("_fsdp_wrapped_module.", ""): p for name, p in model.named_parameters() if p.requires_grad
+        }  # fmt: skip
+        taken: dict[str, list[str]] = {name: [] for name in self.rules}
+        default: list[str] = []
+        for name, kind in kinds.items():
+            if name not in params:
+                continue
+            rule = next((r for r, spec in self.rules.items() if _matches(spec, name, kind)), None)
+            (taken[rule] if rule is not None else default).append(name)
+        # One optimizer per distinct factory: the default one with its groups, and one per rule that names its own.
+        groups: dict[str, list[dict]] = {"": [{"params": [params[n] for n in default]}] if default else []}
+        factories: dict[str, Callable] = {"": self.optimizer}
+        for rule, names in taken.items():
+            spec = self.rules[rule]
+            if not names:
+                if spec.get("optimizer") is not None:
+                    raise WgptError(
+                        f"optim.param_groups.{rule} matches no parameter of this model (kinds {list(spec.get('kinds') or [])}, "
+                        f"names {list(spec.get('names') or [])}), so its optimizer would train nothing: use another optim"
+                    )
+                continue
+            owner = rule if spec.get("optimizer") is not None else ""
+            factories.setdefault(owner, spec.get("optimizer"))
+            group = {"params": [params[n] for n in names], "name": rule}
+            group.update({k: v for k, v in spec.items() if k not in RULE_KEYS})
+            if spec.get("lr_scale") is not None:
+                group["lr"] = float(group.get("lr", _argument(factories[owner], "lr"))) * float(spec["lr_scale"])
+            groups.setdefault(owner, []).append(group)
+        optimizers = [_build(factories[owner], group_list, fused) for owner, group_list in groups.items() if group_list]
+        return optimizers[0] if len(optimizers) == 1 else CombinedOptimizer(optimizers)
+
+
+def _matches(spec: Mapping[str, Any], name: str, kind: str) -> bool:
+    kinds, names = spec.get("kinds"), spec.get("names")
+    return (not kinds or kind in kinds) and (not names or any(fnmatch.fnmatchcase(name, n) for n in names))
+
+
+def _argument(factory: Callable, key: str):
+    keywords = getattr(factory, "keywords", {})
+    if key in keywords:
+        return keywords[key]
+    target = getattr(factory, "func", factory)
+    return inspect.signature(target).parameters[key].default
+
+
+def _build(factory: Callable, groups: list[dict], fused: bool) -> torch.optim.Optimizer:
+    target = getattr(factory, "func", factory)
+    try:
+        takes_fused = "fused" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes_fused = False
+    if takes_fused and getattr(factory, "keywords", {}).get("fused") is None:
+        factory = functools.partial(factory, fused=fused)
+    try:
+        return factory(groups)
+    except (ValueError, TypeError) as e:  # e.g. Muon given a parameter that is not 2-D
+        name = f"{target.__module__}.{target.__qualname__}"
+        raise WgptError(f"optim: {name} refused its parameters ({str(e).strip().splitlines()[0]}): check optim.param_groups") from None
+
+
+def default_optimizer(lr: float) -> OptimizerFactory:
+    """conf/optim/adamw.yaml's optimizer at ``lr``, for using the module without a config."""
+    adamw = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    return OptimizerFactory(adamw, {"vectors": {"kinds": ["vector"], "weight_decay": 0.0}})
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped as one, for Lightning's single-optimizer loop (so gradient
+    accumulation, clipping, precision and the schedule work unchanged).
+
+    ``param_groups`` is the list of every inner group (the same dicts: a schedule that sets
+    ``lr`` on it sets it on the inner optimizers), ``state`` their states; the state dict holds
+    each inner optimizer's, so checkpoints keep both and resume exactly.
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+        # Optimizer.__init__ would add the parameters again: set up what it sets, from the inner ones.
+        self.defaults = {}
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        self._zero_grad_profile_name = "Optimizer.zero_grad#CombinedOptimizer.zero_grad"
+
+    @property
+    def state(self) -> ChainMap:
+        return ChainMap(*(optimizer.state for optimizer in self.optimizers))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict["optimizers"]
+        if len(states) != len(self.optimizers):
+            raise WgptError(f"the checkpoint holds {len(states)} optimizer states, this run has {len(self.optimizers)}: use its optim config")
+        for optimizer, state in zip(self.optimizers, states):
+            optimizer.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"CombinedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+def optimizer_factory(optim: DictConfig) -> OptimizerFactory:
+    """The ``optim`` config as an ``OptimizerFactory``: its ``_target_`` partial (without wgpt's
+    keys) and its ``param_groups`` rules, each rule's ``optimizer`` instantiated too."""
+    from hydra.utils import instantiate
+
+    # Plain containers (_convert_="all"): the arguments land in the optimizer's state dict, which
+    # checkpoints keep and torch.load(weights_only=True) must read back.
+    base = instantiate(OmegaConf.create({k: optim[k] for k in optim if k not in OPTIM_KEYS}), _convert_="all")
+    rules = {}
+    for name, rule in (optim.get("param_groups") or {}).items():
+        if rule is None:  # a rule switched off: optim.param_groups.vectors=null
+            continue
+        plain = OmegaConf.to_container(rule, resolve=True)
+        if plain.get("optimizer") is not None:
+            plain["optimizer"] = instantiate(rule.optimizer, _convert_="all")
+        rules[str(name)] = plain
+    return OptimizerFactory(base, rules)
+
+
+def check_optim(optim: DictConfig) -> None:
+    """The ``param_groups`` rules, checked before any heavy work (the optimizers' own arguments are
+    checked against their signatures by wgpt.validate)."""
+    from wgpt.validate import check_arguments, check_number
+
+    for name, rule in (optim.get("param_groups") or {}).items():
+        if rule is None:
+            continue
+        key = f"optim.param_groups.{name}"
+        if not isinstance(rule, DictConfig):
+            raise WgptError(f"{key}={rule} is not a rule: give e.g. {key}={{kinds:[vector],weight_decay:0.0}}")
+        kinds = rule.get("kinds") or []
+        bad = [k for k in kinds if k not in KINDS]
+        if bad:
+            raise WgptError(f"{key}.kinds names {bad[0]!r}: choose from {', '.join(KINDS)}")
+        if not kinds and not rule.get("names"):
+            raise WgptError(f"{key} selects nothing: give it kinds (from {', '.join(KINDS)}) and/or names (patterns)")
+        if rule.get("lr_scale") is not None:
+            check_number(f"{key}.lr_scale", rule.lr_scale, float, lambda v: v >= 0, "a factor of the learning rate, 0 or more")
+        # Its optimizer arguments: those of its own optimizer, else the default one's.
+        owner = rule.optimizer if rule.get("optimizer") is not None else optim
+        extra = OmegaConf.create({"_target_": owner._target_, **{k: rule[k] for k in rule if k not in RULE_KEYS}})
+        check_arguments(extra, key)

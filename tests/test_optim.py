@@ -1,0 +1,87 @@
+"""Optimizers from config (wgpt.optim): parameter kinds, group rules, Muon beside AdamW as one
+optimizer, and every conf/optim option training through train.py."""
+
+import csv
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import FAST, ROOT, paths, run_cli
+from wgpt.optim import CombinedOptimizer, optimizer_factory, parameter_kinds
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-tiny", "llama3-tiny"])
+def test_muon_takes_every_hidden_matrix_and_adamw_the_rest(model_name):
+    cfg = composed(f"model={model_name}", "optim=muon", "model.tie_embeddings=false")
+    model = instantiate(cfg.model, vocab_size=320)
+    optimizer = optimizer_factory(cfg.optim)(model)
+    assert isinstance(optimizer, CombinedOptimizer)
+    adamw, muon = optimizer.optimizers
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        hidden = p.dim() == 2 and name.startswith("blocks.")  # attention and MLP weights
+        assert (id(p) in in_muon) == hidden and (id(p) in in_adamw) != hidden, name
+    kinds = parameter_kinds(model)
+    assert kinds["wte.weight"] == "embedding" and kinds["lm_head.weight"] == "output"
+    assert {kinds[n] for n, p in model.named_parameters() if p.dim() == 1} == {"vector"}
+    # One optimizer to Lightning: the schedule's lr reaches both, and zero_grad clears both.
+    assert [g["lr"] for g in optimizer.param_groups] == [2e-3, 2e-3, 0.02]
+    model(torch.randint(0, 320, (2, 8))).sum().backward()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    assert [g["lr"] for g in adamw.param_groups + muon.param_groups] == [1e-3, 1e-3, 0.01]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    state = optimizer.state_dict()
+    fresh = optimizer_factory(cfg.optim)(model)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.optimizers[1].state[muon.param_groups[0]["params"][0]]["momentum_buffer"],
+                       muon.state[muon.param_groups[0]["params"][0]]["momentum_buffer"])  # fmt: skip
+
+
+def test_rules_set_groups_by_kind_and_name_with_lr_scales():
+    cfg = composed(
+        "+optim.param_groups.embeddings={kinds:[embedding],lr_scale:0.5}",
+        "+optim.param_groups.first_block={names:['blocks.0.*'],weight_decay:0.0,lr:1e-3}",
+    )
+    model = instantiate(cfg.model, vocab_size=320)
+    optimizer = optimizer_factory(cfg.optim)(model)
+    groups = {g.get("name"): g for g in optimizer.param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups["embeddings"]["params"]} == {"wte.weight", "wpe.weight"}
+    assert groups["embeddings"]["lr"] == pytest.approx(cfg.optim.lr * 0.5)
+    # vectors comes first among the rules: the first block's biases and gains stay there.
+    assert all(names[id(p)].startswith("blocks.0.") and p.dim() == 2 for p in groups["first_block"]["params"])
+    assert groups["first_block"]["lr"] == 1e-3 and groups["first_block"]["weight_decay"] == 0.0
+    assert groups[None]["weight_decay"] == 0.1 and all(p.dim() == 2 for p in groups[None]["params"])
+
+
+def test_every_optim_option_and_an_override_train_through_train_py(tmp_path, data_dir):
+    result = run_cli("train.py", "-m", "optim=adamw,sgd,adafactor,muon", *FAST, *paths(tmp_path, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = tmp_path.glob("outputs/multirun/*/summary.csv")
+    rows = list(csv.DictReader(open(summary)))
+    assert [r["optim"] for r in rows] == ["adamw", "sgd", "adafactor", "muon"] and {r["status"] for r in rows} == {"completed"}
+    # Each checkpoint holds its optimizer's own state (Muon's run: AdamW's and Muon's).
+    state_keys = {"adamw": ["exp_avg"], "sgd": ["momentum_buffer"], "adafactor": ["row_var"], "muon": ["exp_avg", "momentum_buffer"]}
+    for row in rows:
+        (ckpt,) = tmp_path.glob(f"outputs/multirun/*/{row['dir']}/checkpoints/recent.ckpt")
+        saved = torch.load(ckpt, weights_only=True)["optimizer_states"][0]
+        states = saved["optimizers"] if row["optim"] == "muon" else [saved]
+        assert [key for key, state in zip(state_keys[row["optim"]], states) if key in state["state"][0]] == state_keys[row["optim"]]
+
+    radam = run_cli("train.py", "optim._target_=torch.optim.RAdam", *FAST, *paths(tmp_path / "radam", data_dir))
+    assert radam.returncode == 0, radam.stderr[-3000:]
+    (ckpt,) = (tmp_path / "radam").glob("outputs/gpt2-tiny/*/checkpoints/recent.ckpt")
+    assert "decoupled_weight_decay" in torch.load(ckpt, weights_only=True)["optimizer_states"][0]["param_groups"][0]
