@@ -48,6 +48,11 @@ def test_muon_takes_every_hidden_matrix_and_adamw_the_rest(model_name):
     fresh.load_state_dict(state)
     assert torch.equal(fresh.optimizers[1].state[muon.param_groups[0]["params"][0]]["momentum_buffer"],
                        muon.state[muon.param_groups[0]["params"][0]]["momentum_buffer"])  # fmt: skip
+    # Loading replaced the inner optimizers' group dicts: a schedule still reaches them.
+    torch.optim.lr_scheduler.LambdaLR(fresh, lambda step: 0.25)
+    assert [g["lr"] for o in fresh.optimizers for g in o.param_groups] == [5e-4, 5e-4, 0.005]
+    fresh.state[muon.param_groups[0]["params"][0]] = {"momentum_buffer": torch.zeros(1)}  # as Lightning moves states
+    assert len(fresh.optimizers[0].state) == len(adamw.state)  # written to Muon's, not to AdamW's
 
 
 def test_rules_set_groups_by_kind_and_name_with_lr_scales():

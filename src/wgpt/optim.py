@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import inspect
-from collections import ChainMap
+from collections.abc import MutableMapping
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -145,24 +145,29 @@ class CombinedOptimizer(torch.optim.Optimizer):
     """Several optimizers stepped as one, for Lightning's single-optimizer loop (so gradient
     accumulation, clipping, precision and the schedule work unchanged).
 
-    ``param_groups`` is the list of every inner group (the same dicts: a schedule that sets
-    ``lr`` on it sets it on the inner optimizers), ``state`` their states; the state dict holds
-    each inner optimizer's, so checkpoints keep both and resume exactly.
+    ``param_groups`` is the list of every inner group (the same dicts, read afresh each time: a
+    schedule that sets ``lr`` on them sets it on the inner optimizers, also after a checkpoint
+    replaced them), ``state`` their states; the state dict holds each inner optimizer's, so
+    checkpoints keep both and resume exactly.
     """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
         self.optimizers = list(optimizers)
         # Optimizer.__init__ would add the parameters again: set up what it sets, from the inner ones.
         self.defaults = {}
-        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
         self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
         self._zero_grad_profile_name = "Optimizer.zero_grad#CombinedOptimizer.zero_grad"
 
     @property
-    def state(self) -> ChainMap:
-        return ChainMap(*(optimizer.state for optimizer in self.optimizers))
+    def param_groups(self) -> list[dict]:
+        # Read afresh each time: loading a state dict replaces an optimizer's group dicts.
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> "_States":
+        return _States(self.optimizers)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
@@ -190,6 +195,30 @@ class CombinedOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"CombinedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+class _States(MutableMapping):
+    """The inner optimizers' states as one mapping: reads find a parameter's state, writes go to the
+    optimizer that owns the parameter (Lightning moves states between devices by rewriting them)."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.owner = {id(p): o for o in optimizers for group in o.param_groups for p in group["params"]}
+
+    def __getitem__(self, param):
+        return self.owner[id(param)].state[param]
+
+    def __setitem__(self, param, value) -> None:
+        self.owner[id(param)].state[param] = value
+
+    def __delitem__(self, param) -> None:
+        del self.owner[id(param)].state[param]
+
+    def __iter__(self):
+        return (param for o in self.optimizers for param in o.state)
+
+    def __len__(self) -> int:
+        return sum(len(o.state) for o in self.optimizers)
 
 
 def optimizer_factory(optim: DictConfig) -> OptimizerFactory:
