@@ -73,7 +73,10 @@ def test_rules_set_groups_by_kind_and_name_with_lr_scales():
 
 
 def test_every_optim_option_and_an_override_train_through_train_py(tmp_path, data_dir):
-    result = run_cli("train.py", "-m", "optim=adamw,sgd,adafactor,muon", *FAST, *paths(tmp_path, data_dir))
+    # With accumulation and clipping (trainer.gradient_clip_val: 1.0), which a combined optimizer must pass through.
+    result = run_cli(
+        "train.py", "-m", "optim=adamw,sgd,adafactor,muon", "trainer.accumulate_grad_batches=2", *FAST, *paths(tmp_path, data_dir)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = tmp_path.glob("outputs/multirun/*/summary.csv")
     rows = list(csv.DictReader(open(summary)))
