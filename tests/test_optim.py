@@ -93,3 +93,31 @@ def test_every_optim_option_and_an_override_train_through_train_py(tmp_path, dat
     assert radam.returncode == 0, radam.stderr[-3000:]
     (ckpt,) = (tmp_path / "radam").glob("outputs/gpt2-tiny/*/checkpoints/recent.ckpt")
     assert "decoupled_weight_decay" in torch.load(ckpt, weights_only=True)["optimizer_states"][0]["param_groups"][0]
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused_in_one_line(gpt2_tiny_run, data_dir, tmp_path):
+    _, run_dir = gpt2_tiny_run  # trained with adamw
+    ckpt = run_dir / "checkpoints" / "recent.ckpt"
+    for optim in ("muon", "sgd"):
+        result = run_cli("train.py", f"optim={optim}", f"ckpt_path={ckpt}", *FAST, *paths(tmp_path, data_dir))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"Error: ckpt_path={ckpt} holds the state of another optimizer or other parameter groups than this run's "
+            f"(optim={optim}): continue it with the optim settings of its run"
+        )
+    assert not any((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_rule_selectors_must_be_lists(data_dir, tmp_path):
+    result = run_cli("train.py", "+optim.param_groups.x={names:'blocks.0.*'}", *FAST, *paths(tmp_path, data_dir))
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
+        "Error: optim.param_groups.x.names=blocks.0.* is not a list of strings"
+    ), result.stderr[-2000:]
+
+
+def test_an_mlp_as_wide_as_the_vocabulary_is_not_the_output_layer():
+    from wgpt.models import GPT
+
+    model = GPT(vocab_size=768, d_embed=192, n_layers=1, n_heads=2, max_seq_len=16, tie_embeddings=False)  # MLP 4 x 192 = 768
+    kinds = parameter_kinds(model)
+    assert kinds["lm_head.weight"] == "output" and kinds["blocks.0.mlp.fc.weight"] == "hidden_matrix"

@@ -21,14 +21,18 @@ from __future__ import annotations
 import fnmatch
 import functools
 import inspect
+import logging
+from collections import OrderedDict
 from collections.abc import MutableMapping
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wgpt.errors import WgptError
+
+log = logging.getLogger("wgpt")
 
 OPTIM_KEYS = ("scheduler", "param_groups")  # wgpt's keys in the optim node, not the optimizer's
 RULE_KEYS = ("kinds", "names", "lr_scale", "optimizer")  # a rule's own keys; the others are optimizer arguments
@@ -46,7 +50,9 @@ def parameter_kinds(model: nn.Module) -> dict[str, str]:
     """
     vocab = getattr(model, "config", {}).get("vocab_size") if isinstance(getattr(model, "config", None), dict) else None
     embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    output = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and vocab and m.out_features == vocab}
+    # The last Linear as wide as the vocabulary: an MLP may be as wide too (a 768-token BPE, 192 x 4).
+    heads = [m.weight for m in model.modules() if isinstance(m, nn.Linear) and vocab and m.out_features == vocab]
+    output = {id(heads[-1])} if heads else set()
     kinds = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -79,9 +85,9 @@ class OptimizerFactory:
         }  # fmt: skip
         taken: dict[str, list[str]] = {name: [] for name in self.rules}
         default: list[str] = []
-        for name, kind in kinds.items():
-            if name not in params:
-                continue
+        for name, p in params.items():
+            # A name the model as built did not have (a wrapper's flattened parameter): by its dims.
+            kind = kinds.get(name) or ("hidden_matrix" if p.dim() >= 2 else "vector")
             rule = next((r for r, spec in self.rules.items() if _matches(spec, name, kind)), None)
             (taken[rule] if rule is not None else default).append(name)
         # One optimizer per distinct factory: the default one with its groups, and one per rule that names its own.
@@ -93,8 +99,10 @@ class OptimizerFactory:
                 if spec.get("optimizer") is not None:
                     raise WgptError(
                         f"optim.param_groups.{rule} matches no parameter of this model (kinds {list(spec.get('kinds') or [])}, "
-                        f"names {list(spec.get('names') or [])}), so its optimizer would train nothing: use another optim"
+                        f"names {list(spec.get('names') or [])}, after the rules before it), so its optimizer would "
+                        "train nothing: use another optim"
                     )
+                log.warning("optim.param_groups.%s matches no parameter of this model (after the rules before it): it does nothing", rule)
                 continue
             owner = rule if spec.get("optimizer") is not None else ""
             factories.setdefault(owner, spec.get("optimizer"))
@@ -126,11 +134,13 @@ def _build(factory: Callable, groups: list[dict], fused: bool) -> torch.optim.Op
         takes_fused = "fused" in inspect.signature(target).parameters
     except (TypeError, ValueError):
         takes_fused = False
-    if takes_fused and getattr(factory, "keywords", {}).get("fused") is None:
+    keywords = getattr(factory, "keywords", {})
+    excluded = keywords.get("foreach") or keywords.get("differentiable")  # torch refuses them with fused
+    if takes_fused and keywords.get("fused") is None and not excluded:
         factory = functools.partial(factory, fused=fused)
     try:
         return factory(groups)
-    except (ValueError, TypeError) as e:  # e.g. Muon given a parameter that is not 2-D
+    except (ValueError, TypeError, RuntimeError) as e:  # e.g. Muon given a parameter that is not 2-D
         name = f"{target.__module__}.{target.__qualname__}"
         raise WgptError(f"optim: {name} refused its parameters ({str(e).strip().splitlines()[0]}): check optim.param_groups") from None
 
@@ -155,9 +165,9 @@ class CombinedOptimizer(torch.optim.Optimizer):
         self.optimizers = list(optimizers)
         # Optimizer.__init__ would add the parameters again: set up what it sets, from the inner ones.
         self.defaults = {}
-        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
-        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
-        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
+        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = OrderedDict(), OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
         self._zero_grad_profile_name = "Optimizer.zero_grad#CombinedOptimizer.zero_grad"
 
     @property
@@ -178,6 +188,15 @@ class CombinedOptimizer(torch.optim.Optimizer):
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
+
+    def add_param_group(self, param_group: dict) -> None:
+        raise WgptError("a combined optimizer (optim=muon, or a param_groups rule with an optimizer) cannot take new parameter groups")
+
+    def __getstate__(self) -> dict:
+        return self.__dict__
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
@@ -221,6 +240,15 @@ class _States(MutableMapping):
         return sum(len(o.state) for o in self.optimizers)
 
 
+def optimizer_layout(state_dict: Mapping[str, Any]) -> tuple:
+    """What must match for an optimizer state to load into another optimizer: per optimizer, per
+    group, its parameter count and setting names (not values: a resumed run may change an lr)."""
+    if "optimizers" in state_dict:
+        return tuple(optimizer_layout(inner) for inner in state_dict["optimizers"])
+    ignored = {"params", "initial_lr", "name"}
+    return (tuple((len(g["params"]), tuple(sorted(set(g) - ignored))) for g in state_dict["param_groups"]),)
+
+
 def optimizer_factory(optim: DictConfig) -> OptimizerFactory:
     """The ``optim`` config as an ``OptimizerFactory``: its ``_target_`` partial (without wgpt's
     keys) and its ``param_groups`` rules, each rule's ``optimizer`` instantiated too."""
@@ -251,6 +279,10 @@ def check_optim(optim: DictConfig) -> None:
         key = f"optim.param_groups.{name}"
         if not isinstance(rule, DictConfig):
             raise WgptError(f"{key}={rule} is not a rule: give e.g. {key}={{kinds:[vector],weight_decay:0.0}}")
+        for field in ("kinds", "names"):
+            value = rule.get(field)
+            if value is not None and not (isinstance(value, ListConfig) and all(isinstance(v, str) for v in value)):
+                raise WgptError(f"{key}.{field}={value} is not a list of strings: give e.g. {key}.{field}=[...]")
         kinds = rule.get("kinds") or []
         bad = [k for k in kinds if k not in KINDS]
         if bad:

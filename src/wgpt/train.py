@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +26,7 @@ from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag
 from wgpt.loggers import build_loggers, check_logger_packages, log_config
 from wgpt.models import padded_vocab_size
 from wgpt.module import ModelLightningWrapper
-from wgpt.optim import optimizer_factory
+from wgpt.optim import optimizer_factory, optimizer_layout
 from wgpt.sweep import read_run_summary
 from wgpt.validate import check_config, tokenizer_spec
 
@@ -53,13 +54,15 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         check_logger_packages(cfg.get("logger"))
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
         spec = tokenizer_spec(cfg)
-        ckpt_path, ckpt_tokenizer = checkpoint_to_resume(cfg, shapes, spec.name)
+        optimizer = optimizer_factory(cfg.optim)
+        # Built once on the meta-device model: a rule no parameter fits fails here, and a checkpoint
+        # of another optimizer is told apart by its state's layout.
+        layout = optimizer_layout(optimizer(shapes).state_dict())
+        ckpt_path, ckpt_tokenizer = checkpoint_to_resume(cfg, shapes, spec.name, layout)
         datamodule = instantiate(cfg.data, tokenizer=spec)
         datamodule.check_ready()  # trains a BPE tokenizer here if it is not trained yet
         tokenizer = datamodule.tokenizer
         check_same_tokenizer(ckpt_path, ckpt_tokenizer, tokenizer)
-        optimizer = optimizer_factory(cfg.optim)
-        optimizer(shapes)  # built once on the meta-device model: a rule no parameter fits fails here
         schedule = instantiate(cfg.optim.scheduler)
         schedule(0, 1)  # its options' checks, now rather than at the first step
     reuse_freed_host_memory()
@@ -125,10 +128,13 @@ def compile_choice(setting: bool | str, trainer_args: dict) -> bool:
     return compile
 
 
-def checkpoint_to_resume(cfg: DictConfig, model, tokenizer_name: str) -> tuple[str | None, dict | None]:
+def checkpoint_to_resume(
+    cfg: DictConfig, model, tokenizer_name: str, optimizer: tuple | None = None
+) -> tuple[str | None, dict | None]:
     """``ckpt_path``, or with ``resume=auto`` the newest ``recent`` of this model's runs, and the
     record of the tokenizer it was trained with; checked (safe to load, same tokenizer, fits the
-    model) before any heavy work. A resumed run gets a new run dir."""
+    model, and an optimizer state of ``optimizer``'s layout) before any heavy work. A resumed run
+    gets a new run dir."""
     if RESUME_FROM_ENV in os.environ:  # a rank that rank 0 started: rank 0 has chosen (and checked)
         return os.environ[RESUME_FROM_ENV] or None, None
     path = cfg.get("ckpt_path")
@@ -148,6 +154,13 @@ def checkpoint_to_resume(cfg: DictConfig, model, tokenizer_name: str) -> tuple[s
             f"continue it with {tokenizer_config(record.get('name'))}, as its run had"
         )
     check_fits(model, model_state(checkpoint), f"ckpt_path={path}")
+    states = checkpoint.get("optimizer_states") or []
+    if optimizer is not None and states and optimizer_layout(states[0]) != optimizer:
+        raise WgptError(
+            f"ckpt_path={path} holds the state of another optimizer or other parameter groups than this run's "
+            f"(optim={HydraConfig.get().runtime.choices.get('optim') if HydraConfig.initialized() else '?'}): "
+            "continue it with the optim settings of its run"
+        )
     log.info("Resuming from %s (step %d)", path, checkpoint.get("global_step", 0))
     return str(path), record
 
