@@ -32,6 +32,8 @@ CASES = {
     # Hydra: options and keys that do not exist
     "unknown model": Case(["model=gpt3"], ["model=gpt3 is not an option", "gpt2-tiny", "llama3-tiny"]),
     "unknown data": Case(["data=shakespear"], ["data=shakespear is not an option", "shakespeare", "local"]),
+    "unknown logger in a list": Case(["logger=[csv,nope]"], ["logger/nope is not an option of logger", "csv", "tensorboard", "wandb"]),
+    "logger null": Case(["logger=null"], ["logger=null", "choose one of csv, tensorboard, wandb"]),
     "unknown trainer": Case(["trainer=fast"], ["trainer=fast is not an option", "default"]),
     "misspelled key": Case(["optim.lrr=1e-3"], ["optim.lrr is not a config key", "did you mean optim.lr?", "+optim.lrr="]),
     "misspelled group": Case(["modle=gpt2"], ["modle", "did you mean model"]),
@@ -73,6 +75,7 @@ CASES = {
         ["data.auto_prepare=false", "data.datasets.shakespeare.validation_plays=[macbeth]"],
         ["dataset 'shakespeare' is not ready", "was made from", "python process.py"],
     ),
+    "mixture weight negative": Case(["data.weights={shakespeare:-1}"], ["data.weights={shakespeare:-1} must be numbers of 0 or more"]),
     "bins of another tokenizer": Case(["data.auto_prepare=false"], ["tokenized with", "prepare"], data="mismatched"),
     # optimizers and schedules
     "unknown optimizer class": Case(["optim._target_=torch.optim.Adamm"], ["optim._target_=torch.optim.Adamm cannot be imported"]),

@@ -67,6 +67,14 @@ def one_line_config_errors(conf_dir: str | Path):
         yield
     except (HydraException, OmegaConfBaseException) as e:
         _exit_with(describe_config_error(e, Path(conf_dir)))
+    except ValueError as e:  # Hydra's own check of a group set to null, raised without a config error type
+        if "Config group override must be" not in str(e):
+            raise
+        groups = [a.partition("=")[0] for a in sys.argv[1:] if a.partition("=")[2] == "null" and (Path(conf_dir) / a.partition("=")[0]).is_dir()]
+        group = groups[0] if groups else "a config group"
+        options = sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml")) if groups else []
+        _exit_with(f"{group}=null: a config group takes an option, not null: choose one of {', '.join(options)}" if options
+                   else f"{group} cannot be null: choose one of its options")  # fmt: skip
     finally:
         os.environ.pop(FULL_ERROR, None)
         os.environ.pop(_BORROWED, None)
@@ -156,6 +164,11 @@ def describe_config_error(e: BaseException, conf_dir: Path | None = None) -> str
             f"(or add conf/{group}/{name}.yaml)"
         )
     message = str(e)
+    unloadable = re.search(r"Could not load '([^']+)/([^'/]+)'", message)
+    if isinstance(e, MissingConfigException) and unloadable and conf_dir is not None:  # an option inside a list
+        group, name = unloadable.groups()
+        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        return f"{group}/{name} is not an option of {group}: choose from {', '.join(options)} (or add conf/{group}/{name}.yaml)"
     if isinstance(e, OverrideParseException):
         return f"cannot parse the override {e.override!r}: write key=value (quote values with spaces or brackets)"
     unknown = re.match(r"Could not override '([^']+)'", message)

@@ -68,6 +68,11 @@ class DatasetLightningWrapper(L.LightningDataModule):
         self.auto_prepare, self.path = auto_prepare, path
         if weights is not None and set(weights) != set(self.datasets):
             raise WgptError(f"data.weights names {sorted(weights)}, but the datasets are {sorted(self.datasets)}")
+        if weights is not None:
+            bad = {name: w for name, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0}
+            if bad or not any(weights.values()):
+                shown = "{" + ",".join(f"{k}:{v}" for k, v in weights.items()) + "}"
+                raise WgptError(f"data.weights={shown} must be numbers of 0 or more, at least one above 0: e.g. data.weights={{{','.join(f'{k}:1' for k in weights)}}}")
         self.weights = [weights[name] for name in self.datasets] if weights is not None else None
         self.splits: dict[str, dict[str, DiskDataset]] = {}
         tokenizer = R50k() if tokenizer is None else tokenizer
