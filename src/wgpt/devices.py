@@ -19,6 +19,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 
 from wgpt.errors import WgptError
 from wgpt.launch import external_launch
+from wgpt.sharding import FSDP, check_sharded_precision, fsdp_strategy
 
 log = logging.getLogger("wgpt")
 
@@ -26,9 +27,16 @@ GIB = 2**30
 FP16_PRECISIONS = {"16", "16-mixed", "16-true"}  # float16: a GPU format, slow or absent on CPUs
 
 
-def training_memory_gib(model: nn.Module) -> float:
-    """Lower bound of training memory: fp32 weights, gradients and AdamW's two moments (16 B/param)."""
-    return 16 * sum(p.numel() for p in model.parameters()) / GIB
+def training_memory_gib(model: nn.Module, shards: int = 1) -> float:
+    """Lower bound of one device's training memory: fp32 weights, gradients and AdamW's two moments
+    (16 B/param), activations not counted. Sharded ``shards`` ways (FSDP), each device holds its
+    share of those, plus one block's parameters and gradients gathered in full (bf16) while it runs."""
+    params = sum(p.numel() for p in model.parameters())
+    if shards <= 1:
+        return 16 * params / GIB
+    blocks = getattr(model, "blocks", None)
+    gathered = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0) if blocks else params
+    return (16 * params / shards + 2 * 2 * gathered) / GIB
 
 
 class NvmlUnavailable(WgptError):
@@ -77,22 +85,50 @@ def _nvml_index(entry: str, uuids: list[str]) -> int | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def get_best_devices(model: nn.Module, max_gpus: int = 1, min_vram: float = 2.0) -> list[int]:
+def get_best_devices(model: nn.Module, max_gpus: int = 1, min_vram: float = 2.0, sharded: bool = False) -> list[int]:
     """Ids of up to ``max_gpus`` GPUs with the most free memory, each with at least
     ``min_vram`` GiB (or the model's estimated training memory, if larger) free.
+
+    ``sharded`` (FSDP): each GPU needs only its share of the model's training memory, which
+    shrinks as GPUs are added; the most GPUs (up to ``max_gpus``) that fit are chosen.
 
     Raises WgptError when none qualifies, NvmlUnavailable when the GPUs cannot be queried.
     """
     free = free_gpu_memory()
-    need = max(min_vram, training_memory_gib(model))
-    ranked = sorted((i for i in free if free[i] >= need), key=lambda i: (-free[i], i))
-    if not ranked:
-        have = ", ".join(f"GPU {i}: {f:.1f} GiB free" for i, f in free.items()) or "no GPUs"
+    by_free = sorted(free, key=lambda i: (-free[i], i))
+    for count in range(min(max_gpus, len(by_free)), 0, -1) if sharded else [1]:
+        need = max(min_vram, training_memory_gib(model, shards=count))
+        ranked = [i for i in by_free if free[i] >= need]
+        if len(ranked) >= count:
+            return ranked[:count] if sharded else ranked[:max_gpus]
+    have = ", ".join(f"GPU {i}: {f:.1f} GiB free" for i, f in free.items()) or "no GPUs"
+    need = max(min_vram, training_memory_gib(model, shards=min(max_gpus, len(free)) if sharded else 1))
+    sharding = f" sharded over {min(max_gpus, len(free))} GPU(s)" if sharded else ""
+    advice = "set trainer.max_devices higher, " if sharded and max_gpus < len(free) else ""
+    advice += "" if sharded else "shard it with trainer.strategy=fsdp, "
+    raise WgptError(
+        f"no GPU has {need:.1f} GiB free for this {training_memory_gib(model):.1f} GiB model{sharding} ({have}): "
+        f"free some GPU memory, {advice}use a smaller model, or set trainer.accelerator=cpu"
+    )
+
+
+def check_fits_devices(model: nn.Module, devices: list[int], sharded: bool) -> float:
+    """The estimated training memory per GPU of ``devices`` (explicit ids); a WgptError naming the
+    first GPU without that much free. Skipped (returns the estimate) when NVML cannot tell."""
+    need = training_memory_gib(model, shards=len(devices) if sharded else 1)
+    try:
+        free = free_gpu_memory()
+    except NvmlUnavailable:
+        return need
+    short = [i for i in devices if i in free and free[i] < need]
+    if short:
+        how = f"sharded over {len(devices)} GPUs" if sharded else "with DDP (a whole copy per GPU)"
         raise WgptError(
-            f"no GPU has {need:.1f} GiB free for this {training_memory_gib(model):.1f} GiB model ({have}): "
-            "free some GPU memory, use a smaller model, or set trainer.accelerator=cpu"
+            f"GPU {short[0]} has {free[short[0]]:.1f} GiB free, but this model needs ~{need:.1f} GiB per GPU {how}: "
+            + ("add GPUs, " if sharded else "shard it with trainer.strategy=fsdp, ")
+            + "use a smaller model, or free GPU memory"
         )
-    return ranked[:max_gpus]
+    return need
 
 
 def check_devices(accelerator: str, devices: Any) -> None:
@@ -133,6 +169,19 @@ def check_devices(accelerator: str, devices: Any) -> None:
         raise WgptError(f"trainer.devices={devices} but this machine has {have} {kind}: give at most {have}, or trainer.devices=auto")
 
 
+def device_count(devices: Any, on_cpu: bool) -> int:
+    """How many devices per node a ``trainer.devices`` value stands for (Lightning's meaning)."""
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices != -1:
+        return devices
+    if not isinstance(devices, (int, str)):
+        return len(devices)
+    return 1 if on_cpu else max(torch.cuda.device_count(), 1)  # auto (CPU: one process) or -1
+
+
 def cpu_precision() -> str:
     """What a CPU trains fastest in: bf16 autocast where it has bf16 matmul units, else fp32."""
     fast_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -155,8 +204,13 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     accelerator = str(cfg.get("accelerator", "auto"))
     cuda = torch.cuda.is_available()
     check_devices(accelerator, cfg.get("devices", "auto"))
+    sharded = cfg.get("strategy") == FSDP
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
     launched = external_launch()
+    given = trainer_cfg.get("devices", "auto")
+    if wants_gpu and cuda and not launched and "LOCAL_RANK" not in os.environ and isinstance(given, (int, list, tuple)):
+        ids = list(range(torch.cuda.device_count() if given == -1 else given)) if isinstance(given, int) else list(given)
+        check_fits_devices(model, ids, sharded)  # the GPUs the user named: is there room on each?
     if cfg.get("devices", "auto") == "auto":
         if launched:
             cfg["devices"], cfg["num_nodes"] = launched
@@ -167,10 +221,15 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
             cfg["accelerator"], cfg["devices"] = "gpu", [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
         elif wants_gpu:
             try:
-                cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count())
+                cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count(), sharded=sharded)
                 cfg["accelerator"] = "gpu"
                 os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
-                log.info("Using GPU(s) %s: the most free memory", cfg["devices"])
+                log.info(
+                    "Using GPU(s) %s: the most free memory; training needs ~%.1f GiB on each (weights, gradients "
+                    "and AdamW state%s; activations not counted)", cfg["devices"],
+                    training_memory_gib(model, shards=len(cfg["devices"]) if sharded else 1),
+                    f", sharded {len(cfg['devices'])} way(s)" if sharded else "",
+                )  # fmt: skip
             except NvmlUnavailable as e:
                 if accelerator != "auto":
                     cfg["devices"] = min(max_devices or torch.cuda.device_count(), torch.cuda.device_count())
@@ -195,6 +254,14 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     elif on_cpu and precision in FP16_PRECISIONS:
         cfg["precision"] = cpu_precision()
         log.info("precision %s is a GPU setting; this CPU run uses %s instead", precision, cfg["precision"])
+    if sharded:
+        check_sharded_precision(str(cfg["precision"]))
+        cfg["strategy"] = fsdp_strategy()
+        shards = device_count(cfg.get("devices", "auto"), on_cpu) * int(cfg.get("num_nodes", 1))
+        log.info(
+            "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over %d rank(s); ~%.1f GiB of weights, "
+            "gradients and AdamW state per rank (activations not counted)", shards, training_memory_gib(model, shards),
+        )  # fmt: skip
     return cfg
 
 

@@ -19,6 +19,7 @@ from wgpt.errors import WgptError
 from wgpt.models.loss import next_token_loss
 from wgpt.optim import OptimizerFactory, default_optimizer, parameter_kinds
 from wgpt.schedules import one_cycle
+from wgpt.sharding import ShardedStop, checkpoint_activations, is_sharded, model_blocks, shard
 
 log = logging.getLogger("wgpt")
 
@@ -49,6 +50,9 @@ class ModelLightningWrapper(L.LightningModule):
 
     ``compile`` compiles the model and the loss as one graph (token ids to loss; the model itself
     is left as it is, so checkpoints keep its weight names): faster steps and no float32 logits.
+    ``activation_checkpointing`` recomputes each of ``model.blocks`` in the backward pass instead
+    of storing its activations. Under ``trainer.strategy=fsdp`` (Lightning's ModelParallelStrategy)
+    ``configure_model`` shards the model block by block (``wgpt.sharding``).
 
     Logs ``train_loss``, the mean over an optimizer step's micro-batches, at the steps written
     (every ``log_every_n_steps``, and the last); nothing is logged or synced per micro-batch. ``val_loss``,
@@ -73,9 +77,14 @@ class ModelLightningWrapper(L.LightningModule):
         start_datetime: str | None = None,
         compile: bool = False,
         tokenizer: TokenizerBase | None = None,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.model = model
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing:  # before any weight moves: a model without blocks fails at once
+            model_blocks(model, "model.activation_checkpointing=true recomputes the model's blocks")
+        self._configured = False
         # dynamic=False: a graph per batch shape (training, validation), not one slower general graph.
         self._loss_fn = torch.compile(next_token_loss, dynamic=False) if compile else next_token_loss
         # Kept apart from the module: FSDP may wrap or shard it, and these must stay readable.
@@ -104,6 +113,19 @@ class ModelLightningWrapper(L.LightningModule):
         self._total = None  # optimizer steps the run will take, once known
         self._flops: tuple[torch.Size, int] | None = None  # (input shape, FLOPs of a training micro-batch)
         self._input_shape: torch.Size | None = None  # of the latest training micro-batch
+
+    def configure_model(self) -> None:
+        # Lightning calls this once per trainer stage (fit, then validate...): apply once.
+        if self._configured:
+            return
+        self._configured = True
+        if self.activation_checkpointing:
+            checkpoint_activations(self.model.blocks)
+        if is_sharded(self.trainer.strategy):
+            shard(self.model, self.device_mesh["data_parallel"], str(self.trainer.precision))
+
+    def configure_callbacks(self):
+        return [ShardedStop()] if is_sharded(self.trainer.strategy) else []
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)

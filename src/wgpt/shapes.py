@@ -102,9 +102,7 @@ def trace(model: nn.Module, input: torch.Tensor) -> dict[nn.Module, list[Call]]:
 
 def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int]):
     """(model, calls, input, where it ran): on the meta device where the model allows, else on the CPU."""
-    from hydra.utils import instantiate
-
-    from wgpt.validate import check_model_builds
+    from wgpt.validate import build_model, check_model_builds
 
     model = check_model_builds(cfg.model, vocab_size)  # on meta; a bad knob is one WgptError line
     input = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -112,7 +110,7 @@ def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int]):
         return model, trace(model, input), input, "meta"
     except Exception as e:  # an op with no meta kernel, or one that reads values (.item(), `if tensor:`)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    model = instantiate(cfg.model, vocab_size=vocab_size)
+    model = build_model(cfg.model, vocab_size)
     input = torch.zeros(batch, dtype=torch.long)
     return model, trace(model, input), input, f"cpu (not on meta: {reason})"
 

@@ -35,7 +35,7 @@ SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the call
                "plugins": "wgpt (its safe checkpoint IO)", "val_check_interval": "trainer.val_every_n_steps"}
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
 # Keys of a _target_ node that wgpt reads and the target never sees (see wgpt/optim.py).
-WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups")}
+WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups"), "model": ("activation_checkpointing",)}
 
 
 def _positive(v) -> bool:
@@ -56,7 +56,7 @@ def _steps_or_unlimited(v) -> bool:
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
 # such as "flase" would otherwise quietly turn them on.
-BOOLEANS = ("tf32", "optim.fused")
+BOOLEANS = ("tf32", "optim.fused", "model.activation_checkpointing")
 
 # key: (type, test, what to give instead). Keys absent from the config are skipped.
 NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
@@ -96,7 +96,22 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
         from wgpt.models import padded_vocab_size
 
         vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
-    return check_model_builds(cfg.model, vocab_size)
+    model = check_model_builds(cfg.model, vocab_size)
+    from wgpt.sharding import FSDP, model_blocks
+
+    if cfg.model.get("activation_checkpointing"):
+        model_blocks(model, "model.activation_checkpointing=true recomputes the model's blocks")
+    if cfg.trainer.get("strategy") == FSDP:
+        model_blocks(model, "trainer.strategy=fsdp shards the model block by block")
+        rules = cfg.optim.get("param_groups") or {}
+        targets = [cfg.optim.get("_target_", "")] + [(r.get("optimizer") or {}).get("_target_", "") for r in rules.values() if r]
+        muon = next((t for t in targets if "muon" in str(t).lower()), None)
+        if muon:
+            raise WgptError(
+                f"{muon} orthogonalizes whole weight matrices, which trainer.strategy=fsdp splits across ranks: "
+                "use optim=adamw (or another elementwise optimizer) with FSDP, or Muon with DDP"
+            )
+    return model
 
 
 def tokenizer_spec(cfg: DictConfig):
@@ -335,6 +350,16 @@ def _type_hints(obj) -> dict:
         return {}
 
 
+def build_model(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
+    """``instantiate(model_cfg)`` without wgpt's own keys of the model node (how to train it, e.g.
+    ``activation_checkpointing``), which the model class never sees."""
+    from hydra.utils import instantiate
+
+    own = WGPT_NODE_KEYS["model"]
+    node = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k not in own}
+    return instantiate(node, vocab_size=vocab_size)
+
+
 def check_model_builds(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
     """Build the model on the meta device (shapes only, no memory): its constructor's checks run."""
     import torch
@@ -343,7 +368,7 @@ def check_model_builds(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Modul
 
     try:
         with torch.device("meta"):
-            return instantiate(model_cfg, vocab_size=vocab_size)
+            return build_model(model_cfg, vocab_size)
     except InstantiationException as e:
         cause = e.__cause__ or e
         name = model_cfg.get("name", model_cfg._target_)

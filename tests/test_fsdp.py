@@ -1,0 +1,198 @@
+"""Sharded training (trainer.strategy=fsdp: FSDP2 through Lightning's ModelParallelStrategy) in real
+2-process CPU runs on gloo: it trains, checkpoints, resumes exactly after a SIGKILL, saves on
+Ctrl-C, and its checkpoints load on one device. Plus activation checkpointing and the memory bar."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+# Two blocks (FSDP shards each), dropout on (activation checkpointing must replay its masks).
+TINY = [
+    "model.d_embed=32", "model.n_layers=2", "model.n_heads=2", "model.dropout=0.1", "data.batch_size=4",
+    "data.num_workers=0", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4", "trainer.accelerator=cpu",
+    "trainer.devices=2", "trainer.strategy=fsdp", "model.activation_checkpointing=true",
+]  # fmt: skip
+TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
+
+
+def paths(out: Path, data_dir: Path) -> list[str]:
+    return [f"paths.output_root={out}", f"paths.data_dir={data_dir}"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_dir):
+    """SIGKILL at step 6 (recent saved at 4), resume=auto to step 8: the weights and optimizer state
+    of an uninterrupted run, and checkpoints in the format a DDP run writes."""
+    full = run_cli("train.py", *TINY, *paths(tmp_path / "full", data_dir), "start_datetime=2020-01-01_00-00-00")
+    assert full.returncode == 0, full.stderr[-3000:]
+    full_dir = tmp_path / "full" / "gpt2-tiny" / "2020-01-01_00-00-00"
+    log = (full_dir / "train.log").read_text()
+    assert "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over 2 rank(s)" in log
+
+    out = tmp_path / "crash"
+    with open(tmp_path / "killed.log", "w") as output:  # not pipes: orphaned ranks would hold them open
+        killed = subprocess.run(
+            [sys.executable, "train.py", *TINY, *paths(out, data_dir), "+callbacks.kill._target_=record_batches.KillAt",
+             "+callbacks.kill.step=6", "start_datetime=2020-01-01_00-00-01"],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH}, stdout=output, stderr=output, timeout=300,
+        )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    first = out / "gpt2-tiny" / "2020-01-01_00-00-01" / "checkpoints" / "recent.ckpt"
+    assert torch.load(first, weights_only=True)["global_step"] == 4
+
+    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto", "start_datetime=2020-01-01_00-00-02")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    second = out / "gpt2-tiny" / "2020-01-01_00-00-02"
+    assert json.loads((second / "summary.json").read_text())["status"] == "completed"
+
+    a = torch.load(full_dir / "checkpoints" / "recent.ckpt", weights_only=True)
+    b = torch.load(second / "checkpoints" / "recent.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # Full tensors, not shards: the embedding has all its rows.
+    assert a["state_dict"]["model.wte.weight"].shape == (50304, 32)
+    # The optimizer state numbered as optimizer.state_dict() numbers it: by parameter group.
+    (state,) = b["optimizer_states"]
+    numbered = [i for group in state["param_groups"] for i in group["params"]]
+    assert numbered == list(range(len(numbered))) and set(state["state"]) == set(numbered)
+    (full_state,) = a["optimizer_states"]
+    assert all(torch.equal(full_state["state"][i]["exp_avg"], state["state"][i]["exp_avg"]) for i in numbered)
+
+
+def test_a_sharded_checkpoint_evaluates_and_generates_on_one_device_and_continues_under_ddp(tmp_path, data_dir):
+    run = run_cli("train.py", *TINY, "trainer.max_steps=4", *paths(tmp_path, data_dir), "start_datetime=2020-01-01_00-00-00")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = tmp_path / "gpt2-tiny" / "2020-01-01_00-00-00" / "checkpoints" / "recent.ckpt"
+
+    evaluated = run_cli("eval.py", f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", "max_batches=2", "batch_size=4")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "shakespeare" in evaluated.stdout
+    generated = run_cli("generate.py", f"ckpt_path={ckpt}", "prompt=ROMEO:", "max_new_tokens=5")
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert generated.stdout.strip().startswith("ROMEO:")
+
+    # And continues under DDP, optimizer state and all: one checkpoint format for both.
+    ddp = [a for a in TINY if not a.startswith("trainer.strategy")] + ["trainer.strategy=ddp", "trainer.max_steps=6"]
+    continued = run_cli("train.py", *ddp, f"ckpt_path={ckpt}", *paths(tmp_path / "ddp", data_dir))
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert f"Resuming from {ckpt} (step 4)" in continued.stderr + continued.stdout
+
+
+def test_ctrl_c_stops_every_sharded_rank_at_one_step_and_saves_recent(tmp_path, data_dir):
+    args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1",
+         "callbacks.recent.every_n_train_steps=100000", *paths(tmp_path, data_dir)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        for line in process.stdout:
+            if "step 3 | epoch" in line or time.monotonic() > deadline:
+                break
+        process.send_signal(signal.SIGINT)  # rank 0 only, as the other rank ignores Ctrl-C
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    (path,) = tmp_path.glob("gpt2-tiny/*/checkpoints/recent.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert 3 <= checkpoint["global_step"] < 100000
+    assert f"Stopped at step {checkpoint['global_step']}: saved" in output
+    assert process.returncode == 128 + signal.SIGTERM
+    summary = json.loads((path.parents[1] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["global_step"] == checkpoint["global_step"]
+
+
+def test_activation_checkpointing_changes_memory_not_results():
+    """The same loss and gradients with blocks recomputed in the backward; names unchanged."""
+    from wgpt.models import GPT
+    from wgpt.sharding import checkpoint_activations
+
+    torch.manual_seed(0)
+    plain = GPT(vocab_size=128, d_embed=32, n_layers=2, n_heads=2, max_seq_len=16, dropout=0.1)
+    recomputed = GPT(**plain.config)
+    recomputed.load_state_dict(plain.state_dict())
+    checkpoint_activations(recomputed.blocks)
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in recomputed.named_parameters()]
+    x = torch.randint(0, 128, (2, 16))
+    losses = []
+    for model in (plain, recomputed):
+        torch.manual_seed(1)  # the same dropout masks, which the recomputation must replay
+        loss = model.loss(x, x)
+        loss.backward()
+        losses.append(loss)
+    assert torch.equal(losses[0], losses[1])
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(plain.parameters(), recomputed.parameters()))
+
+
+def test_sharded_memory_is_a_share_of_the_model_and_picks_enough_gpus(monkeypatch):
+    """Under FSDP each GPU needs 16 B/param over the GPU count plus one gathered block, so a model
+    too big for one GPU is given as many as it needs (NVML answers are stubbed: no GPU here)."""
+    from wgpt import devices
+    from wgpt.errors import WgptError
+    from wgpt.models import Llama
+
+    with torch.device("meta"):
+        model = Llama(vocab_size=50304, d_embed=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim_multiplier=1.5, tie_embeddings=True)
+    whole = devices.training_memory_gib(model)
+    assert 15.9 < whole < 16.2  # 1.08B parameters x 16 B
+    assert devices.training_memory_gib(model, shards=4) == pytest.approx(whole / 4 + 4 * 60.8e6 / 2**30, rel=0.01)
+
+    monkeypatch.setattr(devices, "free_gpu_memory", lambda: {0: 10.0, 1: 10.0, 2: 10.0, 3: 3.0})
+    assert devices.get_best_devices(model, max_gpus=4, sharded=True) == [0, 1, 2]  # 3 x ~5.6 GiB fits, 4 would not
+    with pytest.raises(WgptError, match=r"no GPU has 16\.0 GiB free .*shard it with trainer.strategy=fsdp"):
+        devices.get_best_devices(model, max_gpus=4)
+    with pytest.raises(WgptError, match=r"GPU 3 has 3\.0 GiB free, but this model needs ~4\.2 GiB per GPU sharded over 4"):
+        devices.check_fits_devices(model, [0, 1, 2, 3], sharded=True)
+
+
+def test_activation_checkpointing_or_sharding_a_model_without_blocks_is_one_line():
+    import torch.nn as nn
+
+    from wgpt.errors import WgptError
+    from wgpt.module import ModelLightningWrapper
+
+    class Bigram(nn.Module):  # no `blocks`: nothing to recompute or shard block by block
+        def __init__(self):
+            super().__init__()
+            self.config = {"name": "bigram", "vocab_size": 64}
+            self.table = nn.Embedding(64, 64)
+
+        def forward(self, input):
+            return self.table(input)
+
+    with pytest.raises(WgptError, match=r"^model.activation_checkpointing=true recomputes the model's blocks, but model "
+                       r"bigram \(.*Bigram\) has no `blocks`"):  # fmt: skip
+        ModelLightningWrapper(Bigram(), activation_checkpointing=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trainer.strategy=fsdp", "optim=muon"], "torch.optim.Muon orthogonalizes whole weight matrices, which trainer.strategy=fsdp splits"),
+        (["trainer.strategy=fsdp", "trainer.precision=64-true"], "trainer.precision=64-true is not supported with trainer.strategy=fsdp"),
+        (["model.activation_checkpointing=yes"], "model.activation_checkpointing=yes is not true or false"),
+    ],
+    ids=["muon", "precision", "not-a-bool"],
+)
+def test_bad_sharding_settings_are_one_line(tmp_path, data_dir, args, message):
+    result = run_cli("train.py", "trainer.accelerator=cpu", *args, *paths(tmp_path, data_dir))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"Error: {lines[0].removeprefix('Error: ')}"] and message in lines[0], result.stderr[-2000:]
+    assert not list(tmp_path.glob("gpt2-tiny/*"))
