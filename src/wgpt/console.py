@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import sys
+import warnings
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,73 @@ from rich.tree import Tree
 log = logging.getLogger("wgpt")
 
 CONFIG_TREE = "config_tree.txt"
+
+# Lightning's advertisements for its cloud products, logged as INFO by every Trainer.
+LIGHTNING_TIP = "💡 Tip:"
+# Lightning's own code calling a torch API that torch has deprecated: nothing a user can act on.
+LIGHTNING_INTERNAL_WARNINGS = [r"`isinstance\(treespec, LeafSpec\)` is deprecated"]
+
+
+class _LightningLines(logging.Filter):
+    """Lightning's lines without its tips, and without its ``[rank: 1]`` prefix (the log format
+    tags lines of ranks other than 0 already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            if record.msg.startswith(LIGHTNING_TIP):
+                return False
+            record.msg = re.sub(r"^\[rank: \d+\] ", "", record.msg)
+        return True
+
+
+class _OneRecordPerWarning(logging.Filter):
+    """A warning as a log line without the newline that ends every formatted warning (an empty
+    line after each on the console and in train.log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = record.getMessage().rstrip(), ()
+        return True
+
+
+def lightning_through_job_logging() -> None:
+    """Lightning's messages printed once, in the run's log format, and kept in train.log.
+
+    Under a Hydra job, hydra.job_logging (conf/train.yaml) sends Lightning's records to the root
+    logger's handlers: the console and train.log. But ``import lightning`` comes later (the entry
+    points check the config first) and adds a console handler of its own to the ``lightning``
+    logger, which would print each message a second time (``INFO: ...`` on stderr). Python
+    warnings, Lightning's included, go through logging too, so that train.log keeps them and the
+    console shows them tagged with the rank like every other line.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return  # a library use: Lightning's own console output is the user's business
+    own_handler = getattr(sys.modules.get("lightning"), "_console", None)
+    if own_handler is not None:
+        logging.getLogger("lightning").removeHandler(own_handler)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        # Where the root logger had no handlers at import (hydra/job_logging=disabled or none),
+        # these print on their own: the job's logging config is to decide, as everywhere else.
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler and h.formatter is None]:
+            logger.removeHandler(handler)
+            logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LightningLines) for f in logger.filters):
+            logger.addFilter(_LightningLines())
+    for message in LIGHTNING_INTERNAL_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    if logging.getLogger().handlers:  # else (hydra/job_logging=disabled, none) Python prints warnings itself
+        logging.captureWarnings(True)
+        warnings_logger = logging.getLogger("py.warnings")
+        if not any(isinstance(f, _OneRecordPerWarning) for f in warnings_logger.filters):
+            warnings_logger.addFilter(_OneRecordPerWarning())
+
+
+# wgpt.train imports this module after Lightning and before building anything that logs.
+lightning_through_job_logging()
 
 
 def config_tree(cfg: DictConfig) -> Tree:
