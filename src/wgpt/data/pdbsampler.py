@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
+from wgpt.errors import WgptError
+
 
 class PDBSampler(Sampler[list[int]]):
     """Batch sampler over several datasets for one rank of a ``world_size``-process run.
@@ -80,9 +82,10 @@ class PDBSampler(Sampler[list[int]]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         saved = (state.get("batch_size", self.batch_size), state.get("world_size", self.world_size))
         if saved != (self.batch_size, self.world_size):
-            raise ValueError(
-                f"the checkpoint's data position is for batch_size={saved[0]} on {saved[1]} device(s), not "
-                f"{self.batch_size} on {self.world_size}: resume with the same batch size and devices"
+            raise WgptError(
+                f"the checkpoint's data position is for data.batch_size={saved[0]} on {saved[1]} device(s), this run has "
+                f"{self.batch_size} on {self.world_size}: resume with that batch size and device count "
+                "(trainer.devices x trainer.num_nodes)"
             )
         self.seed, self.epoch, self.resume_step = state["seed"], state["epoch"], state["steps"]
         if self.resume_step >= len(self):  # saved on an epoch's last batch: resume at the next epoch
