@@ -115,12 +115,18 @@ class ValidateAtEnd(Callback):
 
 
 class RunSummary(Callback):
-    """Writes how the run ended to ``summary.json`` in its dir: status (completed, interrupted,
-    failed, with the error), steps, final and best validation loss and bits per byte (the best:
-    those of the validation with the lowest loss). Sweep tables read it."""
+    """Writes how the run ended to ``summary.json`` in its dir: status (completed; diverged: it
+    trained its budget, but its last validation loss is not a number; interrupted; failed, with the
+    error), steps, final and best validation loss and bits per byte (the best: those of the
+    validation with the lowest loss), and the overrides it ran with. Sweep tables read it, and a
+    resumed sweep keeps a job that finished.
 
-    def __init__(self, run_dir: str | Path, resumed_from: str | None = None):
-        self.run_dir, self.resumed_from = Path(run_dir), resumed_from
+    The overrides go into every checkpoint too: a resumed sweep continues a job's checkpoint only
+    for the job that made it.
+    """
+
+    def __init__(self, run_dir: str | Path, resumed_from: str | None = None, overrides: list[str] | None = None):
+        self.run_dir, self.resumed_from, self.overrides = Path(run_dir), resumed_from, overrides
 
     def _write(self, trainer: L.Trainer, pl_module, **fields) -> None:
         best = pl_module.best
@@ -128,12 +134,34 @@ class RunSummary(Callback):
             self.run_dir, global_step=trainer.global_step,
             final_val_loss=pl_module.last_val_loss, final_val_bpb=getattr(pl_module, "last_val_bpb", math.nan),
             best_val_loss=best["val_loss"], best_val_bpb=best.get("val_bpb", math.nan), best_step=best["step"],
-            resumed_from=self.resumed_from, **fields,
+            resumed_from=self.resumed_from, **({"overrides": self.overrides} if self.overrides is not None else {}), **fields,
         )  # fmt: skip
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        last = pl_module.last_val_loss
+        if "val_loss" in trainer.callback_metrics and not math.isfinite(last):  # validated, to nan or inf
+            best = pl_module.best
+            before = f" (best {best['val_loss']:.4f} at step {best['step']})" if best["step"] >= 0 else ""
+            error = f"diverged: the last validation loss is {last}{before}: lower optim.lr"
+            self._write(trainer, pl_module, status="diverged", error=error)
+        else:
             self._write(trainer, pl_module, status="completed")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self.overrides is not None:
+            checkpoint["overrides"] = list(self.overrides)
+        # The latest validation too: a run resumed from its last checkpoint (killed before it wrote
+        # summary.json) validates no more, and still has a final loss to report.
+        checkpoint["last_validation"] = {
+            "val_loss": float(pl_module.last_val_loss), "val_bpb": float(getattr(pl_module, "last_val_bpb", math.nan))
+        }  # fmt: skip
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        last = checkpoint.get("last_validation")
+        if last is not None:
+            pl_module.last_val_loss, pl_module.last_val_bpb = last["val_loss"], last["val_bpb"]
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, STOPPED):

@@ -21,6 +21,9 @@ log = logging.getLogger("wgpt")
 
 DATETIME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # run dir names sort by start time
 START_DATETIME_ENV = "WGPT_START_DATETIME"  # set it to name a launch yourself (multi-node torchrun without a store)
+# The checkpoint a run continues from ("": none), as the process that chose and checked it passes
+# it on to the processes it starts: Lightning's ranks, a sweep job's own DDP launch.
+RESUME_FROM_ENV = "WGPT_RESUME_FROM"
 
 
 # Lightning is imported where it is needed, not here: train.py imports this module before Hydra
@@ -152,23 +155,29 @@ def job_command(cfg: DictConfig, script: str) -> list[str]:
     ]  # fmt: skip
 
 
-def launch_job_alone(cfg: DictConfig, script: str) -> int:
+def launch_job_alone(cfg: DictConfig, script: str, resume_from: str | None = None) -> int:
     """Run this sweep job as its own launch of ``script`` (train.py); returns its exit code.
 
     Lightning starts DDP ranks by re-running the script with this process's arguments. In a
     sweep those are the whole sweep's, so every rank would replay every job in a new sweep dir
     (Lightning issue #11300). A fresh process whose arguments are this job's alone fixes that,
     and when it exits its process group and environment go with it, so the next job starts clean.
+
+    ``resume_from``: the checkpoint this process chose for the job (None: it starts afresh). The
+    launch is not a sweep job to Hydra, so ``resume=auto`` would mean something else there: it
+    gets the choice itself, and the job's overrides stay the job's.
     """
     command = job_command(cfg, script)
-    log.info("Starting this job's DDP ranks: %s", " ".join(command[1:]))
+    log.info(
+        "Starting this job's DDP ranks: %s%s", " ".join(command[1:]), f" (continuing from {resume_from})" if resume_from else ""
+    )  # fmt: skip
     terminated = []
 
     def pass_sigterm_on(signum, frame):  # a scheduler stopping the sweep: the job saves and stops first
         terminated.append(signum)
         process.send_signal(signal.SIGTERM)
 
-    with subprocess.Popen(command) as process:
+    with subprocess.Popen(command, env={**os.environ, RESUME_FROM_ENV: resume_from or ""}) as process:
         previous = signal.signal(signal.SIGTERM, pass_sigterm_on)
         try:
             code = process.wait()

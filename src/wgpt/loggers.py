@@ -7,7 +7,9 @@ lists csv in its own defaults, so ``logger=wandb`` alone still writes ``metrics.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import os
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -46,6 +48,44 @@ def log_config(run_loggers: list[loggers.Logger], cfg: DictConfig) -> None:
     for logger in run_loggers:
         if not isinstance(logger, loggers.CSVLogger):
             logger.log_hyperparams(config)
+
+
+def keep_metrics_before(run_loggers: list[loggers.Logger], step: int) -> None:
+    """A run going on in its own dir from a checkpoint of ``step`` optimizer steps (a resumed sweep
+    job): keep the rows of ``metrics.csv`` that those steps logged, drop any logged after them
+    (those steps are trained again), and let the run append to it. Lightning's CSV logger would
+    delete the file on start. Rank 0's call, before training.
+
+    The kept rows wait in ``.metrics.csv.kept`` until they are in the new file, so that a crash in
+    between loses none: the next continuation finds them there.
+    """
+    for logger in run_loggers:
+        if not isinstance(logger, loggers.CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        kept = path.with_name(f".{path.name}.kept")
+        if not kept.is_file():
+            if not path.is_file():
+                continue
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(path.read_bytes())
+            os.replace(tmp, kept)
+        with open(kept, newline="") as f:
+            # Lightning's step column counts from 0: a row of step s belongs to the (s+1)-th step,
+            # and the validation after step n is logged at n - 1.
+            rows = [row for row in csv.DictReader(f) if _step(row) is not None and _step(row) < step]
+        writer = logger.experiment  # made now: it deletes metrics.csv
+        for row in rows:
+            writer.log_metrics({k: v for k, v in row.items() if k != "step" and v not in ("", None)}, _step(row))
+        writer.save()
+        kept.unlink()
+
+
+def _step(row: dict) -> int | None:
+    try:
+        return int(float(row["step"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # a row torn by a kill while it was written
 
 
 class WandbLogger(loggers.WandbLogger):

@@ -22,17 +22,15 @@ from wgpt.console import parameter_counts, print_config_tree
 from wgpt.data.tokenizer import R50K, TokenizerBase, tokenizer_config
 from wgpt.devices import enable_tf32, resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError, discarded_on_bad_input
-from wgpt.launch import START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
-from wgpt.loggers import build_loggers, check_logger_packages, log_config
+from wgpt.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
+from wgpt.loggers import build_loggers, check_logger_packages, keep_metrics_before, log_config
 from wgpt.models import padded_vocab_size
 from wgpt.module import ModelLightningWrapper
 from wgpt.optim import optimizer_factory, optimizer_layout
-from wgpt.sweep import read_run_summary
+from wgpt.sweep import FINISHED, job_difference, objective, overrides_of, read_run_summary
 from wgpt.validate import check_config, tokenizer_spec
 
 log = logging.getLogger("wgpt")
-
-RESUME_FROM_ENV = "WGPT_RESUME_FROM"  # rank 0's checkpoint choice, for the ranks it starts
 
 
 def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
@@ -52,6 +50,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     with discarded_on_bad_input(run_dir):
         shapes = check_config(cfg)  # first: before anything is resolved, built, read or started
         check_logger_packages(cfg.get("logger"))
+        own, continued_at = own_checkpoint(cfg), None  # a checkpoint in this run's dir: the run goes on in place
+        if own is not None:  # the names in its dir (best-<start time>.ckpt) go on from its first part
+            cfg.start_datetime = own.get("start_datetime", cfg.start_datetime)
+            continued_at = own["global_step"]
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
         spec = tokenizer_spec(cfg)
         optimizer = optimizer_factory(cfg.optim)
@@ -88,9 +90,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         logger=build_loggers(cfg.get("logger")),  # csv, and any of tensorboard, wandb
         plugins=[SafeCheckpointIO()],
     )
-    trainer.callbacks.append(RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path))  # not optional: sweeps read it
+    overrides = overrides_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    trainer.callbacks.append(RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path, overrides=overrides))  # not optional: sweeps read it
     if in_sweep() and spawns_ranks(trainer):
-        return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0])
+        return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0], ckpt_path)
 
     if trainer.is_global_zero:  # once per run: other ranks print nothing, each sweep job its own
         print_config_tree(cfg, run_dir)
@@ -100,6 +103,10 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
             cfg.model.name, total / 1e6, non_embedding / 1e6, tokenizer.name, len(tokenizer), run_dir,
         )  # fmt: skip
         log_config(trainer.loggers, cfg)
+        if continued_at is not None:
+            # Lightning's CSV logger would start metrics.csv afresh: keep the rows of the steps the
+            # checkpoint holds (those logged after it are trained again).
+            keep_metrics_before(trainer.loggers, continued_at)
     if rank_tag():
         # Ctrl-C is rank 0's to handle: it saves `recent`, then stops the other ranks. A rank
         # that quit first would make Lightning kill rank 0 in the middle of that save.
@@ -131,20 +138,16 @@ def compile_choice(setting: bool | str, trainer_args: dict) -> bool:
 def checkpoint_to_resume(
     cfg: DictConfig, model, tokenizer_name: str, optimizer: tuple | None = None
 ) -> tuple[str | None, dict | None]:
-    """``ckpt_path``, or with ``resume=auto`` the newest ``recent`` of this model's runs, and the
-    record of the tokenizer it was trained with; checked (safe to load, same tokenizer, fits the
-    model, and an optimizer state of ``optimizer``'s layout) before any heavy work. A resumed run
-    gets a new run dir."""
-    if RESUME_FROM_ENV in os.environ:  # a rank that rank 0 started: rank 0 has chosen (and checked)
+    """The checkpoint this run continues from (``chosen_checkpoint``), and the record of the
+    tokenizer it was trained with; checked (safe to load, same tokenizer, fits the model, and an
+    optimizer state of ``optimizer``'s layout) before any heavy work."""
+    if RESUME_FROM_ENV in os.environ:  # started by the process that chose (and checked) it
         return os.environ[RESUME_FROM_ENV] or None, None
-    path = cfg.get("ckpt_path")
-    if path is None and cfg.get("resume") == "auto":
-        runs_dir = Path(cfg.paths.output_root) / cfg.model.name
-        path = newest_recent(runs_dir, exclude=cfg.paths.output_dir)
-        if path is None:
-            log.info("resume=auto: no run of %s with a recent checkpoint in %s, starting afresh", cfg.model.name, runs_dir)
-            return None, None
+    path = chosen_checkpoint(cfg)
     if path is None:
+        if cfg.get("resume") == "auto" and cfg.get("ckpt_path") is None:
+            where = f"recent checkpoint in {cfg.paths.output_dir}" if in_sweep() else f"run of {cfg.model.name} with a recent checkpoint in {Path(cfg.paths.output_root) / cfg.model.name}"
+            log.info("resume=auto: no %s, starting afresh", where)
         return None, None
     checkpoint = load_checkpoint(path, mmap=True)  # refuses pickled code, reads no tensor data yet
     record = checkpoint.get("tokenizer") or {"name": R50K}  # made before checkpoints recorded it: r50k
@@ -161,8 +164,44 @@ def checkpoint_to_resume(
             f"(optim={HydraConfig.get().runtime.choices.get('optim') if HydraConfig.initialized() else '?'}): "
             "continue it with the optim settings of its run"
         )
+    made_by = checkpoint.get("overrides")
+    if made_by is not None and in_sweep() and cfg.get("resume") == "auto" and _in_run_dir(path, cfg):
+        differ = job_difference(made_by, overrides_of(HydraConfig.get().overrides.task))
+        if differ is not None:  # a sweep resumed with other settings than its job dirs ran with
+            raise WgptError(
+                f"resume: {path} was made by a run of {differ[0]}, this one has {differ[1]}: "
+                "resume a sweep with the settings it ran with (same overrides; for a search, the same seed and space)"
+            )
     log.info("Resuming from %s (step %d)", path, checkpoint.get("global_step", 0))
     return str(path), record
+
+
+def chosen_checkpoint(cfg: DictConfig) -> str | None:
+    """Where this run continues from: a sweep job with ``resume=auto``, from ``recent.ckpt`` in its
+    own dir when it has one (in that dir); else ``ckpt_path``; else, with ``resume=auto``, the
+    newest ``recent`` of this model's runs (into a new run dir)."""
+    if RESUME_FROM_ENV in os.environ:
+        return os.environ[RESUME_FROM_ENV] or None
+    auto = cfg.get("resume") == "auto"
+    if auto and in_sweep():
+        own = Path(cfg.paths.output_dir) / "checkpoints" / "recent.ckpt"
+        if own.is_file():
+            return str(own)
+    path = cfg.get("ckpt_path")
+    if path is None and auto and not in_sweep():
+        path = newest_recent(Path(cfg.paths.output_root) / cfg.model.name, exclude=cfg.paths.output_dir)
+    return None if path is None else str(path)
+
+
+def own_checkpoint(cfg: DictConfig) -> dict | None:
+    """The checkpoint this run continues from when it lies in this run's own dir (a resumed sweep
+    job, or ``hydra.run.dir=<run> ckpt_path=<run>/checkpoints/...``): the run goes on in place."""
+    path = chosen_checkpoint(cfg)
+    return load_checkpoint(path, mmap=True) if path is not None and _in_run_dir(path, cfg) else None
+
+
+def _in_run_dir(path: str | Path, cfg: DictConfig) -> bool:
+    return Path(cfg.paths.output_dir).resolve() in Path(path).resolve().parents
 
 
 def check_same_tokenizer(ckpt_path: str | None, record: dict | None, tokenizer: TokenizerBase) -> None:
@@ -175,13 +214,13 @@ def check_same_tokenizer(ckpt_path: str | None, record: dict | None, tokenizer: 
         )
 
 
-def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path, script: str) -> float:
-    code = launch_job_alone(cfg, script)
+def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path, script: str, ckpt_path: str | None) -> float:
+    code = launch_job_alone(cfg, script, resume_from=ckpt_path)
     summary = read_run_summary(run_dir) or {}
-    if code != 0 or summary.get("status") != "completed":
+    if code != 0 or summary.get("status") not in FINISHED:
         reason = summary.get("error") or f"exit code {code}"
         raise WgptError(f"this job's DDP launch failed ({reason}): see {run_dir / 'train.log'}")
-    return summary["best_val_loss"]
+    return objective(summary["best_val_loss"])
 
 
 @contextmanager
