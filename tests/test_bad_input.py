@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,11 @@ class Case:
 CPU_CORES = os.cpu_count() or 1
 GPUS = torch.cuda.device_count()
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+# A port bound and never listened on, for this whole session: connecting to it is refused at once,
+# so an endpoint there is a hub that cannot be reached, whatever network this machine has.
+_CLOSED = socket.socket()
+_CLOSED.bind(("127.0.0.1", 0))
+NO_HUB = f"http://127.0.0.1:{_CLOSED.getsockname()[1]}"
 
 CASES = {
     # Hydra: options and keys that do not exist
@@ -76,6 +82,26 @@ CASES = {
         ["dataset 'shakespeare' is not ready", "was made from", "python process.py"],
     ),
     "mixture weight negative": Case(["data.weights={shakespeare:-1}"], ["data.weights={shakespeare:-1} must be numbers of 0 or more"]),
+    "one-file corpus of too few lines": Case(
+        ["data=local", "data.path={tmp}/tiny.txt"], ["data.path=", "tiny.txt is too small to split", "3 documents", "20 lines"]
+    ),
+    "one-file corpus too short for a window": Case(
+        ["data=local", "data.path={tmp}/short.txt"],
+        ["dataset 'local' is too small for windows of data.seq_len=128", "short.txt", "bytes of text or more", "data.seq_len"],
+    ),
+    "records fewer than the carve takes": Case(
+        ["data=local", "data.path={tmp}/two.jsonl"], ["the train split of 'local' holds no text", "at least 3 documents"]
+    ),
+    "hub unreachable": Case(
+        ["data=slim-pajama", "data.auto_prepare=true"],
+        ["hub (" + NO_HUB + ") cannot be reached for dataset 'slim-pajama'", "python process.py data=slim-pajama", "data=local"],
+        env={"HF_ENDPOINT": NO_HUB, "HF_DATASETS_CACHE": "{tmp}/hf"},
+    ),
+    "hub offline": Case(
+        ["data=slim-pajama", "data.auto_prepare=true"],
+        ["cannot be reached for dataset 'slim-pajama'", "HF_HUB_OFFLINE is set", "python process.py data=slim-pajama"],
+        env={"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": NO_HUB, "HF_DATASETS_CACHE": "{tmp}/hf"},
+    ),
     "bins of another tokenizer": Case(["data.auto_prepare=false"], ["tokenized with", "prepare"], data="mismatched"),
     # optimizers and schedules
     "unknown optimizer class": Case(["optim._target_=torch.optim.Adamm"], ["optim._target_=torch.optim.Adamm cannot be imported"]),
@@ -154,6 +180,9 @@ def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(name, data_di
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / "a.txt").write_text("text")
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    (tmp_path / "tiny.txt").write_text("A corpus of one line.\nAnd another.\n")
+    (tmp_path / "short.txt").write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(100)))
+    (tmp_path / "two.jsonl").write_text('{"text": "the first record"}\n{"text": "the second record"}\n')
     data = data_dir if case.data == "shared" else damaged_copy(data_dir, case.data, tmp_path)
     out = tmp_path / "runs"
     out.mkdir()
@@ -162,7 +191,8 @@ def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(name, data_di
     (tmp_path / "locked").chmod(0)
     try:
         before = snapshot(*watched)
-        result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data)})
+        env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in case.env.items()}
+        result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data), **env})
         after = snapshot(*watched)
     finally:
         (tmp_path / "locked").chmod(0o755)  # for pytest to remove it

@@ -141,7 +141,7 @@ def discarded_on_bad_input(run_dir: str | Path):
     except (WgptError, OmegaConfBaseException, InstantiationException) as e:
         run_dir = Path(run_dir).resolve()
         if user_error(e) is not None and not in_sweep() and not rank_tag() and run_dir in _created_dirs:
-            for name in HYDRA_RUN_FILES:
+            for name in (*HYDRA_RUN_FILES, _job_log_name()):
                 (run_dir / name).unlink(missing_ok=True)
             hydra_dir = run_dir / ".hydra"
             if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
@@ -152,6 +152,13 @@ def discarded_on_bad_input(run_dir: str | Path):
                 except OSError:  # not empty: something else lives there
                     break
         raise
+
+
+def _job_log_name() -> str:
+    """The log file Hydra's default job logging names after the script (process.log, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return f"{HydraConfig.get().job.name}.log" if HydraConfig.initialized() else HYDRA_RUN_FILES[-1]
 
 
 def describe_config_error(e: BaseException, conf_dir: Path | None = None) -> str:

@@ -9,11 +9,11 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from wgpt.data.diskdataset import DiskDataset
+from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.data.prepare import ensure_prepared, process_command, unprepared_reason
-from wgpt.data.sources import check_source
-from wgpt.data.splits import get_splits
+from wgpt.data.prepare import discard, ensure_prepared, process_command, unprepared_reason
+from wgpt.data.sources import check_source, too_small_fix
+from wgpt.data.splits import SPLITS, get_splits
 from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
 
@@ -87,15 +87,38 @@ class DatasetLightningWrapper(L.LightningDataModule):
         return self._tokenizer
 
     def check_ready(self) -> None:
-        """Raise now what ``prepare_data`` and ``setup`` would raise later, before any heavy work:
+        """Raise now what ``prepare_data`` and ``setup`` would raise later, before the run starts:
         a dataset that is not prepared and may not be, bins that are damaged or too short for
-        ``seq_len``, a local corpus path with no files to prepare. Cheap (it reads sidecars, opens
-        bins and lists files, no tokens), but for training a tokenizer that is not trained yet."""
-        for name, load in self.datasets.items():
-            if self._unready(name, load) is None:
-                get_splits(name, self.seq_len, self.stride_ratio, self.data_dir, self.tokenizer)
-            else:
-                check_source(load)
+        ``seq_len``, a local corpus path with no files, or too few documents, to prepare.
+
+        A dataset that may prepare itself (``auto_prepare``) is prepared here, where its every
+        error still counts as bad input: a run refused for it leaves no run dir, and no bins that
+        it made (``prepare_data`` then finds them ready). Cheap where the data is prepared (it
+        reads sidecars and opens bins)."""
+        made: list[Path] = []
+        try:
+            for name, load in self.datasets.items():
+                if self._unready(name, load) is not None:
+                    check_source(load)
+                    ensure_prepared(name, load, self.data_dir, tokenizer=self.tokenizer, made=made)
+                self._check_windows(name, load)
+        except BaseException:
+            discard(made)
+            raise
+
+    def _check_windows(self, name: str, load: Callable | None) -> None:
+        """Every split of ``name`` intact and at least one window long (``get_splits``' checks),
+        with what to do about a split that is too short."""
+        infos = {split: BinInfo.read(bin_path(name, split, self.data_dir, self.tokenizer.name)) for split in SPLITS}
+        short = {split: info.num_tokens for split, info in infos.items() if info is not None and info.num_tokens <= self.seq_len}
+        if short:
+            split = min(short, key=short.get)  # what suffices for the shortest suffices for all
+            raise WgptError(
+                f"dataset '{name}' is too small for windows of data.seq_len={self.seq_len} tokens: its {split} split "
+                f"holds {short[split]} tokens, a window takes {self.seq_len + 1}: "
+                f"{too_small_fix(load, name, split, short[split], self.seq_len + 1)}"
+            )
+        get_splits(name, self.seq_len, self.stride_ratio, self.data_dir, self.tokenizer)
 
     def prepare_data(self) -> None:
         for name, load in self.datasets.items():

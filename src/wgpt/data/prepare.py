@@ -5,14 +5,17 @@ from __future__ import annotations
 import fcntl
 import functools
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.data.diskdataset import BinInfo, bin_path, check_bin, generate_bin
+from wgpt.data.sources import HubUnreachable
 from wgpt.data.splits import SPLITS
 from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
@@ -49,8 +52,16 @@ def prepare_dataset(
 ) -> dict[str, BinInfo]:
     """Tokenize every split that ``load()`` returns into ``<data_dir>/<name>/tokenized[-<tokenizer>]/``."""
     tokenizer = tokenizer or R50k().load()
-    log.info("Preparing dataset '%s' under %s", name, bin_path(name, "train", data_dir, tokenizer.name).parent)
-    splits, infos = load(), {}
+    bins_dir = bin_path(name, "train", data_dir, tokenizer.name).parent
+    log.info("Preparing dataset '%s' under %s", name, bins_dir)
+    try:
+        splits, infos = load(), {}
+    except HubUnreachable as e:
+        raise WgptError(
+            f"the Hugging Face hub ({e.endpoint}) cannot be reached for dataset '{name}' ({e.path}: {e.reason}): "
+            f"prepare it where there is network (`{process_command()}`) and copy its bins ({bins_dir}/) to this machine, "
+            f"or train on a local copy of its files with data=local data.path=<dir>"
+        ) from e
     for split in SPLITS:
         infos[split] = info = generate_bin(
             name, split, splits[split], tokenizer, data_dir, source=describe(load), max_docs=max_docs, max_tokens=max_tokens
@@ -63,9 +74,23 @@ def prepare_dataset(
             path.unlink()
             raise WgptError(
                 f"the {split} split of '{name}' holds no text ({info.skipped_documents} records were empty or not "
-                f"text, from {describe(load)}): check the data path and text field"
+                f"text, from {describe(load)}): {_fix_for_empty(load, split)}"
             )
     return infos
+
+
+def _fix_for_empty(load: Callable, split: str) -> str:
+    """What to do about an empty split: a source that carves validation and test from the start of
+    its documents and has none left for ``split`` needs more documents."""
+    carve = load.keywords.get("carve") if isinstance(load, functools.partial) else None
+    if carve and split not in carve and split == load.keywords.get("carve_from", "train"):
+        counts = {k: int(v) for k, v in dict(carve).items()}
+        return (
+            f"the carve takes the first {sum(counts.values())} documents ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
+            f"so the data needs at least {sum(counts.values()) + 1} documents with text (files of .txt/.md, records "
+            "of .jsonl/.json/.parquet): add documents or lower the carve"
+        )
+    return "check the data path and text field"
 
 
 def process_command() -> str:
@@ -84,7 +109,7 @@ def describe(load: Callable) -> str:
     """A readable record of where a split came from, kept in each bin's sidecar."""
     if isinstance(load, functools.partial):
         plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
-        args = ", ".join(f"{k}={plain(v)!r}" for k, v in load.keywords.items())
+        args = ", ".join([*(repr(plain(v)) for v in load.args), *(f"{k}={plain(v)!r}" for k, v in load.keywords.items())])
         return f"{load.func.__module__}.{load.func.__qualname__}({args})"
     return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"
 
@@ -92,25 +117,80 @@ def describe(load: Callable) -> str:
 def ensure_prepared(
     name: str, load: Callable, data_dir: str | Path | None = None, max_docs: int | None = None,
     max_tokens: int | None = None, force: bool = False, tokenizer: TokenizerBase | None = None,
+    made: list[Path] | None = None,
 ) -> bool:
     """Prepare ``name`` unless finished bins from this source, with these limits and this
     tokenizer (None: r50k), exist.
 
     A lock file makes concurrent preparers (e.g. one per node on a shared file system) take
     turns; whoever comes second finds the work done. Returns whether it prepared anything.
+
+    A preparation that fails leaves nothing it made: no new bins, unfinished files, lock file or
+    dirs (the bins it replaced are gone, as a preparation would have replaced them). ``made``, when
+    given, receives what a finished one made, for a caller that may still refuse it (``discard``).
     """
     tokenizer = tokenizer or R50k().load()
     train_bin = bin_path(name, "train", data_dir, tokenizer.name)
-    lock_path = train_bin.parent / ".prepare.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        info = BinInfo.read(train_bin)
-        same_limits = info is not None and (info.max_docs, info.max_tokens) == (max_docs, max_tokens)
-        if not force and same_limits and unprepared_reason(name, load, data_dir, tokenizer) is None:
-            return False
-        prepare_dataset(name, load, data_dir, max_docs, max_tokens, tokenizer)
-        return True
+    split_files = [f for split in SPLITS for b in [bin_path(name, split, data_dir, tokenizer.name)] for f in (b, BinInfo.sidecar(b))]
+    new: list[Path] = []  # files, then dirs deepest first
+    try:
+        with _exclusive(train_bin.parent / ".prepare.lock", new):
+            info = BinInfo.read(train_bin)
+            same_limits = info is not None and (info.max_docs, info.max_tokens) == (max_docs, max_tokens)
+            if not force and same_limits and unprepared_reason(name, load, data_dir, tokenizer) is None:
+                return False
+            existing = {f for f in split_files if f.exists()}
+            try:
+                prepare_dataset(name, load, data_dir, max_docs, max_tokens, tokenizer)
+            finally:
+                new[:0] = [f for f in split_files if f.exists() and f not in existing]
+                for f in split_files:  # unfinished, where a split stopped midway
+                    f.with_name(f.name + ".tmp").unlink(missing_ok=True)
+    except BaseException:
+        discard(new)
+        raise
+    if made is not None:
+        made.extend(new)
+    return True
+
+
+def discard(made: list[Path]) -> None:
+    """Remove what ``ensure_prepared`` made: files, then dirs (deepest first) left empty."""
+    for path in made:
+        if path.is_dir():
+            try:
+                path.rmdir()
+            except OSError:  # something else lives there
+                pass
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _exclusive(lock_path: Path, new_dirs: list[Path]) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path``, and remove it when done: nothing stays behind. A
+    waiter that gets the lock of a file removed meanwhile locks the new one instead, so two
+    holders never overlap. Dirs it had to make are added to ``new_dirs`` (deepest first)."""
+    while True:
+        missing = [d for d in (lock_path.parent, *lock_path.parent.parents) if not d.exists()]
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        new_dirs.extend(d for d in missing if d not in new_dirs)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its dir was just removed by a failed preparer
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # before unlocking: a waiter then sees it gone and retries
+        os.close(fd)
 
 
 def process(cfg: DictConfig) -> None:
