@@ -215,13 +215,17 @@ def test_hydra_full_error_shows_the_traceback(data_dir, tmp_path):
         assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr[-2000:]
 
 
-def test_a_sweep_with_one_bad_job_runs_the_others_and_reports_it_in_one_line(data_dir, tmp_path):
+def test_a_sweep_with_one_bad_job_is_refused_in_one_line_before_any_job_runs(data_dir, tmp_path):
+    """Every job's config is checked before the first job starts (wgpt.sweep.SweepCheck)."""
     result = run_cli(
-        "train.py", "-m", "optim.lr=fast,1e-3", "model.n_layers=1", "trainer.max_steps=1", "trainer.limit_val_batches=1",
-        "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", f"paths.output_root={tmp_path}",
+        "train.py", "-m", "optim.lr=1e-3,fast", "model.n_layers=1", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", f"paths.output_root={tmp_path / 'outputs'}",
         env={"WGPT_DATA_DIR": str(data_dir)},
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: optim.lr=fast is not a number")
-    summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text()
-    assert "completed" in summary and "failed" in summary
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        "Error: optim.lr=fast is not a number: give a learning rate above 0, e.g. optim.lr=3e-4 "
+        "(sweep job 1 of 2: optim.lr=fast; no job has run)"
+    )
+    assert not (tmp_path / "outputs").exists()  # no sweep dir, no job dir

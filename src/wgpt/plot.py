@@ -30,7 +30,7 @@ from wgpt.errors import WgptError, one_line_errors
 
 DEFAULT_METRICS = ["train_loss", "val_loss"]
 # Overrides that say where or how a run was launched, not what was trained: never in a label.
-NOISE = ("start_datetime", "hydra", "paths", "logger", "trainer.enable_progress_bar", "data.num_workers")
+NOISE = ("start_datetime", "resume", "hydra", "paths", "logger", "trainer.enable_progress_bar", "data.num_workers")
 Y_LABELS = {
     "loss": "cross-entropy loss (nats per token)",
     "ppl": "perplexity",
@@ -292,16 +292,27 @@ def plot_summary(
     rows: Sequence[dict[str, Any]], labels: Sequence[str], colours: Sequence, title: str, metric: str = "val_loss"
 ):  # fmt: skip
     """Horizontal bars: the best ``metric`` (val_loss or val_bpb, see ``SUMMARY_METRICS``) of each
-    sweep job, with its value and step; a job without one says how it ended. Returns a matplotlib Figure."""
+    sweep job, in job (trial) order, with its value and step; a job without one says how it ended.
+    The best job's bar is outlined and named under the title. Returns a matplotlib Figure."""
     from matplotlib.figure import Figure
+
+    from wgpt.sweep import best_row
 
     column, axis_label = SUMMARY_METRICS[metric]
     best = [_number(row.get(column)) for row in rows]
     finite = [b for b in best if math.isfinite(b)]
+    winner = best_row(rows, column)
+    if winner is not None:
+        i = next(i for i, row in enumerate(rows) if row is winner)
+        job = f"job {winner['job']}: " if winner.get("job") not in (None, "") else ""
+        title = f"{title}\nbest: {job}{labels[i]} ({best[i]:.4f})"
     fig = Figure(figsize=(10, 1.6 + 0.45 * len(rows)), layout="constrained")
     ax = fig.subplots()
     positions = range(len(rows))
-    ax.barh(positions, [b if math.isfinite(b) else 0 for b in best], color=colours, height=0.6)
+    bars = ax.barh(positions, [b if math.isfinite(b) else 0 for b in best], color=colours, height=0.6)
+    if winner is not None:
+        bars[i].set_edgecolor("black")
+        bars[i].set_linewidth(2)
     ax.set_yticks(positions, labels, fontsize=9)
     ax.invert_yaxis()  # job 0 on top, as in the table
     # The bars start near the best loss, not at 0: sweeps differ by hundredths of a nat.
