@@ -84,3 +84,13 @@ def test_a_reachable_hub_without_the_dataset_is_one_line(tmp_path, hub_without_t
     result, _ = process(tmp_path, {"HF_ENDPOINT": hub_without_the_dataset})
     line = assert_one_line_and_nothing_left(result, tmp_path)
     assert "DKYoon/SlimPajama-6B is not a dataset on the Hugging Face hub" in line and "check its name" in line
+
+
+def test_an_unreachable_hub_for_training_a_tokenizer_is_one_line(tmp_path, closed_endpoint):
+    """tokenizer=bpe reads the dataset before any bin is made: the same line, with its command."""
+    result, seconds = process(tmp_path, {"HF_ENDPOINT": closed_endpoint}, "tokenizer=bpe")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"Error: the Hugging Face hub ({closed_endpoint}) cannot be reached for DKYoon/SlimPajama-6B")
+    assert "`python process.py data=slim-pajama tokenizer=bpe" in line and "data=local data.path=" in line
+    assert not (tmp_path / "out").exists() and seconds < 20

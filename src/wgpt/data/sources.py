@@ -196,11 +196,13 @@ class HubUnreachable(WgptError):
     """The Hugging Face hub cannot be reached for a dataset (no network, a firewall, offline mode)."""
 
     def __init__(self, endpoint: str, path: str, reason: str):
+        from wgpt.data.prepare import process_command  # which imports this module
+
         self.endpoint, self.path, self.reason = endpoint, path, reason
         super().__init__(
-            f"the Hugging Face hub ({endpoint}) cannot be reached for {path} ({reason}): prepare the dataset where "
-            "there is network (python process.py data=...) and copy its bins here, or train on a local copy of its "
-            "files with data=local data.path=<dir>"
+            f"the Hugging Face hub ({endpoint}) cannot be reached for {path} ({reason}): prepare the data where there "
+            f"is network (`{process_command()}`) and copy its data dir here, or train on a local copy of its files "
+            "with data=local data.path=<dir>"
         )
 
 
