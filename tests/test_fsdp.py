@@ -20,7 +20,7 @@ TINY = [
     "model.d_embed=32", "model.n_layers=2", "model.n_heads=2", "model.dropout=0.1", "data.batch_size=4",
     "data.num_workers=0", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4", "trainer.accelerator=cpu",
-    "trainer.devices=2", "trainer.strategy=fsdp", "model.activation_checkpointing=true",
+    "trainer.devices=2", "trainer.strategy=fsdp", "trainer.activation_checkpointing=true",
 ]  # fmt: skip
 TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
 
@@ -176,7 +176,7 @@ def test_activation_checkpointing_or_sharding_a_model_without_blocks_is_one_line
         def forward(self, input):
             return self.table(input)
 
-    with pytest.raises(WgptError, match=r"^model.activation_checkpointing=true recomputes the model's blocks, but model "
+    with pytest.raises(WgptError, match=r"^trainer.activation_checkpointing=true recomputes the model's blocks, but model "
                        r"bigram \(.*Bigram\) has no `blocks`"):  # fmt: skip
         ModelLightningWrapper(Bigram(), activation_checkpointing=True)
 
@@ -186,7 +186,7 @@ def test_activation_checkpointing_or_sharding_a_model_without_blocks_is_one_line
     [
         (["trainer.strategy=fsdp", "optim=muon"], "torch.optim.Muon orthogonalizes whole weight matrices, which trainer.strategy=fsdp splits"),
         (["trainer.strategy=fsdp", "trainer.precision=64-true"], "trainer.precision=64-true is not supported with trainer.strategy=fsdp"),
-        (["model.activation_checkpointing=yes"], "model.activation_checkpointing=yes is not true or false"),
+        (["trainer.activation_checkpointing=yes"], "trainer.activation_checkpointing=yes is not true or false"),
     ],
     ids=["muon", "precision", "not-a-bool"],
 )

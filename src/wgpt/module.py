@@ -83,7 +83,7 @@ class ModelLightningWrapper(L.LightningModule):
         self.model = model
         self.activation_checkpointing = activation_checkpointing
         if activation_checkpointing:  # before any weight moves: a model without blocks fails at once
-            model_blocks(model, "model.activation_checkpointing=true recomputes the model's blocks")
+            model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
         self._configured = False
         # dynamic=False: a graph per batch shape (training, validation), not one slower general graph.
         self._loss_fn = torch.compile(next_token_loss, dynamic=False) if compile else next_token_loss

@@ -4,7 +4,7 @@ The model code knows nothing of either (torchtitan's split): a model exposes its
 as ``model.blocks`` (an ``nn.ModuleList``), and this module
 
 - recomputes each block's activations in the backward pass instead of storing them
-  (``model.activation_checkpointing=true``; any strategy), and
+  (``trainer.activation_checkpointing=true``; any strategy), and
 - under ``trainer.strategy=fsdp``, shards every block's parameters, gradients and optimizer
   state across the data-parallel ranks with PyTorch's ``fully_shard`` (FSDP2), through
   Lightning's own ``ModelParallelStrategy``, which calls ``ModelLightningWrapper.configure_model``.

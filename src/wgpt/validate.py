@@ -29,13 +29,13 @@ if typing.TYPE_CHECKING:
 
 # wgpt's own trainer keys (translated before lightning.Trainer sees them) and the values it
 # accepts beyond Lightning's.
-WGPT_TRAINER_KEYS = {"max_devices", "val_every_n_steps"}
+WGPT_TRAINER_KEYS = {"max_devices", "val_every_n_steps", "activation_checkpointing"}
 # lightning.Trainer arguments that wgpt sets itself, from other groups.
 SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the callbacks group",
                "plugins": "wgpt (its safe checkpoint IO)", "val_check_interval": "trainer.val_every_n_steps"}
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
 # Keys of a _target_ node that wgpt reads and the target never sees (see wgpt/optim.py).
-WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups"), "model": ("activation_checkpointing",)}
+WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups")}
 
 
 def _positive(v) -> bool:
@@ -56,7 +56,7 @@ def _steps_or_unlimited(v) -> bool:
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
 # such as "flase" would otherwise quietly turn them on.
-BOOLEANS = ("tf32", "optim.fused", "model.activation_checkpointing")
+BOOLEANS = ("tf32", "optim.fused", "trainer.activation_checkpointing")
 
 # key: (type, test, what to give instead). Keys absent from the config are skipped.
 NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
@@ -99,8 +99,8 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
     model = check_model_builds(cfg.model, vocab_size)
     from wgpt.sharding import FSDP, model_blocks
 
-    if cfg.model.get("activation_checkpointing"):
-        model_blocks(model, "model.activation_checkpointing=true recomputes the model's blocks")
+    if cfg.trainer.get("activation_checkpointing"):
+        model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
     if cfg.trainer.get("strategy") == FSDP:
         model_blocks(model, "trainer.strategy=fsdp shards the model block by block")
         rules = cfg.optim.get("param_groups") or {}
@@ -351,13 +351,10 @@ def _type_hints(obj) -> dict:
 
 
 def build_model(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
-    """``instantiate(model_cfg)`` without wgpt's own keys of the model node (how to train it, e.g.
-    ``activation_checkpointing``), which the model class never sees."""
+    """The model of a ``model`` config node, for ``vocab_size`` tokens (the tokenizer's, padded)."""
     from hydra.utils import instantiate
 
-    own = WGPT_NODE_KEYS["model"]
-    node = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k not in own}
-    return instantiate(node, vocab_size=vocab_size)
+    return instantiate(model_cfg, vocab_size=vocab_size)
 
 
 def check_model_builds(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
