@@ -50,10 +50,21 @@ def test_an_optuna_search_goes_on_past_a_failed_trial_and_names_the_best(tmp_pat
     assert math.isclose(optuna.best_value, float(best["best_val_loss"]), rel_tol=1e-9)
     assert math.isclose(optuna.best_params["optim.lr"], float(best["optim.lr"]))
     summary = read_summary(sweep_dir / "summary.csv")
-    labels = [f"trial {r['job']}" for r in summary]
+    labels = [f"job {r['job']}" for r in summary]
     fig = plot_summary(summary, labels, ["C0"] * 4, "search")
-    assert fig.axes[0].get_title().endswith(f"best: job {best['job']}: trial {best['job']} ({float(best['best_val_loss']):.4f})")
+    assert fig.get_suptitle().endswith(f"best: job {best['job']} ({float(best['best_val_loss']):.4f})")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == labels
+
+    # Resumed with more trials: the seeded search replays its first four (the finished ones kept
+    # as they are, the failed one run again), then goes on.
+    kept = {n: (sweep_dir / f"{n}-gpt2-tiny" / "summary.json").stat().st_mtime_ns for n in (0, 2, 3)}
+    more = run_cli("train.py", f"resume={sweep_dir}", "hydra.sweeper.n_trials=5", env=HELPERS)
+    assert more.returncode == 0, more.stderr[-3000:]
+    again = read_table(sweep_dir)
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in again[:4]] == [(r["job"], r["optim.lr"], r["status"]) for r in rows]
+    assert again[4]["job"] == "4" and again[4]["status"] == "completed"
+    assert {n: (sweep_dir / f"{n}-gpt2-tiny" / "summary.json").stat().st_mtime_ns for n in kept} == kept
+    assert all(f"Job {n} finished in an earlier run" in more.stdout for n in kept)
 
 
 def test_a_diverged_job_is_told_apart_and_never_the_best(tmp_path, data_dir):

@@ -281,6 +281,11 @@ def read_summary(path: Path) -> list[dict[str, Any]]:
         return [{**row, "path": (path.parent / row.get("dir", "")).resolve()} for row in csv.DictReader(f)]
 
 
+def _job(row: dict[str, Any]) -> str:
+    """``job 3: `` before a sweep job's label: a search's trials are told apart by number."""
+    return f"job {row['job']}: " if row.get("job") not in (None, "") else ""
+
+
 def _number(cell: Any) -> float:
     try:
         return float(cell)
@@ -304,8 +309,7 @@ def plot_summary(
     winner = best_row(rows, column)
     if winner is not None:
         i = next(i for i, row in enumerate(rows) if row is winner)
-        job = f"job {winner['job']}: " if winner.get("job") not in (None, "") else ""
-        title = f"{title}\nbest: {job}{labels[i]} ({best[i]:.4f})"
+        title = f"{title}\nbest: {labels[i]} ({best[i]:.4f})"
     fig = Figure(figsize=(10, 1.6 + 0.45 * len(rows)), layout="constrained")
     ax = fig.subplots()
     positions = range(len(rows))
@@ -332,7 +336,7 @@ def plot_summary(
             ax.text(left, y, f"  {status}: {why}"[:90], va="center", fontsize=9, color="firebrick")
     ax.set_xlabel(axis_label + (f" (the axis starts at {left:.2f}, not 0)" if left > 0 else ""))
     ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)  # over the whole figure: long job labels push the axes right
     return fig
 
 
@@ -398,10 +402,10 @@ def plot(
     if rows:
         # A job that left no metrics.csv (failed at start) is labelled from the summary's own columns.
         summary_labels = [
-            label_of.get(row["path"]) or " ".join(o for o in row.get("overrides", "").split() if not _is_noise(o))
-            or row.get("dir", "?")
+            _job(row) + (label_of.get(row["path"]) or " ".join(o for o in row.get("overrides", "").split() if not _is_noise(o))
+                         or row.get("dir", "?"))
             for row in rows
-        ]
+        ]  # fmt: skip
         summary_colours = [colours.get(row["path"], "0.6") for row in rows]
         ranked_by = summary_metric(metrics)
         heading = f"{SUMMARY_METRICS[ranked_by][1]} per sweep job"

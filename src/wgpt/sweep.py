@@ -262,6 +262,19 @@ class SweepCheck(Callback):
                 traceback.print_exc()
             print(str(e), file=sys.stderr, flush=True)
             raise SystemExit(1) from None
+        if not rank_tag():
+            record_sweep(config)
+
+
+def record_sweep(config: DictConfig) -> None:
+    """The sweep's config, overrides included, as ``<sweep dir>/multirun.yaml``: what
+    ``resume=<sweep dir>`` repeats. The basic sweeper writes the same file itself (again, right
+    after); Optuna's does not."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = sweep_dir / ".multirun.yaml.tmp"
+    OmegaConf.save(config, tmp)
+    os.replace(tmp, sweep_dir / "multirun.yaml")
 
 
 def check_sweep(config: DictConfig) -> None:
@@ -343,7 +356,6 @@ def _as_job(job: DictConfig, num: int):
     the sweep's own view afterwards."""
     from hydra.core.hydra_config import HydraConfig
 
-    job = copy.deepcopy(job)
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.job.num = num
         job.hydra.job.id = f"check_{num}"
@@ -473,9 +485,15 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     sweep_dir = Path(value).expanduser().resolve()
     if not (sweep_dir / "multirun.yaml").is_file():
-        if not multirun:
-            return list(argv)  # a single run: wgpt.validate says what resume takes
-        hint = f"{sweep_dir} is one of its jobs: resume={sweep_dir.parent}" if (sweep_dir.parent / "multirun.yaml").is_file() else "give the dir of a -m sweep, e.g. resume=outputs/multirun/<time>, or resume=auto"  # fmt: skip
+        recent = sweep_dir / "checkpoints" / "recent.ckpt"
+        if (sweep_dir.parent / "multirun.yaml").is_file():
+            hint = f"{sweep_dir} is one of its jobs: resume={sweep_dir.parent}"
+        elif recent.is_file():
+            hint = f"it is a run: continue it with ckpt_path={recent}"
+        elif multirun:
+            hint = "give the dir of a -m sweep, e.g. resume=outputs/multirun/<time>, or resume=auto"
+        else:
+            return list(argv)  # wgpt.validate says what resume takes
         raise WgptError(f"resume={value} is not a sweep dir (it has no multirun.yaml): {hint}")
     if any(a.startswith("hydra.sweep.dir=") for a in args):
         raise WgptError(f"resume={value} names the sweep dir already: leave out hydra.sweep.dir=...")
