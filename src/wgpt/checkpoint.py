@@ -1,10 +1,19 @@
-"""Reading checkpoints safely: tensors and plain containers only, never code; models rebuilt from them."""
+"""Reading checkpoints safely: tensors and plain containers only, never code; models rebuilt from them.
+
+Three kinds of file hold a model wgpt can rebuild with its tokenizer (``load_model_source``):
+training checkpoints (``.ckpt``), the weights-only ``.safetensors`` a run writes beside its best
+checkpoint (``save_weights``), and Hugging Face model directories (``wgpt.hf``); a run dir stands
+for its best checkpoint.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -85,3 +94,168 @@ def newest_recent(runs_dir: str | Path, exclude: str | Path | None = None) -> Pa
         if exclude is None or p.parent.parent.resolve() != Path(exclude).resolve()
     ]  # fmt: skip
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+# Weights-only files: what a run keeps of its best checkpoint for use elsewhere.
+
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def weights_path(ckpt_path: str | Path) -> Path:
+    """Where the weights of a checkpoint go: beside it, ``best-<start>.ckpt`` -> ``best-<start>.safetensors``."""
+    return Path(ckpt_path).with_suffix(WEIGHTS_SUFFIX)
+
+
+def save_weights(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
+    """The model weights of a training checkpoint as safetensors (temp-then-rename), with what
+    rebuilds the model as metadata strings: ``wgpt_model_class``, ``wgpt_model_config`` and
+    ``wgpt_tokenizer`` (JSON), ``wgpt_global_step``. A tensor that several names share (tied
+    embeddings) is stored once, under its first name; ``wgpt_aliases`` maps the others to it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors, aliases, seen = {}, {}, {}
+    for name, tensor in model_state(checkpoint).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        if key in seen:  # safetensors refuses shared memory: one copy, the rest by name
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.contiguous()
+    metadata = {
+        "format": "pt",  # what transformers' and safetensors' readers expect of PyTorch tensors
+        "wgpt_model_class": str(checkpoint.get("model_class")),
+        "wgpt_model_config": json.dumps(checkpoint.get("model_config")),
+        "wgpt_tokenizer": json.dumps(checkpoint.get("tokenizer")),
+        "wgpt_global_step": str(checkpoint.get("global_step")),
+        "wgpt_aliases": json.dumps(aliases),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the rename makes it the file
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_weights_beside(ckpt_path: str | Path) -> Path:
+    """``save_weights`` of the checkpoint file at ``ckpt_path``, beside it. Read from the file (not
+    from live parameters, which FSDP shards across ranks), memory-mapped: its optimizer state is
+    never read."""
+    return save_weights(load_checkpoint(ckpt_path, mmap=True), weights_path(ckpt_path))
+
+
+def load_weights(path: str | Path, key: str = "ckpt_path"):
+    """(model in eval mode, tokenizer, global step) of a ``save_weights`` file."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from wgpt.data.tokenizer import tokenizer_from_record
+
+    path, source = Path(path), f"{key}={path}"
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise WgptError(f"{source} is not a readable safetensors file ({e}): was it cut short?") from None
+    if "wgpt_model_config" not in metadata:
+        raise WgptError(f"{source} is not a wgpt weights file (no wgpt_model_config metadata): give a run's best-<start>.safetensors, a .ckpt or a Hugging Face directory")
+    try:
+        config = json.loads(metadata["wgpt_model_config"])
+        record = json.loads(metadata.get("wgpt_tokenizer", "null"))
+        aliases = json.loads(metadata.get("wgpt_aliases", "{}"))
+    except ValueError as e:
+        raise WgptError(f"{source}: its wgpt metadata is damaged ({e})") from None
+    for alias, name in aliases.items():
+        state[alias] = state[name]
+    checkpoint = {"state_dict": {f"model.{k}": v for k, v in state.items()},
+                  "model_class": metadata.get("wgpt_model_class"), "model_config": config}  # fmt: skip
+    model = model_from_checkpoint(checkpoint, source=source)
+    tokenizer = tokenizer_from_record(record, source=source)
+    step = metadata.get("wgpt_global_step")
+    return model, tokenizer, int(step) if step and step.isdigit() else None
+
+
+# Any of the above, by path.
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode, on the CPU
+    tokenizer: Any  # a wgpt tokenizer (TokenizerBase)
+    path: Path  # the file or directory read
+    kind: str  # "checkpoint", "weights" or "hf"
+    global_step: int | None
+    run_dir: Path | None  # the run that made it (its .hydra/config.yaml), when there is one
+
+
+def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
+    """The model and tokenizer at ``path``: a training checkpoint (.ckpt), a weights file
+    (.safetensors), a Hugging Face model directory, or a run dir (its newest best checkpoint,
+    else its recent one). One-line WgptErrors for anything else."""
+    from wgpt.data.tokenizer import tokenizer_from_record
+
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            from wgpt.hf import model_from_hf_dir, read_hf_dir, tokenizer_from_hf_dir
+
+            tokenizer = tokenizer_from_hf_dir(read_hf_dir(path, key))
+            model, d = model_from_hf_dir(path, tokenizer, key)
+            return LoadedModel(model, tokenizer, path, "hf", (d.wgpt or {}).get("global_step"), None)
+        if (path / "checkpoints").is_dir():
+            return load_model_source(run_checkpoint(path, key), key)
+        raise WgptError(
+            f"{key}={path} is a directory but neither a run dir (checkpoints/) nor a Hugging Face model directory (config.json): "
+            "give one of those, a .ckpt or a .safetensors file"
+        )
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.suffix == WEIGHTS_SUFFIX and path.is_file():
+        model, tokenizer, step = load_weights(path, key)
+        return LoadedModel(model, tokenizer, path, "weights", step, run_dir)
+    source = f"{key}={path}"
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, source=source)
+    tokenizer = tokenizer_from_record(checkpoint.get("tokenizer"), source=source)  # r50k for older checkpoints
+    return LoadedModel(model, tokenizer, path, "checkpoint", checkpoint.get("global_step"), run_dir)
+
+
+def run_checkpoint(run_dir: str | Path, key: str = "ckpt_path") -> Path:
+    """The checkpoint that stands for a run: its newest ``best-*.ckpt``, else ``recent.ckpt``, else
+    a ``best-*.safetensors``."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    by_time = lambda pattern: sorted(checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime)  # noqa: E731
+    candidates = [*by_time("best-*.ckpt")[-1:], checkpoints / "recent.ckpt", *by_time(f"best-*{WEIGHTS_SUFFIX}")[-1:]]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise WgptError(f"{key}={run_dir} is a run dir without checkpoints (checkpoints/ holds no best-*.ckpt or recent.ckpt): it stopped before its first save")
+    return found
+
+
+def peek_model(path: str | Path, key: str = "ckpt_path") -> tuple[str, dict] | None:
+    """(model class, model config) of the checkpoint or weights file ``load_model_source`` would
+    read, without reading its weights; None for a Hugging Face directory or what is not found."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path).expanduser().resolve()
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        path = run_checkpoint(path, key)
+    if not path.is_file():
+        return None
+    if path.suffix == WEIGHTS_SUFFIX:
+        try:
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
+            return metadata.get("wgpt_model_class", ""), json.loads(metadata["wgpt_model_config"])
+        except (SafetensorError, OSError, KeyError, ValueError):
+            return None  # load_model_source says what is wrong with it
+    checkpoint = load_checkpoint(path, mmap=True)
+    config = checkpoint.get("model_config")
+    return str(checkpoint.get("model_class") or "wgpt.models.transformer.Transformer"), config if isinstance(config, dict) else {}

@@ -22,8 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from wgpt.checkpoint import load_checkpoint, model_from_checkpoint
-from wgpt.data.tokenizer import R50k, TokenizerBase, tokenizer_from_record
+from wgpt.checkpoint import load_model_source
+from wgpt.data.tokenizer import R50k, TokenizerBase
 from wgpt.errors import WgptError
 from wgpt.module import bits_per_byte, perplexity, token_bytes_table
 
@@ -96,14 +96,17 @@ def save_results(path: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def evaluation_data(cfg: DictConfig, run_dir: Path, checkpoint: dict) -> DictConfig:
+def evaluation_data(cfg: DictConfig, run_dir: Path | None, model_config: dict) -> DictConfig:
     """The data config to score on: ``cfg.data`` if given, else the one the checkpoint's run
-    trained on (its ``.hydra/config.yaml``), resolved with this machine's paths."""
-    saved_path = run_dir / ".hydra" / "config.yaml"
-    saved = OmegaConf.load(saved_path) if saved_path.is_file() else OmegaConf.create()
+    trained on (its ``.hydra/config.yaml``), resolved with this machine's paths. ``run_dir`` is
+    None for a Hugging Face directory, which has no run config."""
+    saved_path = run_dir / ".hydra" / "config.yaml" if run_dir is not None else None
+    saved = OmegaConf.load(saved_path) if saved_path is not None and saved_path.is_file() else OmegaConf.create()
     if cfg.get("data") is None and "data" not in saved:
+        if saved_path is None:
+            raise WgptError(f"no data= given and ckpt_path={cfg.ckpt_path} is a Hugging Face directory, which holds no run config: name the data, e.g. data=shakespeare")
         raise WgptError(f"no data= given and the checkpoint's run config {saved_path} is missing: name the data, e.g. data=shakespeare")
-    root = OmegaConf.merge(saved, {"paths": cfg.paths, "seed": cfg.seed, "model": checkpoint["model_config"]})
+    root = OmegaConf.merge(saved, {"paths": cfg.paths, "seed": cfg.seed, "model": model_config})
     if cfg.get("data") is not None:
         root.data = cfg.data
     return OmegaConf.create(OmegaConf.to_container(root.data, resolve=True))
@@ -121,8 +124,10 @@ def check_vocab(model: nn.Module, tokenizer: TokenizerBase, source: str) -> None
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """eval.py: score ``cfg.ckpt_path`` on ``cfg.splits`` of each dataset; print a table and
-    save it as ``eval-<checkpoint name>.json`` in the checkpoint's run dir."""
+    """eval.py: score ``cfg.ckpt_path`` (a .ckpt, a .safetensors, a run dir or a Hugging Face
+    directory) on ``cfg.splits`` of each dataset; print a table and save it as
+    ``eval-<checkpoint name>.json`` in the checkpoint's run dir (``eval-hf.json`` in a Hugging Face
+    directory)."""
     bad_splits = [s for s in cfg.splits if s not in ("validation", "test", "train")]
     if bad_splits:
         raise WgptError(f"splits={list(cfg.splits)} names {bad_splits[0]!r}: use validation, test or train")
@@ -130,14 +135,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         raise WgptError(f"top_k={list(cfg.top_k)}: every k must be at least 1")
     if (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.max_batches is not None and cfg.max_batches < 1):
         raise WgptError(f"batch_size={cfg.batch_size}, max_batches={cfg.max_batches}: both must be at least 1")
-    ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
-    source = f"ckpt_path={ckpt_path}"
-    checkpoint = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(checkpoint, source=source)
-    tokenizer = tokenizer_from_record(checkpoint.get("tokenizer"), source=source)  # r50k for older checkpoints
-    check_vocab(model, tokenizer, source)
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    data = evaluation_data(cfg, run_dir, checkpoint)
+    loaded = load_model_source(cfg.ckpt_path)  # a .ckpt, a .safetensors, a run dir or a Hugging Face directory
+    model, tokenizer, ckpt_path = loaded.model, loaded.tokenizer, loaded.path
+    check_vocab(model, tokenizer, f"ckpt_path={ckpt_path}")
+    data = evaluation_data(cfg, loaded.run_dir, model.config)
     batch_size = cfg.batch_size or data.batch_size
     datamodule = instantiate(data, tokenizer=tokenizer)  # the bins of the checkpoint's tokenizer
     datamodule.prepare_data()
@@ -149,14 +150,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         name: {split: evaluator.evaluate(splits[split], batch_size, cfg.max_batches) for split in cfg.splits}
         for name, splits in datamodule.splits.items()
     }
-    out = run_dir / f"eval-{ckpt_path.stem}.json"
+    # Beside the checkpoint's run (eval-<checkpoint name>.json), or inside the Hugging Face directory.
+    out = (loaded.run_dir or ckpt_path) / f"eval-{ckpt_path.stem if loaded.run_dir else 'hf'}.json"
     record = {
-        "checkpoint": str(ckpt_path), "global_step": checkpoint.get("global_step"), "model": checkpoint["model_config"],
+        "checkpoint": str(ckpt_path), "global_step": loaded.global_step, "model": model.config,
         "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint, "vocab_size": len(tokenizer)},
         "batch_size": batch_size, "max_batches": cfg.max_batches, "results": results,
     }  # fmt: skip
     save_results(out, record)
-    print(f"{checkpoint['model_config'].get('name', 'model')} at step {checkpoint.get('global_step')} ({ckpt_path}):")
+    at_step = f" at step {loaded.global_step}" if loaded.global_step is not None else ""
+    print(f"{model.config.get('name', 'model')}{at_step} ({ckpt_path}):")
     print(format_results(results, evaluator.top_k))
     print(f"Saved {out}")
     return record

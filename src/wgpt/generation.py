@@ -187,8 +187,7 @@ def pick_device(name: str) -> torch.device:
 
 def generate_from_config(cfg: DictConfig) -> list[str]:
     """Print each prompt followed by its sampled continuation; a speed summary goes to stderr."""
-    from wgpt.checkpoint import load_checkpoint, model_from_checkpoint
-    from wgpt.data.tokenizer import tokenizer_from_record
+    from wgpt.checkpoint import load_model_source
 
     settings = check_config(cfg)  # before the (slow) checkpoint load
     prompts = settings.pop("prompts")
@@ -199,14 +198,11 @@ def generate_from_config(cfg: DictConfig) -> list[str]:
     seed = _number(cfg, "seed", int, lambda v: v >= 0, "an integer >= 0, or null for a new sample", optional=True)
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
         raise WgptError(
-            "ckpt_path is not set: give the .ckpt file to sample from, "
-            "e.g. ckpt_path=outputs/gpt2-tiny/<run>/checkpoints/recent.ckpt"
+            "ckpt_path is not set: give the .ckpt file to sample from (or a run dir, a .safetensors, "
+            "a Hugging Face model directory), e.g. ckpt_path=outputs/gpt2-tiny/<run>/checkpoints/recent.ckpt"
         )
-    source = f"ckpt_path={cfg.ckpt_path}"
-    checkpoint = load_checkpoint(cfg.ckpt_path)  # once: the model and the tokenizer it was trained with
-    model = model_from_checkpoint(checkpoint, source=source).to(device)
-    tokenizer = tokenizer_from_record(checkpoint.get("tokenizer"), source=source)  # r50k for older checkpoints
-    del checkpoint  # the weights now live in the model
+    loaded = load_model_source(cfg.ckpt_path)  # the model and the tokenizer it was trained with
+    model, tokenizer = loaded.model.to(device), loaded.tokenizer
     if use_cache and not hasattr(model, "new_cache"):  # a model added without a KV cache still decodes
         print(f"{type(model).__name__} has no KV cache (new_cache): decoding without one", file=sys.stderr)
         use_cache = False

@@ -1,0 +1,87 @@
+"""The Python API, for notebooks and scripts: the configs, models and runs of the command line.
+
+    import wgpt
+
+    cfg = wgpt.load_config("gpt2-tiny", overrides=["model.n_layers=2"])  # conf/train.yaml, as train.py composes it
+    model = wgpt.load_model_from_config(cfg)                            # the model train.py would start from
+    model, tokenizer, cfg = wgpt.load_run("outputs/gpt2-tiny/<run>")    # a trained run: its best checkpoint
+
+Configs come from Hydra's compose API over the checkout's ``conf/`` (``wgpt.config``), so there
+is one config system: anything ``train.py`` takes as an override, ``load_config`` takes too.
+Mistakes raise a WgptError (one line, as the command line prints it) instead of exiting.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from wgpt.errors import FULL_ERROR, WgptError
+
+
+def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config of ``python train.py model=<model> <overrides...>`` (unresolved: the
+    run dir and start time are a run's own), checked as train.py checks it before any work."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from wgpt.config import compose_train_config, repo_root
+    from wgpt.errors import describe_config_error
+    from wgpt.validate import check_values
+
+    if isinstance(overrides, str):
+        raise WgptError(f"overrides={overrides!r} is one string: give a list, e.g. overrides=[{overrides!r}]")
+    try:
+        with _environment(**{FULL_ERROR: "1"}):  # Hydra's errors raised here, not printed and exited on
+            cfg = compose_train_config([f"model={model}", *overrides])
+            check_values(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise WgptError(describe_config_error(e, repo_root() / "conf")) from None
+    return cfg
+
+
+def load_model_from_config(cfg: DictConfig):
+    """The model of ``cfg.model`` for the vocabulary of ``cfg.tokenizer`` (padded to a multiple
+    of 64), initialized as train.py initializes it (seeded by ``cfg.seed``; the global random
+    state is left as it was). Its knobs are checked first, one line for a bad one."""
+    import torch
+
+    from wgpt.models import padded_vocab_size
+    from wgpt.validate import build_model, check_model_builds, tokenizer_spec
+
+    vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
+    check_model_builds(cfg.model, vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, vocab_size)
+
+
+def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:
+    """(model in eval mode, tokenizer, training config) of a run dir (its newest best checkpoint,
+    else its recent one), a checkpoint in it (.ckpt, or the best-*.safetensors beside it) or a
+    Hugging Face model directory. The config is the run's ``.hydra/config.yaml`` (None for a
+    Hugging Face directory, or a checkpoint moved out of its run)."""
+    from wgpt.checkpoint import load_model_source
+
+    loaded = load_model_source(path, key="path")
+    saved = loaded.run_dir / ".hydra" / "config.yaml" if loaded.run_dir is not None else None
+    config = OmegaConf.load(saved) if saved is not None and saved.is_file() else None
+    return loaded.model, loaded.tokenizer, config
+
+
+@contextmanager
+def _environment(**variables: str):
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
