@@ -203,6 +203,8 @@ def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
     from wgpt.data.tokenizer import tokenizer_from_record
 
     path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise WgptError(f"{key}={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)")
     if path.is_dir():
         if (path / "config.json").is_file():
             from wgpt.hf import model_from_hf_dir, read_hf_dir, tokenizer_from_hf_dir
