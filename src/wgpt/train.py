@@ -28,7 +28,7 @@ from wgpt.models import padded_vocab_size
 from wgpt.module import ModelLightningWrapper
 from wgpt.optim import optimizer_factory, optimizer_layout
 from wgpt.sweep import FINISHED, job_difference, objective, overrides_of, read_run_summary
-from wgpt.validate import check_config, tokenizer_spec
+from wgpt.validate import build_model, check_config, tokenizer_spec
 
 log = logging.getLogger("wgpt")
 
@@ -36,6 +36,7 @@ log = logging.getLogger("wgpt")
 def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
     """``lightning.Trainer`` keyword arguments from the trainer group, wgpt's own keys translated."""
     args = OmegaConf.to_container(trainer_cfg)
+    args.pop("activation_checkpointing", None)  # the module's (ModelLightningWrapper), not the Trainer's
     # Validation is scheduled in optimizer steps, like checkpoints; Lightning counts batches.
     args["val_check_interval"] = args.pop("val_every_n_steps") * args.get("accumulate_grad_batches", 1)
     return resolve_hardware(args, model)
@@ -69,10 +70,11 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         schedule(0, 1)  # its options' checks, now rather than at the first step
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
-    model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))
+    model = build_model(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
-    trainer_args = trainer_arguments(cfg.trainer, model)
+    with discarded_on_bad_input(run_dir):  # devices, precision and strategy settings that do not fit this machine
+        trainer_args = trainer_arguments(cfg.trainer, model)
     compile = compile_choice(cfg.compile, trainer_args)
     module = ModelLightningWrapper(
         model,
@@ -83,6 +85,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         start_datetime=cfg.start_datetime,
         compile=compile,
         tokenizer=tokenizer,
+        activation_checkpointing=cfg.trainer.get("activation_checkpointing", False),
     )
     trainer = L.Trainer(
         **trainer_args,
