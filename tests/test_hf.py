@@ -133,6 +133,21 @@ def test_the_exported_tokenizers_encode_and_decode_as_wgpt(bpe, tmp_path):
     assert len(r50k.encode(play)) > 10_000  # a whole play, every token of it the same
 
 
+def test_a_directory_without_wgpt_json_is_read_from_its_config_and_tokenizer(bpe, tmp_path):
+    # As transformers' save_pretrained would leave it: config.json and tokenizer.json only.
+    model = tiny(Llama, padded_vocab_size(len(bpe)), n_kv_heads=2, multiple_of=16, tie_embeddings=True)
+    out = export(save_checkpoint(model, tmp_path / "m.ckpt", bpe), tmp_path / "hf")
+    (out / "wgpt.json").unlink()
+    loaded = load_model_source(out)
+    assert loaded.kind == "hf" and loaded.global_step is None and loaded.run_dir is None
+    assert loaded.tokenizer.fingerprint == bpe.fingerprint  # the BPE rebuilt from tokenizer.json
+    knobs = ("d_embed", "n_layers", "n_heads", "n_kv_heads", "norm", "activation", "gated", "pos", "rope_theta", "bias", "tie_embeddings")
+    assert {k: loaded.model.config[k] for k in knobs} == {k: model.config[k] for k in knobs}
+    tokens = torch.randint(0, len(bpe), (1, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(tokens), model(tokens))
+
+
 def test_a_smaller_vocabulary_is_padded_with_mean_rows_and_says_so(tmp_path, caplog):
     # HF GPT-2's 50,257 rows into r50k's padded 50,304, with GPT-2's tokenizer files (the same ids).
     config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=16, n_layer=1, n_head=2)

@@ -93,8 +93,9 @@ def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.tran
     return family
 
 
-def hf_config(config: Mapping[str, Any], family: str, tokenizer) -> dict[str, Any]:
-    """config.json of the transformers model computing what the wgpt model ``config`` computes."""
+def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "float32") -> dict[str, Any]:
+    """config.json of the transformers model computing what the wgpt model ``config`` computes
+    (its weights stored in ``dtype``)."""
     from wgpt.models.transformer import mlp_hidden_size
 
     c = config
@@ -109,7 +110,7 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer) -> dict[str, An
             "resid_pdrop": c["dropout"], "embd_pdrop": c["dropout"], "attn_pdrop": c["dropout"],
             "layer_norm_epsilon": c["norm_eps"], "initializer_range": 0.02, "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-            "tie_word_embeddings": c["tie_embeddings"], "use_cache": True, "dtype": "float32", **ids,
+            "tie_word_embeddings": c["tie_embeddings"], "use_cache": True, "dtype": dtype, **ids,
         }  # fmt: skip
     n_kv_heads = c["n_kv_heads"] or c["n_heads"]
     return {
@@ -125,7 +126,7 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer) -> dict[str, An
         # HF Llama drops out attention weights only; wgpt's residual and embedding dropout is
         # for training, so inference is the same either way.
         "attention_dropout": c["dropout"], "tie_word_embeddings": c["tie_embeddings"], "initializer_range": 0.02,
-        "pretraining_tp": 1, "use_cache": True, "dtype": "float32", **ids,
+        "pretraining_tp": 1, "use_cache": True, "dtype": dtype, **ids,
     }  # fmt: skip
 
 
@@ -225,7 +226,6 @@ def _r50k_json() -> str:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    from wgpt.data.bpe import _byte_alphabet
     from wgpt.data.tokenizer import PAT_STR, SPECIAL_TOKENS, _load_ranks
 
     ranks = _load_ranks()
@@ -242,7 +242,7 @@ def _r50k_json() -> str:
     ])  # fmt: skip
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    assert tokenizer.token_to_id(SPECIAL_TOKENS[0]) == len(ranks) and len(_byte_alphabet()) == 256
+    assert tokenizer.token_to_id(SPECIAL_TOKENS[0]) == len(ranks)  # the ids wgpt gives them
     return tokenizer.to_str()
 
 
@@ -298,8 +298,9 @@ def export(source: str | Path, out: str | Path, overwrite: bool = False, key: st
     family = architecture(config, model_class)
     tokenizer = loaded.tokenizer
     weights = to_hf(loaded.model.state_dict(), config, family)
+    dtype = str(weights["lm_head.weight" if "lm_head.weight" in weights else next(iter(weights))].dtype).removeprefix("torch.")
     files = {
-        "config.json": json.dumps(hf_config(config, family, tokenizer), indent=2) + "\n",
+        "config.json": json.dumps(hf_config(config, family, tokenizer, dtype), indent=2) + "\n",
         "generation_config.json": json.dumps(generation_config(config, tokenizer), indent=2) + "\n",
         **tokenizer_files(tokenizer, config["max_seq_len"]),
         WGPT_FILE: json.dumps({
@@ -694,39 +695,44 @@ def _json_vocab(data: Mapping[str, Any]) -> dict[str, int] | None:
     return {t: i for t, i in vocab.items() if t not in specials}
 
 
-def _dir_vocab(d: HFDir) -> dict[str, int] | None:
-    """The directory's tokenizer's ordinary tokens (tokenizer.json, else GPT-2's vocab.json), or None."""
+def _dir_tokenizer(d: HFDir) -> dict[str, Any] | None:
+    """The directory's tokenizer.json, parsed (GPT-2's vocab.json made into its shape), or None."""
     if (d.path / "tokenizer.json").is_file():
         try:
-            data = json.loads((d.path / "tokenizer.json").read_text(encoding="utf-8"))
+            return json.loads((d.path / "tokenizer.json").read_text(encoding="utf-8"))
         except ValueError as e:
             raise WgptError(f"{d.source}: tokenizer.json is not JSON ({e}): the directory is damaged") from None
-        return _json_vocab(data) or {}
     if (d.path / "vocab.json").is_file():
         vocab = json.loads((d.path / "vocab.json").read_text(encoding="utf-8"))
-        added = {"<|endoftext|>"}  # GPT-2's special token, which its vocab.json lists
-        return {t: i for t, i in vocab.items() if t not in added}
+        return {"model": {"vocab": vocab}, "added_tokens": [{"content": "<|endoftext|>"}]}  # GPT-2's special token
     return None
+
+
+def _dir_vocab(d: HFDir) -> dict[str, int] | None:
+    """The directory's tokenizer's ordinary tokens, or None when it has no tokenizer files."""
+    data = _dir_tokenizer(d)
+    return None if data is None else _json_vocab(data) or {}
 
 
 def tokenizer_from_hf_dir(d: HFDir):
     """The wgpt tokenizer of a directory: a wgpt export's own; r50k for a directory whose
-    vocabulary is GPT-2's; a wgpt BPE's tokenizer.json."""
+    vocabulary is GPT-2's; a wgpt BPE's tokenizer.json (one with wgpt's special tokens)."""
     from wgpt.data.bpe import BPETokenizer
     from wgpt.data.tokenizer import SPECIAL_TOKENS, R50k, tokenizer_from_record
 
     record = (d.wgpt or {}).get("tokenizer")
     if record is not None:
         return tokenizer_from_record(record, source=d.source)
-    theirs = _dir_vocab(d)
-    if theirs is None:
+    data = _dir_tokenizer(d)
+    if data is None:
         raise WgptError(f"{d.source} has no tokenizer (tokenizer.json): wgpt cannot tell what its ids mean")
     r50k = R50k().load()
-    if theirs == ordinary_vocab(r50k):
+    if _json_vocab(data) == ordinary_vocab(r50k):
         return r50k
-    text = (d.path / "tokenizer.json").read_text(encoding="utf-8") if (d.path / "tokenizer.json").is_file() else ""
-    if text and all(f'"content":"{t}"' in text.replace(" ", "") for t in SPECIAL_TOKENS):
-        return BPETokenizer(text, f"bpe{len(theirs) + len(SPECIAL_TOKENS)}")
+    specials = {t.get("content") for t in data.get("added_tokens") or []}
+    if (d.path / "tokenizer.json").is_file() and set(SPECIAL_TOKENS) <= specials:
+        text = (d.path / "tokenizer.json").read_text(encoding="utf-8")
+        return BPETokenizer(text, f"bpe{len(_json_vocab(data) or {}) + len(SPECIAL_TOKENS)}")
     raise WgptError(
         f"{d.source} has a tokenizer that is neither r50k (GPT-2's) nor a wgpt BPE: wgpt can only run models of its own tokenizers"
     )
@@ -745,7 +751,7 @@ def load_hf_weights(model: nn.Module, path: str | Path, tokenizer=None, key: str
     if tokenizer is not None:
         check_hf_tokenizer(d, tokenizer)
     state = from_hf(read_weights(d), implied, d.family, d.source)
-    state = pad_vocab(state, model.config["vocab_size"], d.source)
+    state = pad_vocab(state, model.config["vocab_size"], implied["tie_embeddings"], d.source)
     check_fits(model, state, d.source)
     model.load_state_dict(state)
     changed = [f"{k}={_value(implied[k])} there, {_value(model.config[k])} here" for k in ("norm_eps", "rope_theta", "max_seq_len")
@@ -755,14 +761,13 @@ def load_hf_weights(model: nn.Module, path: str | Path, tokenizer=None, key: str
     return d
 
 
-def pad_vocab(state: dict[str, torch.Tensor], vocab_size: int, source: str) -> dict[str, torch.Tensor]:
+def pad_vocab(state: dict[str, torch.Tensor], vocab_size: int, tied: bool, source: str) -> dict[str, torch.Tensor]:
     """Embedding (and untied output) rows added up to ``vocab_size``: each the mean of the
     existing rows, so a new token's logit starts at the average one, not at 0 (well above the
     average in a trained model) where it would crowd out real tokens."""
     rows = state["wte.weight"].shape[0]
     if rows >= vocab_size:
         return state
-    tied = state["lm_head.weight"] is state["wte.weight"]
     for name in ("wte.weight",) if tied else ("wte.weight", "lm_head.weight"):
         w = state[name]
         state[name] = torch.cat([w, w.float().mean(0, keepdim=True).to(w.dtype).expand(vocab_size - rows, -1)])
