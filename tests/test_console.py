@@ -70,11 +70,6 @@ def test_warnings_go_through_the_log_format_into_train_log(single_run):
     assert "LeafSpec" not in result.stdout + result.stderr  # Lightning's use of a deprecated torch API: not the user's to fix
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CSV logger's check warns about any file in the run dir (.hydra/, train.log): "
-    "needs a wgpt CSVLogger that checks only for an earlier metrics.csv (src/wgpt/loggers.py, conf/logger/csv.yaml)",
-)
 def test_no_warning_that_the_run_dir_is_not_empty(single_run):
     result, run_dir = single_run
     text = result.stdout + result.stderr + (run_dir / "train.log").read_text()

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 from hydra.utils import instantiate
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch import loggers
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -86,6 +88,27 @@ def _step(row: dict) -> int | None:
         return int(float(row["step"]))
     except (KeyError, TypeError, ValueError):
         return None  # a row torn by a kill while it was written
+
+
+class _RunDirWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # The run dir holds .hydra/ and train.log before anything is logged, so Lightning's check
+        # (any file there) would warn in every run. An earlier metrics.csv (a continued sweep job,
+        # whose rows keep_metrics_before puts back) is started afresh, as Lightning would.
+        if self._fs.isfile(self.metrics_file_path):
+            self._fs.rm_file(self.metrics_file_path)
+
+
+class CSVLogger(loggers.CSVLogger):
+    """Lightning's CSVLogger, writing ``metrics.csv`` straight into the run dir beside Hydra's files."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _RunDirWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class WandbLogger(loggers.WandbLogger):
