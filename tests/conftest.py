@@ -167,7 +167,7 @@ def sweep(tmp_path_factory, data_dir):
 # Modules whose tests are the longest (multi-process runs, several launches each): first in the
 # order, so that the tests left at the end, which an idle worker takes over from a busy one
 # (`--dist worksteal`), are short ones and no worker waits on a long tail.
-LONGEST_FIRST = ["test_ddp", "test_crash_safety", "test_process", "test_add_model", "test_generate", "test_eval"]
+LONGEST_FIRST = ["test_ddp", "test_crash_safety", "test_fsdp", "test_sweep_resume", "test_search", "test_process", "test_add_model", "test_generate", "test_eval"]
 
 
 def pytest_collection_modifyitems(config, items):
