@@ -272,7 +272,7 @@ def test_weights_that_do_not_fit_name_the_model_values_the_directory_implies(bpe
     assert str(error.value) == (
         f"init_from={out} holds a GPT2LMHeadModel that model llama3-tiny (n_kv_heads=2, norm=rmsnorm, activation=silu, "
         "gated=true, pos=rotary, bias=false) does not fit: its config.json implies model.n_kv_heads=null model.norm=layernorm "
-        "model.activation=gelu model.gated=false model.pos=learned model.bias=true: add those overrides, or use the preset it was trained as"
+        "model.activation=gelu model.gated=false model.pos=learned model.bias=true: add those overrides, or use model=gpt2 with the overrides of its run"
     )
     wide = GPT(vocab_size=320, d_embed=64, n_layers=2, n_heads=4, max_seq_len=64, name="gpt2")
     with pytest.raises(WgptError, match=r"model gpt2 \(d_embed=64\) does not fit: its config.json implies model.d_embed=32: "):
@@ -339,3 +339,68 @@ def test_eval_py_scores_an_exported_directory_as_its_checkpoint(exported, data_d
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         f"Error: no data= given and ckpt_path={copy} is a Hugging Face directory, which holds no run config: name the data, e.g. data=shakespeare"
     ]
+
+
+def fast(**changes) -> list[str]:
+    """conftest's FAST overrides with some values changed."""
+    args = [a for a in FAST if a.partition("=")[0] not in changes]
+    return args + [f"{k}={v}" for k, v in changes.items()]
+
+
+def test_train_py_init_from_an_export_starts_a_new_run_from_its_weights(exported, data_dir, tmp_path):
+    run_dir, best, out, _ = exported
+    # A learning rate too small to move a weight: the first validation scores the exported weights.
+    settings = fast(**{"trainer.max_steps": 2, "trainer.val_every_n_steps": 2, "optim.lr": 1e-12})
+    result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *settings, f"init_from={out}", *paths(tmp_path, data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (new_run,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
+    log = (new_run / "train.log").read_text()
+    assert f"init_from: the weights of {out} (GPT2LMHeadModel, step 8 of the run that made it); this run starts at step 0" in log
+    summary = json.loads((new_run / "summary.json").read_text())
+    source = torch.load(best, weights_only=True)["best_metrics"]
+    assert summary["global_step"] == 2 and summary["resumed_from"] is None  # a new run, not a continued one
+    assert summary["final_val_loss"] == pytest.approx(source["val_loss"], rel=1e-5)
+    assert [int(row["step"]) for row in read_metrics(new_run) if row.get("val_loss")] == [1]  # Lightning counts from 0
+
+    # The run ends with its best weights beside its best checkpoint, which load_run reads.
+    (weights,) = (new_run / "checkpoints").glob("best-*.safetensors")
+    assert f"Best weights: {weights}" in log
+    import wgpt
+
+    model, tokenizer, cfg = wgpt.load_run(weights)
+    exported_model, _ = model_from_hf_dir(out)
+    assert cfg.init_from == str(out) and tokenizer.name == "r50k"
+    for (name, a), b in zip(model.state_dict().items(), exported_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)
+
+
+def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exported, data_dir, tmp_path):
+    _, best, out, _ = exported
+    (tmp_path / "notes").mkdir()
+    cases = {
+        f"init_from={tmp_path / 'notes'}": f"Error: init_from={tmp_path / 'notes'} has no config.json: it is not a Hugging Face model directory",
+        f"init_from={out} model=llama3-tiny": f"Error: init_from={out} holds a GPT2LMHeadModel that model llama3-tiny (",
+        f"init_from={out} model.d_embed=64": f"Error: init_from={out} holds a GPT2LMHeadModel that model gpt2-tiny (d_embed=64) does not fit: "
+        "its config.json implies model.d_embed=32: add those overrides",
+        f"init_from={out} ckpt_path={best}": f"Error: init_from={out} and ckpt_path={best}: init_from starts a new run",
+    }
+    for args, message in cases.items():
+        result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), cwd=tmp_path)
+        assert result.returncode == 1, (args, result.stderr[-2000:])
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(message), (args, line)
+        assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*")), args
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "outputs") == ["notes"]
+
+
+def test_a_sharded_run_writes_its_best_weights_from_the_gathered_checkpoint(data_dir, tmp_path):
+    from test_fsdp import TINY
+
+    run = run_cli("train.py", *TINY, "trainer.max_steps=4", *paths(tmp_path, data_dir), "start_datetime=2020-01-01_00-00-00")
+    assert run.returncode == 0, run.stderr[-3000:]
+    checkpoints = tmp_path / "outputs" / "gpt2-tiny" / "2020-01-01_00-00-00" / "checkpoints"
+    best = torch.load(checkpoints / "best-2020-01-01_00-00-00.ckpt", weights_only=True)
+    loaded = load_model_source(checkpoints / "best-2020-01-01_00-00-00.safetensors")
+    assert loaded.global_step == best["global_step"] == 4
+    for name, tensor in loaded.model.state_dict().items():  # whole tensors, as the gathered checkpoint has them
+        assert torch.equal(tensor, best["state_dict"][f"model.{name}"]), name

@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from wgpt.checkpoint import load_checkpoint
+from wgpt.checkpoint import load_checkpoint, write_weights_beside
 from wgpt.devices import compute_dtype, largest_matmul, peak_flops
 from wgpt.sweep import write_run_summary
 
@@ -92,6 +92,12 @@ class BestCheckpoint(Callback):
         if trainer.sanity_checking or pl_module.best["step"] != trainer.global_step:
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state; on every rank: rank 0 writes
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Weights only, beside it (best-<start>.safetensors), for use elsewhere: wgpt.load_run,
+        # eval.py, generate.py. Read from the file rank 0 wrote, as FSDP shards the live parameters.
+        if trainer.is_global_zero and self.path.is_file():
+            log.info("Best weights: %s", write_weights_beside(self.path))
 
 
 class ValidateAtEnd(Callback):

@@ -629,9 +629,11 @@ def check_fits_config(d: HFDir, model_config: Mapping[str, Any]) -> dict[str, An
     if differ:
         overrides = " ".join(f"model.{k}={_value(implied[k])}" for k in differ)
         has = ", ".join(f"{k}={_value(ours.get(k))}" for k in differ)
+        made_by = ((d.wgpt or {}).get("model_config") or {}).get("name")
+        preset = f"model={made_by} with the overrides of its run" if made_by else "the preset it was trained as"
         raise WgptError(
             f"{d.source} holds a {ARCHITECTURES[d.family]} that model {ours.get('name', '?')} ({has}) does not fit: "
-            f"its config.json implies {overrides}: add those overrides, or use the preset it was trained as"
+            f"its config.json implies {overrides}: add those overrides, or use {preset}"
         )
     return implied
 
@@ -810,3 +812,42 @@ def _value(v) -> str:
     if isinstance(v, bool):
         return str(v).lower()
     return str(v)
+
+
+# train.py init_from=<dir>.
+
+
+def check_init_from(cfg, model: nn.Module, ckpt_path: str | None) -> HFDir | None:
+    """``init_from`` checked before any heavy work (the directory, and its model against ``model``,
+    the meta-device one of the run's config): the directory to start from, or None when none is
+    given or when ``resume=auto`` found a checkpoint to continue instead (that run began from it)."""
+    path = cfg.get("init_from")
+    if path is None:
+        return None
+    if cfg.get("ckpt_path") is not None:
+        raise WgptError(
+            f"init_from={path} and ckpt_path={cfg.ckpt_path}: init_from starts a new run from a model's weights "
+            "(step 0, a fresh optimizer), ckpt_path continues a run: give one of them"
+        )
+    if ckpt_path is not None:
+        log.info("init_from=%s is not used: resume=auto continues %s", path, ckpt_path)
+        return None
+    d = read_hf_dir(path, "init_from")
+    check_fits_config(d, model.config)
+    return d
+
+
+def check_init_tokenizer(d: HFDir, tokenizer) -> None:
+    """The run's tokenizer (known once the data is ready) against the directory's."""
+    from wgpt.models import padded_vocab_size
+
+    check_hf_vocab(d, padded_vocab_size(len(tokenizer)), tokenizer)
+    check_hf_tokenizer(d, tokenizer)
+
+
+def start_from(model: nn.Module, d: HFDir) -> None:
+    """train.py init_from: ``model`` takes the directory's weights; the run itself starts afresh."""
+    load_hf_weights(model, d.path, key=d.key)
+    step = (d.wgpt or {}).get("global_step")
+    made_at = f", step {step} of the run that made it" if step is not None else ""
+    log.info("init_from: the weights of %s (%s%s); this run starts at step 0 with a fresh optimizer", d.path, ARCHITECTURES[d.family], made_at)

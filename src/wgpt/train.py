@@ -22,6 +22,7 @@ from wgpt.console import parameter_counts, print_config_tree
 from wgpt.data.tokenizer import R50K, TokenizerBase, tokenizer_config
 from wgpt.devices import enable_tf32, resolve_hardware, reuse_freed_host_memory
 from wgpt.errors import WgptError, discarded_on_bad_input
+from wgpt.hf import check_init_from, check_init_tokenizer, start_from
 from wgpt.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.loggers import build_loggers, check_logger_packages, keep_metrics_before, log_config
 from wgpt.models import padded_vocab_size
@@ -62,15 +63,21 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         # of another optimizer is told apart by its state's layout.
         layout = optimizer_layout(optimizer(shapes).state_dict())
         ckpt_path, ckpt_tokenizer = checkpoint_to_resume(cfg, shapes, spec.name, layout)
+        init_from = check_init_from(cfg, shapes, ckpt_path)  # a Hugging Face directory to start from
         datamodule = instantiate(cfg.data, tokenizer=spec)
         datamodule.check_ready()  # trains a BPE tokenizer here if it is not trained yet
         tokenizer = datamodule.tokenizer
         check_same_tokenizer(ckpt_path, ckpt_tokenizer, tokenizer)
+        if init_from is not None:
+            check_init_tokenizer(init_from, tokenizer)
         schedule = instantiate(cfg.optim.scheduler)
         schedule(0, 1)  # its options' checks, now rather than at the first step
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))
+    if init_from is not None:
+        with discarded_on_bad_input(run_dir):  # weights that do not match their own config.json
+            start_from(model, init_from)
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
     with discarded_on_bad_input(run_dir):  # devices, precision and strategy settings that do not fit this machine
