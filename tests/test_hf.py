@@ -3,7 +3,6 @@ built from local configs, never downloaded."""
 
 import json
 import logging
-import os
 import shutil
 
 import pytest

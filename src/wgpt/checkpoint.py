@@ -133,6 +133,7 @@ def save_weights(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        readable_as_usual(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)  # on disk before the rename makes it the file
@@ -142,6 +143,14 @@ def save_weights(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def readable_as_usual(path: Path) -> None:
+    """The permissions the umask gives new files: safetensors writes its files owner-only (0600),
+    unlike the checkpoints beside them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_weights_beside(ckpt_path: str | Path) -> Path:

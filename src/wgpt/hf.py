@@ -284,7 +284,7 @@ def export(source: str | Path, out: str | Path, overwrite: bool = False, key: st
     source or the current directory."""
     from safetensors.torch import save_file
 
-    from wgpt.checkpoint import load_model_source, peek_model
+    from wgpt.checkpoint import load_model_source, peek_model, readable_as_usual
 
     out = Path(out).expanduser().resolve()
     source_path = Path(source).expanduser().resolve()
@@ -311,6 +311,7 @@ def export(source: str | Path, out: str | Path, overwrite: bool = False, key: st
     }  # fmt: skip
     with _replaced_atomically(out) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        readable_as_usual(tmp / WEIGHTS_FILE)
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
     size = (out / WEIGHTS_FILE).stat().st_size
