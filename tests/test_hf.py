@@ -382,6 +382,8 @@ def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exporte
         f"init_from={out} model.d_embed=64": f"Error: init_from={out} holds a GPT2LMHeadModel that model gpt2-tiny (d_embed=64) does not fit: "
         "its config.json implies model.d_embed=32: add those overrides",
         f"init_from={out} ckpt_path={best}": f"Error: init_from={out} and ckpt_path={best}: init_from starts a new run",
+        f"ckpt_path={out}": f"Error: ckpt_path={out} is a directory: give the path of a .ckpt file (runs keep them in "
+        "<run dir>/checkpoints/); to start a new run from its weights, give init_from=<dir>",
     }
     for args, message in cases.items():
         result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), cwd=tmp_path)

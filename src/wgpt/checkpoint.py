@@ -29,6 +29,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     """``torch.load(weights_only=True)``: a checkpoint holding anything but tensors and plain
     containers (a pickled object, i.e. code that would run on loading) is refused, unrun."""
     path = Path(path)
+    if path.is_dir():
+        hint = "; to start a new run from its weights, give init_from=<dir>" if (path / "config.json").is_file() else ""
+        raise WgptError(f"ckpt_path={path} is a directory: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/){hint}")
     if not path.is_file():
         raise WgptError(f"ckpt_path={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)")
     if not zipfile.is_zipfile(path):  # what torch.save writes; anything else would fail obscurely
