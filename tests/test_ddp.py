@@ -116,7 +116,7 @@ def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
         assert sorted(ranks) == [0, 1]
         assert all(r["lr"] == lr and r["world_size"] == 2 and r["seed"] == "1337" for rank in ranks.values() for r in rank)
         assert f"optim.lr={lr}" in (job_dir / ".hydra" / "overrides.yaml").read_text()
-        assert {p.name for p in (job_dir / "checkpoints").iterdir()} == {"recent.ckpt", f"best-{sweep_dir.name}.ckpt"}
+        assert {p.name for p in (job_dir / "checkpoints").iterdir()} == {"recent.ckpt", f"best-{sweep_dir.name}.ckpt", f"best-{sweep_dir.name}.safetensors"}
 
     with open(sweep_dir / "summary.csv") as f:
         rows = list(csv.DictReader(f))

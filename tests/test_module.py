@@ -138,7 +138,7 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(data_dir, tmp_path)
     # Validations after steps 2, 4 and 5 (the end, between two scheduled ones).
     trainer(max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks,
             enable_checkpointing=True).fit(module, datamodule=datamodule(data_dir))  # fmt: skip
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-start.ckpt", "recent.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-start.ckpt", "best-start.safetensors", "recent.ckpt"]
     best = torch.load(tmp_path / "best-start.ckpt", weights_only=True)
     recent = torch.load(tmp_path / "recent.ckpt", weights_only=True)
     assert best["global_step"] == 4 and best["best_metrics"]["val_loss"] == 1.0

@@ -87,7 +87,7 @@ def test_a_sweep_killed_in_job_2_resumes_job_2_and_runs_job_3_only(tmp_path, dat
     assert a["best_metrics"] == b["best_metrics"]
     # Its dir tells one story: one best checkpoint (named after the sweep's start), each step's
     # metrics once, the earlier part's rows kept.
-    assert sorted(p.name for p in (jobs[2] / "checkpoints").iterdir()) == [f"best-{sweep_dir.name}.ckpt", "recent.ckpt"]
+    assert sorted(p.name for p in (jobs[2] / "checkpoints").iterdir()) == [f"best-{sweep_dir.name}.ckpt", f"best-{sweep_dir.name}.safetensors", "recent.ckpt"]
     with open(jobs[2] / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(8))
@@ -122,7 +122,7 @@ def test_a_ddp_sweep_job_goes_on_in_its_own_dir(tmp_path, data_dir):
     assert not any(o.startswith("ckpt_path=") for o in summary["overrides"])
     log = (job / "train.log").read_text()
     assert f"(continuing from {job / 'checkpoints' / 'recent.ckpt'})" in log and "MEMBER: 2/2" in log
-    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [f"best-{sweep_dir.name}.ckpt", "recent.ckpt"]
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [f"best-{sweep_dir.name}.ckpt", f"best-{sweep_dir.name}.safetensors", "recent.ckpt"]
     with open(job / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(8))

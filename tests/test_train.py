@@ -63,7 +63,7 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
     assert all(0 < float(r["mfu"]) < 1 and float(r["flops_per_sec"]) > 0 for r in speed)
 
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert checkpoints == {"recent.ckpt", f"best-{run_dir.name}.ckpt"}
+    assert checkpoints == {"recent.ckpt", f"best-{run_dir.name}.ckpt", f"best-{run_dir.name}.safetensors"}
     recent = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)
     best = torch.load(run_dir / "checkpoints" / f"best-{run_dir.name}.ckpt", weights_only=True)
     assert recent["global_step"] == 8
