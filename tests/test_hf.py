@@ -228,7 +228,7 @@ def test_export_py_refuses_an_unsupported_knob_in_one_line_and_leaves_nothing(bp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
 
 
-def test_out_is_new_empty_or_a_previous_export_unless_overwrite(bpe, tmp_path):
+def test_out_is_new_empty_or_a_previous_export_unless_overwrite(bpe, tmp_path, monkeypatch):
     ckpt = save_checkpoint(tiny(GPT, 320), tmp_path / "m.ckpt", bpe)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
@@ -237,8 +237,10 @@ def test_out_is_new_empty_or_a_previous_export_unless_overwrite(bpe, tmp_path):
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
     with pytest.raises(WgptError, match="is a file"):
         export(ckpt, tmp_path / "notes" / "todo.txt")
+    (tmp_path / "outer" / "inner").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "outer" / "inner")
     with pytest.raises(WgptError, match="holds the current directory"):
-        export(ckpt, ROOT.parent, overwrite=True)
+        export(ckpt, tmp_path / "outer", overwrite=True)
 
     out = export(ckpt, tmp_path / "hf")
     (out / "stale.txt").write_text("from before")
@@ -246,7 +248,7 @@ def test_out_is_new_empty_or_a_previous_export_unless_overwrite(bpe, tmp_path):
     assert not (out / "stale.txt").exists() and (out / "wgpt.json").is_file()
     export(ckpt, tmp_path / "notes", overwrite=True)
     assert not (tmp_path / "notes" / "todo.txt").exists() and (tmp_path / "notes" / "config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.ckpt", "notes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.ckpt", "notes", "outer"]  # no temp dirs left
 
 
 def test_a_directory_that_is_not_a_model_is_refused_in_one_line(tmp_path):
