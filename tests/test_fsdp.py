@@ -73,6 +73,14 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     (full_state,) = a["optimizer_states"]
     assert all(torch.equal(full_state["state"][i]["exp_avg"], state["state"][i]["exp_avg"]) for i in numbered)
 
+    # best-*.safetensors is written from the gathered best checkpoint: whole tensors.
+    from wgpt.checkpoint import load_model_source
+
+    best = torch.load(full_dir / "checkpoints" / "best-2020-01-01_00-00-00.ckpt", weights_only=True)
+    loaded = load_model_source(full_dir / "checkpoints" / "best-2020-01-01_00-00-00.safetensors")
+    assert loaded.global_step == best["global_step"] == 8
+    assert all(torch.equal(t, best["state_dict"][f"model.{name}"]) for name, t in loaded.model.state_dict().items())
+
     # The gathered checkpoint is read on one device by eval.py and generate.py, and continues under DDP.
     ckpt = full_dir / "checkpoints" / "recent.ckpt"
     evaluated = run_cli("eval.py", f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", "max_batches=2", "batch_size=4")

@@ -401,15 +401,3 @@ def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exporte
         assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*")), args
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "outputs") == ["notes"]
 
-
-def test_a_sharded_run_writes_its_best_weights_from_the_gathered_checkpoint(data_dir, tmp_path):
-    from test_fsdp import TINY
-
-    run = run_cli("train.py", *TINY, "trainer.max_steps=4", *paths(tmp_path, data_dir), "start_datetime=2020-01-01_00-00-00")
-    assert run.returncode == 0, run.stderr[-3000:]
-    checkpoints = tmp_path / "outputs" / "gpt2-tiny" / "2020-01-01_00-00-00" / "checkpoints"
-    best = torch.load(checkpoints / "best-2020-01-01_00-00-00.ckpt", weights_only=True)
-    loaded = load_model_source(checkpoints / "best-2020-01-01_00-00-00.safetensors")
-    assert loaded.global_step == best["global_step"] == 4
-    for name, tensor in loaded.model.state_dict().items():  # whole tensors, as the gathered checkpoint has them
-        assert torch.equal(tensor, best["state_dict"][f"model.{name}"]), name
