@@ -144,3 +144,16 @@ def test_bins_of_each_tokenizer_live_apart(trained):
     assert len(DiskDataset("toy", "train", 16, data_dir=data_dir, tokenizer=tok)) > 0
     with pytest.raises(WgptError, match="no finished bin"):  # nothing of another BPE is read as this one's
         DiskDataset("toy", "train", 16, data_dir=data_dir, tokenizer=ByteLevelBPE(vocab_size=300).load(TOY, data_dir, train=True))
+
+
+def test_a_failed_training_leaves_no_lock_or_dirs_and_a_finished_one_no_lock(tmp_path):
+    empty = {"toy": lambda: {"train": [{"text": "  "}], "validation": [], "test": []}}
+    with pytest.raises(WgptError, match="holds no text to train tokenizer bpe300 on"):
+        ByteLevelBPE(vocab_size=300).load(empty, tmp_path / "data", train=True)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "data" / "toy").mkdir(parents=True)  # a dataset dir made by someone else stays
+    with pytest.raises(WgptError):
+        ByteLevelBPE(vocab_size=300).load(empty, tmp_path / "data", train=True)
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["toy"]
+    ByteLevelBPE(vocab_size=300).load(TOY, tmp_path / "data", train=True)
+    assert sorted(p.name for p in (tmp_path / "data" / "toy" / "tokenizers").iterdir()) == ["bpe300.json", "bpe300.meta.json"]

@@ -14,7 +14,6 @@ every bin and checkpoint made with it; its bins go to ``<data_dir>/<name>/tokeni
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -165,7 +164,7 @@ class ByteLevelBPE:
 
         A lock file makes concurrent callers (the ranks of a launch, nodes on a shared file
         system) take turns: whoever comes second finds it trained."""
-        from wgpt.data.prepare import describe, process_command
+        from wgpt.data.prepare import _exclusive, describe, process_command
 
         name = self.dataset(datasets)
         load, path = datasets[name], self.path(datasets, data_dir)
@@ -178,12 +177,19 @@ class ByteLevelBPE:
             raise WgptError(f"tokenizer {self.name} is not trained on '{name}' ({reason}): train it with {how}")
         if reason is None:
             return BPETokenizer.from_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{self.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not force and _stale_reason(path, recipe) is None:  # trained meanwhile by another process
-                return BPETokenizer.from_file(path)
-            return self._train(name, load, path, recipe)
+        new_dirs: list[Path] = []
+        try:
+            with _exclusive(path.parent / f".{self.name}.lock", new_dirs):
+                if not force and _stale_reason(path, recipe) is None:  # trained meanwhile by another process
+                    return BPETokenizer.from_file(path)
+                return self._train(name, load, path, recipe)
+        except BaseException:  # no text, no hub...: leave no dirs this call made (the lock is gone already)
+            for directory in new_dirs:
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty: something else lives there
+                    break
+            raise
 
     def _train(self, name: str, load: Callable, path: Path, recipe: dict) -> BPETokenizer:
         from wgpt.data.diskdataset import _atomic_write_text
