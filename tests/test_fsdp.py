@@ -141,6 +141,42 @@ def test_activation_checkpointing_changes_memory_not_results():
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(plain.parameters(), recomputed.parameters()))
 
 
+def test_compiled_sharded_blocks_are_whole_graphs_that_match_eager(tmp_path):
+    """compile=true under FSDP compiles each block's forward (with its activation checkpointing)
+    as one graph, fullgraph: no break at FSDP's hooks. Loss and gradients match eager sharding."""
+    import torch.distributed as dist
+    from torch._dynamo.utils import counters
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from wgpt.models import Llama
+    from wgpt.sharding import checkpoint_activations, compile_blocks, shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.manual_seed(0)
+        eager = Llama(vocab_size=128, d_embed=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, multiple_of=16)
+        compiled = Llama(**eager.config)
+        compiled.load_state_dict(eager.state_dict())
+        checkpoint_activations(compiled.blocks)
+        compile_blocks(compiled.blocks)
+        x = torch.randint(0, 128, (2, 16))
+        losses = []
+        counters.clear()
+        for model in (eager, compiled):
+            shard(model, mesh, "32-true")
+            loss = model.loss(x, x)
+            loss.backward()
+            losses.append(loss.detach())
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # both blocks, one graph
+        torch.testing.assert_close(losses[1], losses[0])
+        for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+            torch.testing.assert_close(b.grad.full_tensor(), a.grad.full_tensor(), msg=name)
+        assert [n for n, _ in eager.named_parameters()] == [n for n, _ in compiled.named_parameters()]
+    finally:
+        dist.destroy_process_group()
+
+
 def test_sharded_memory_is_a_share_of_the_model_and_picks_enough_gpus(monkeypatch):
     """Under FSDP each GPU needs 16 B/param over the GPU count plus one gathered block, so a model
     too big for one GPU is given as many as it needs (NVML answers are stubbed: no GPU here)."""

@@ -19,7 +19,7 @@ from wgpt.errors import WgptError
 from wgpt.models.loss import next_token_loss
 from wgpt.optim import OptimizerFactory, default_optimizer, parameter_kinds
 from wgpt.schedules import one_cycle
-from wgpt.sharding import ShardedStop, checkpoint_activations, is_sharded, model_blocks, shard
+from wgpt.sharding import ShardedStop, checkpoint_activations, compile_blocks, is_sharded, model_blocks, shard
 
 log = logging.getLogger("wgpt")
 
@@ -50,6 +50,7 @@ class ModelLightningWrapper(L.LightningModule):
 
     ``compile`` compiles the model and the loss as one graph (token ids to loss; the model itself
     is left as it is, so checkpoints keep its weight names): faster steps and no float32 logits.
+    Sharded, it compiles each block instead (``wgpt.sharding.compile_blocks``).
     ``activation_checkpointing`` recomputes each of ``model.blocks`` in the backward pass instead
     of storing its activations. Under ``trainer.strategy=fsdp`` (Lightning's ModelParallelStrategy)
     ``configure_model`` shards the model block by block (``wgpt.sharding``).
@@ -85,6 +86,7 @@ class ModelLightningWrapper(L.LightningModule):
         if activation_checkpointing:  # before any weight moves: a model without blocks fails at once
             model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
         self._configured = False
+        self._compile = compile
         # dynamic=False: a graph per batch shape (training, validation), not one slower general graph.
         self._loss_fn = torch.compile(next_token_loss, dynamic=False) if compile else next_token_loss
         # Kept apart from the module: FSDP may wrap or shard it, and these must stay readable.
@@ -119,9 +121,13 @@ class ModelLightningWrapper(L.LightningModule):
         if self._configured:
             return
         self._configured = True
+        sharded = is_sharded(self.trainer.strategy)
         if self.activation_checkpointing:
             checkpoint_activations(self.model.blocks)
-        if is_sharded(self.trainer.strategy):
+        if sharded and self._compile:
+            self._loss_fn = next_token_loss  # FSDP's hooks would break its graph at every block
+            compile_blocks(model_blocks(self.model, "compile=true with trainer.strategy=fsdp compiles block by block"))
+        if sharded:
             shard(self.model, self.device_mesh["data_parallel"], str(self.trainer.precision))
 
     def configure_callbacks(self):

@@ -71,6 +71,20 @@ def checkpoint_activations(blocks: nn.ModuleList) -> None:
         block.forward = checkpointed
 
 
+def compile_blocks(blocks: nn.ModuleList) -> None:
+    """Compile each block's ``forward`` as one graph of its own (torchtitan's way under FSDP).
+
+    FSDP2 gathers and frees a block's parameters in hooks around its ``forward``; compiling the
+    whole loss instead breaks the graph at every one of them and runs the loop over blocks eager.
+    Compiling ``forward`` leaves the hooks outside the graphs, so ``fullgraph`` holds (an error,
+    not a silent fallback, if it ever stops holding). Compiled after ``checkpoint_activations``,
+    the recomputation is part of each block's graph. Every block shares one compiled graph (same
+    code, same shapes). In place, like ``checkpoint_activations``: parameter names are unchanged.
+    """
+    for block in blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False)
+
+
 def shard(model: nn.Module, mesh, precision: str, entry_methods: tuple[str, ...] = ("loss",)) -> None:
     """``fully_shard`` each block, then the rest of the model (embeddings, final norm, output layer).
 
@@ -184,7 +198,8 @@ class ShardedStop(Callback):
     DDP). Lightning's own SIGTERM handling raises on a rank that got the signal at the end of its
     batch, unsynchronized, which under FSDP leaves the other ranks waiting in a collective forever.
     So here the signals only raise a flag, and after each optimizer step the ranks agree on it
-    (one all-reduce of one number, any rank's signal stopping all): Ctrl-C, which only rank 0
+    (one all-reduce of one number, any rank's signal stopping all; acted on one step later, so
+    that the host never waits for the GPU): Ctrl-C, which only rank 0
     handles (wgpt.train), and SIGTERM, which a scheduler sends to every rank. A second Ctrl-C
     stops at once, unsaved.
     """
@@ -192,6 +207,7 @@ class ShardedStop(Callback):
     def __init__(self):
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._vote: tuple[torch.Tensor, Any] | None = None  # the latest step's (result, its copy's event)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -202,7 +218,7 @@ class ShardedStop(Callback):
                 raise KeyboardInterrupt
             if not self.requested:
                 what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-                log.info("%s: every rank stops after this step and saves recent.ckpt%s", what,
+                log.info("%s: every rank stops after the next optimizer step and saves recent.ckpt%s", what,
                          " (Ctrl-C again: stop now, unsaved)" if signum == signal.SIGINT else "")  # fmt: skip
             self.requested = True
 
@@ -212,12 +228,27 @@ class ShardedStop(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.fit_loop._should_accumulate():  # only between optimizer steps
             return
-        flag = torch.tensor([float(self.requested)], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item():
-            raise SIGTERMException()  # on every rank at this step: Lightning's stop, then on_exception
+        # The ranks vote after each step and act on the previous step's result, which a GPU has
+        # long delivered by now: reading this step's would make the host wait for the step to
+        # finish, and stop it from queueing the next one meanwhile.
+        if self._vote is not None:
+            result, copied = self._vote
+            if copied is not None:
+                copied.synchronize()
+            if result.item():
+                raise SIGTERMException()  # on every rank at this step: Lightning's stop, then on_exception
+        vote = torch.tensor([float(self.requested)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
+        if vote.device.type == "cuda":
+            result = torch.empty(1, pin_memory=True).copy_(vote, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            self._vote = result, copied
+        else:
+            self._vote = vote, None
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._vote = None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}

@@ -28,6 +28,7 @@ from wgpt.loggers import build_loggers, check_logger_packages, keep_metrics_befo
 from wgpt.models import padded_vocab_size
 from wgpt.module import ModelLightningWrapper
 from wgpt.optim import optimizer_factory, optimizer_layout
+from wgpt.sharding import is_sharded
 from wgpt.sweep import FINISHED, job_difference, objective, overrides_of, read_run_summary
 from wgpt.validate import build_model, check_config, tokenizer_spec
 
@@ -139,7 +140,8 @@ def compile_choice(setting: bool | str, trainer_args: dict) -> bool:
     compile = on_cuda if setting == "auto" else bool(setting)
     why = f"compile={setting}" + (f" on {'a CUDA GPU' if on_cuda else 'a CPU'}" if setting == "auto" else "")
     if compile:
-        log.info("torch.compile on (%s): model and loss compile during the first steps, a minute or more", why)
+        what = "each block compiles" if is_sharded(trainer_args.get("strategy")) else "model and loss compile"
+        log.info("torch.compile on (%s): %s during the first steps, a minute or more", why, what)
     elif setting == "auto":
         log.info("torch.compile off (%s); compile=true turns it on", why)
     return compile

@@ -1,7 +1,7 @@
 """The quick start with the default r50k tokenizer against a small BPE trained on the corpus.
 
-    python bench/tokenizers.py                      # r50k for 450 steps vs bpe4096 for 1,350
-    python bench/tokenizers.py --vocab-size 8192 --bpe-steps 900
+    python bench/compare_tokenizers.py                      # r50k for 450 steps vs bpe4096 for 1,350
+    python bench/compare_tokenizers.py --vocab-size 8192 --bpe-steps 900
 
 Each run is ``python train.py model=gpt2-tiny [tokenizer=bpe ...]`` as a user types it (the BPE
 is trained and its bins written inside the timed command, as on a first run), timed from start to

@@ -1,7 +1,7 @@
 """generate_bin end to end vs the raw tokenizer limit, on the same corpus and the same cores.
 
     python bench/make_corpus.py /tmp/corpus --megabytes 200
-    python bench/tokenize.py /tmp/corpus
+    python bench/tokenize_speed.py /tmp/corpus
 
 Three measurements, each in a fresh process (so peak RSS is its own):
   raw:  tiktoken's encode_ordinary_batch on every core, over texts already in memory (the limit;
