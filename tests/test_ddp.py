@@ -94,10 +94,10 @@ def free_port() -> int:
 
 
 def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
-    """-m over 3 learning rates, each job 2 ranks: job 2's rank 1 crashes, the sweep goes on."""
+    """-m over 2 learning rates, each job 2 ranks: job 1's rank 1 crashes, the sweep still ends with its table."""
     started = time.monotonic()
     result = run_cli(
-        "train.py", "-m", "optim.lr=0.01,0.02,0.03", "trainer.devices=2", "trainer.strategy=ddp", *TINY,
+        "train.py", "-m", "optim.lr=0.01,0.03", "trainer.devices=2", "trainer.strategy=ddp", *TINY,
         "+callbacks.record.path=${paths.output_dir}/seen", "+callbacks.record.fail_on_rank_1_at_lr=0.03",
         f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}", env=RECORD_ENV, timeout=600,
     )  # fmt: skip
@@ -107,8 +107,8 @@ def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
 
     (sweep_dir,) = (tmp_path / "out" / "multirun").iterdir()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["multirun"]  # no run dirs outside the sweep
-    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0-gpt2-tiny", "1-gpt2-tiny", "2-gpt2-tiny", "multirun.yaml", "summary.csv"]  # fmt: skip
-    for job, lr in [(0, 0.01), (1, 0.02)]:
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0-gpt2-tiny", "1-gpt2-tiny", "multirun.yaml", "summary.csv"]  # fmt: skip
+    for job, lr in [(0, 0.01)]:
         job_dir = sweep_dir / f"{job}-gpt2-tiny"
         log = one_log_and_config(job_dir)
         assert "][rank 1][" in log
@@ -120,9 +120,9 @@ def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
 
     with open(sweep_dir / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("0", "0.01", "completed"), ("1", "0.02", "completed"), ("2", "0.03", "failed")]  # fmt: skip
-    assert all(float(r["best_val_loss"]) <= float(r["final_val_loss"]) < 11 for r in rows[:2])
-    assert "rank 1 fails on purpose" in (sweep_dir / "2-gpt2-tiny" / "train.log").read_text()
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("0", "0.01", "completed"), ("1", "0.03", "failed")]  # fmt: skip
+    assert all(float(r["best_val_loss"]) <= float(r["final_val_loss"]) < 11 for r in rows[:1])
+    assert "rank 1 fails on purpose" in (sweep_dir / "1-gpt2-tiny" / "train.log").read_text()
     assert "Sweep summary" in result.stdout and "failed" in result.stdout
 
 

@@ -393,10 +393,23 @@ def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exporte
         f"ckpt_path={out}": f"Error: ckpt_path={out} is a directory: give the path of a .ckpt file (runs keep them in "
         "<run dir>/checkpoints/); to start a new run from its weights, give init_from=<dir>",
     }
-    for args, message in cases.items():
-        result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), cwd=tmp_path)
-        assert result.returncode == 1, (args, result.stderr[-2000:])
-        (line,) = result.stderr.strip().splitlines()
+    # The first as a user runs it; the others through wgpt.train.train, what train.py calls (each
+    # launch costs seconds of imports), with the same config and the same check that nothing is written.
+    from wgpt.config import compose_train_config
+    from wgpt.errors import WgptError
+    from wgpt.train import train
+
+    for i, (args, message) in enumerate(cases.items()):
+        if i == 0:
+            result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), cwd=tmp_path)
+            assert result.returncode == 1, (args, result.stderr[-2000:])
+            (line,) = result.stderr.strip().splitlines()
+        else:
+            run_dir = tmp_path / "outputs" / "gpt2-tiny" / "run"  # where train.py's Hydra would put it
+            cfg = compose_train_config(["model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), f"paths.output_dir={run_dir}"])
+            with pytest.raises(WgptError) as error:
+                train(cfg)
+            line = f"Error: {error.value}"
         assert line.startswith(message), (args, line)
         assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*")), args
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "outputs") == ["notes"]
