@@ -59,6 +59,11 @@ def test_lightning_messages_print_once_in_the_log_format_and_stay_in_train_log(s
     lines = lightning_lines(log)
     assert_each_once_in_our_format(lines, console(result))
     assert_no_tips(result.stdout, result.stderr, log)
+    # Lightning's parameter table (off: wgpt logs the counts in its own line) and its bf16 warning.
+    assert "Trainable params" not in result.stdout and "model summary" not in log
+    assert "Model gpt2-tiny: " in log and " parameters (" in log
+    tree = ("config", "├", "│", "└", " ")  # the config tree, the only lines outside the log format
+    assert not [p for p in console(result) if p and not LOG_LINE.match(p) and not p.startswith(tree)], "\n".join(console(result))
     assert result.stderr.strip() == "", result.stderr  # everything went through logging, to stdout
 
 
