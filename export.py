@@ -10,6 +10,8 @@ os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))
 
 from wgpt.errors import WgptError, one_line_config_errors, one_line_errors  # noqa: E402
 
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # what transformers' config.json "dtype" names
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
@@ -19,9 +21,12 @@ def main(cfg: DictConfig) -> None:
                 raise WgptError(f"{key} is not set: python export.py ckpt_path=<run dir or .ckpt> out=<new directory>")
         if not isinstance(cfg.overwrite, bool):
             raise WgptError(f"overwrite={cfg.overwrite} is not true or false")
+        dtype = cfg.get("dtype")
+        if dtype is not None and dtype not in EXPORT_DTYPES:
+            raise WgptError(f"dtype={dtype} is not one of {', '.join(EXPORT_DTYPES)}, or null for the checkpoint's own")
         from wgpt.hf import export  # torch loads here, after the cheap checks
 
-        export(str(cfg.ckpt_path), str(cfg.out), overwrite=cfg.overwrite)
+        export(str(cfg.ckpt_path), str(cfg.out), overwrite=cfg.overwrite, dtype=dtype)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,23 @@ def test_an_export_loads_in_transformers_with_the_same_logits_and_imports_back(s
         assert torch.equal(a, b), name
 
 
+def test_a_bfloat16_export_halves_the_weights_and_imports_back_rounded(bpe, tmp_path):
+    model = tiny(Llama, padded_vocab_size(len(bpe)), n_kv_heads=2, multiple_of=16)
+    ckpt = save_checkpoint(model, tmp_path / "m.ckpt", bpe)
+    full, half = export(ckpt, tmp_path / "fp32"), export(ckpt, tmp_path / "bf16", dtype="bfloat16")
+    assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
+    size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(half) < 0.55 * size(full)
+    from safetensors.torch import load_file
+
+    weights = load_file(half / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    hf_logits(half, torch.zeros(1, 4, dtype=torch.long))  # transformers loads it: no weight missing or mismatched
+    back, _ = model_from_hf_dir(half)
+    for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert b.dtype == torch.float32 and torch.equal(a.to(torch.bfloat16).float(), b), name
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gpt2-bare", "llama", "llama-bias"])
 def test_transformers_models_import_into_wgpt_with_the_same_logits(family, tmp_path):
     torch.manual_seed(0)
@@ -224,6 +241,11 @@ def test_export_py_refuses_an_unsupported_knob_in_one_line_and_leaves_nothing(bp
     assert result.stderr.strip().splitlines() == [
         "Error: model.norm=rmsnorm has no GPT2LMHeadModel (learned positions) equivalent (it has LayerNorm only): "
         "it cannot be exported; train with pos=rotary for a Llama-shaped export, or with GPT-2's settings"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
+    result = run_cli(str(ROOT / "export.py"), f"ckpt_path={ckpt}", f"out={tmp_path / 'hf'}", "dtype=int8", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "Error: dtype=int8 is not one of float32, bfloat16, float16, or null for the checkpoint's own"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
 

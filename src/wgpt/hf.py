@@ -275,9 +275,12 @@ def _last_merge(token: bytes, rank: int, ranks: Mapping[bytes, int]) -> tuple[by
     return parts[0], parts[1]
 
 
-def export(source: str | Path, out: str | Path, overwrite: bool = False, key: str = "ckpt_path") -> Path:
+def export(
+    source: str | Path, out: str | Path, overwrite: bool = False, key: str = "ckpt_path", dtype: str | None = None
+) -> Path:
     """export.py: the model at ``source`` (a .ckpt, a .safetensors beside it, a run dir, or an
-    export) written to the directory ``out`` for transformers, temp-then-rename.
+    export) written to the directory ``out`` for transformers, temp-then-rename; its floating-point
+    weights cast to ``dtype`` ("bfloat16", "float16", "float32"; None: as stored).
 
     ``out`` may be missing, empty, or a previous wgpt export (it has wgpt.json), which is
     replaced; anything else only with ``overwrite=True``, and never a directory that holds the
@@ -298,6 +301,8 @@ def export(source: str | Path, out: str | Path, overwrite: bool = False, key: st
     family = architecture(config, model_class)
     tokenizer = loaded.tokenizer
     weights = to_hf(loaded.model.state_dict(), config, family)
+    if dtype is not None:
+        weights = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in weights.items()}
     dtype = str(weights["lm_head.weight" if "lm_head.weight" in weights else next(iter(weights))].dtype).removeprefix("torch.")
     files = {
         "config.json": json.dumps(hf_config(config, family, tokenizer, dtype), indent=2) + "\n",
