@@ -6,11 +6,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
 from wgpt.data.bpe import BPETokenizer, train_bpe
 from wgpt.data.tokenizer import Tokenizer
+from wgpt.errors import WgptError
 from wgpt.tokens import piece_parts, show, split_arguments, visible
 
 # Split characters (日本 and 🦜 are byte pieces in r50k), whitespace of every kind, an override-looking word.
@@ -94,6 +96,33 @@ def test_the_tokenizer_of_a_checkpoint(tmp_path):
     pieces, ids, summary = parse(result.stdout)
     assert ids == tokenizer.encode("the cat sat") and b"".join(pieces) == b"the cat sat"
     assert summary.group(4, 6) == ("bpe280", tokenizer.fingerprint)
+
+
+def test_the_tokenizer_of_a_run_dir_a_weights_file_or_a_hugging_face_export(tmp_path):
+    """Every model source eval.py and generate.py read: a Hugging Face directory through the
+    command, the others through the function it calls (each command costs seconds of imports)."""
+    from wgpt.checkpoint import source_tokenizer, write_weights_beside
+    from wgpt.hf import export
+    from wgpt.models import GPT
+
+    tokenizer = BPETokenizer(train_bpe(["the cat sat on the mat", "a tokenizer of its own"] * 50, 280), "bpe280")
+    model = GPT(vocab_size=320, d_embed=16, n_layers=1, n_heads=2, max_seq_len=16)
+    ckpt = tmp_path / "run" / "checkpoints" / "best-x.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "model_class": "wgpt.models.gpt.GPT",
+                "model_config": model.config, "tokenizer": tokenizer.record(), "global_step": 1}, ckpt)  # fmt: skip
+    weights = write_weights_beside(ckpt)
+    hf_dir = export(ckpt, tmp_path / "hf")
+    for source in (tmp_path / "run", weights):
+        assert source_tokenizer(source).fingerprint == tokenizer.fingerprint, source
+    result = tokens(f"ckpt_path={hf_dir}", "the cat sat")
+    assert result.returncode == 0, result.stderr
+    pieces, ids, summary = parse(result.stdout)
+    assert ids == tokenizer.encode("the cat sat") and summary.group(4) == "bpe280"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    with pytest.raises(WgptError, match="neither a run dir"):
+        source_tokenizer(notes)
 
 
 def test_colour_on_a_terminal_and_none_with_no_color(monkeypatch, capsys):

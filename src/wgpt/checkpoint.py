@@ -226,10 +226,7 @@ def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
             return LoadedModel(model, tokenizer, path, "hf", (d.wgpt or {}).get("global_step"), None)
         if (path / "checkpoints").is_dir():
             return load_model_source(run_checkpoint(path, key), key)
-        raise WgptError(
-            f"{key}={path} is a directory but neither a run dir (checkpoints/) nor a Hugging Face model directory (config.json): "
-            "give one of those, a .ckpt or a .safetensors file"
-        )
+        raise _not_a_model_dir(path, key)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     if path.suffix == WEIGHTS_SUFFIX and path.is_file():
         model, tokenizer, step = load_weights(path, key)
@@ -239,6 +236,44 @@ def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
     model = model_from_checkpoint(checkpoint, source=source)
     tokenizer = tokenizer_from_record(checkpoint.get("tokenizer"), source=source)  # r50k for older checkpoints
     return LoadedModel(model, tokenizer, path, "checkpoint", checkpoint.get("global_step"), run_dir)
+
+
+def source_tokenizer(path: str | Path, key: str = "ckpt_path"):
+    """The tokenizer of the model at ``path`` (any source ``load_model_source`` reads), without
+    reading its weights."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise WgptError(f"{key}={path} does not exist: give a .ckpt or .safetensors file, a run dir or a Hugging Face model directory")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            from wgpt.hf import read_hf_dir, tokenizer_from_hf_dir
+
+            return tokenizer_from_hf_dir(read_hf_dir(path, key))
+        if not (path / "checkpoints").is_dir():
+            raise _not_a_model_dir(path, key)
+        path = run_checkpoint(path, key)
+    source = f"{key}={path}"
+    if path.suffix == WEIGHTS_SUFFIX:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                record = json.loads((f.metadata() or {}).get("wgpt_tokenizer", "null"))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WgptError(f"{source} is not a readable wgpt weights file ({e})") from None
+    else:
+        record = load_checkpoint(path, mmap=True).get("tokenizer")  # reads no weights
+    # Imported last: a wrong path is reported before the seconds that wgpt.data's imports take.
+    from wgpt.data.tokenizer import tokenizer_from_record
+
+    return tokenizer_from_record(record, source=source)
+
+
+def _not_a_model_dir(path: Path, key: str) -> WgptError:
+    return WgptError(
+        f"{key}={path} is a directory but neither a run dir (checkpoints/) nor a Hugging Face model directory (config.json): "
+        "give one of those, a .ckpt or a .safetensors file"
+    )
 
 
 def run_checkpoint(run_dir: str | Path, key: str = "ckpt_path") -> Path:

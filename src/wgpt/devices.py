@@ -30,13 +30,19 @@ FP16_PRECISIONS = {"16", "16-mixed", "16-true"}  # float16: a GPU format, slow o
 def training_memory_gib(model: nn.Module, shards: int = 1) -> float:
     """Lower bound of one device's training memory: fp32 weights, gradients and AdamW's two moments
     (16 B/param), activations not counted. Sharded ``shards`` ways (FSDP), each device holds its
-    share of those, plus one block's parameters and gradients gathered in full (bf16) while it runs."""
+    share of those, plus what is gathered in full (bf16 parameters and gradients, 4 B/param): the
+    parameters outside the blocks (embeddings, output layer), which FSDP keeps gathered for the
+    whole step, and two blocks (the one running and the next, fetched meanwhile)."""
     params = sum(p.numel() for p in model.parameters())
     if shards <= 1:
         return 16 * params / GIB
     blocks = getattr(model, "blocks", None)
-    gathered = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0) if blocks else params
-    return (16 * params / shards + 2 * 2 * gathered) / GIB
+    if blocks:
+        sizes = [sum(p.numel() for p in b.parameters()) for b in blocks]
+        gathered = params - sum(sizes) + 2 * max(sizes)
+    else:
+        gathered = params
+    return (16 * params / shards + 4 * gathered) / GIB
 
 
 class NvmlUnavailable(WgptError):
@@ -257,6 +263,10 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     if sharded:
         check_sharded_precision(str(cfg["precision"]))
         cfg["strategy"] = fsdp_strategy()
+        # Lightning validates under torch.inference_mode on NCCL (no_grad on gloo, so CPU runs never
+        # show it), and FSDP2 breaks when a forward under it comes first, as the sanity check's does
+        # ("Inference tensors do not track version counter"): no_grad, as Lightning's FSDP1 gets.
+        cfg["inference_mode"] = False
         shards = device_count(cfg.get("devices", "auto"), on_cpu) * int(cfg.get("num_nodes", 1))
         log.info(
             "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over %d rank(s); ~%.1f GiB of weights, "

@@ -80,9 +80,12 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
     not a silent fallback, if it ever stops holding). Compiled after ``checkpoint_activations``,
     the recomputation is part of each block's graph. Every block shares one compiled graph (same
     code, same shapes). In place, like ``checkpoint_activations``: parameter names are unchanged.
+    ``dynamic=None``: the training shape gets a static graph; a second batch size (validation's
+    last batches) one graph with a dynamic batch dimension, where a graph per size would reach
+    the recompile limit, an error under ``fullgraph``.
     """
     for block in blocks:
-        block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False)
+        block.forward = torch.compile(block.forward, fullgraph=True, dynamic=None)
 
 
 def shard(model: nn.Module, mesh, precision: str, entry_methods: tuple[str, ...] = ("loss",)) -> None:
@@ -96,7 +99,11 @@ def shard(model: nn.Module, mesh, precision: str, entry_methods: tuple[str, ...]
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     param_dtype = SHARDED_PRECISIONS[precision]
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    # cast_forward_inputs=False: a block's inputs include the rotary tables, which must stay float32
+    # (bf16 angles lose the positions' precision); the hidden states come in bf16 already.
+    policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None, cast_forward_inputs=False
+    )
     blocks = model_blocks(model, "trainer.strategy=fsdp shards the model block by block")
     for i, block in enumerate(blocks):
         # The last block's parameters are needed again first in the backward: keep them gathered.
@@ -237,7 +244,8 @@ class ShardedStop(Callback):
                 copied.synchronize()
             if result.item():
                 raise SIGTERMException()  # on every rank at this step: Lightning's stop, then on_exception
-        vote = torch.tensor([float(self.requested)], device=trainer.strategy.root_device)
+        # A fill on the device: torch.tensor([...], device=...) would copy from the host and wait for the step.
+        vote = torch.full((1,), float(self.requested), device=trainer.strategy.root_device)
         torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
         if vote.device.type == "cuda":
             result = torch.empty(1, pin_memory=True).copy_(vote, non_blocking=True)

@@ -2,8 +2,8 @@
 
 Overrides are those of the training config (conf/train.yaml), so the tokenizer shown is the one
 a run with them would train on: ``tokenizer=bpe tokenizer.vocab_size=4096 data=shakespeare``
-(trained first where the data config allows, as train.py would), or the one stored in a
-checkpoint, ``ckpt_path=<file.ckpt>``. Arguments of the form ``key=value`` are overrides, the
+(trained first where the data config allows, as train.py would), or the one stored with a
+model, ``ckpt_path=<.ckpt, .safetensors, run dir or Hugging Face directory>``. Arguments of the form ``key=value`` are overrides, the
 others the text (after ``--``, everything is text); with no text, stdin is read.
 
 Prints the text token by token (alternating background colours on a terminal; on a pipe, or
@@ -36,14 +36,9 @@ VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # a newline also
 def load_tokenizer(cfg: DictConfig):
     """The checkpoint's tokenizer (``ckpt_path``), else the one a run of ``cfg`` would use."""
     if cfg.get("ckpt_path") is not None:
-        from wgpt.checkpoint import load_checkpoint
+        from wgpt.checkpoint import source_tokenizer
 
-        path = str(cfg.ckpt_path)
-        checkpoint = load_checkpoint(path, mmap=True)  # reads no weights: only the tokenizer record is wanted
-        # Imported after: a wrong path is reported before the seconds that wgpt.data's imports take.
-        from wgpt.data.tokenizer import tokenizer_from_record
-
-        return tokenizer_from_record(checkpoint.get("tokenizer"), source=f"ckpt_path={path}")
+        return source_tokenizer(str(cfg.ckpt_path))
     from hydra.utils import instantiate
 
     from wgpt.validate import tokenizer_spec
