@@ -264,3 +264,22 @@ def test_bad_sharding_settings_are_one_line(tmp_path, data_dir, args, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"Error: {lines[0].removeprefix('Error: ')}"] and message in lines[0], result.stderr[-2000:]
     assert not list(tmp_path.glob("gpt2-tiny/*"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_sharded_compiled_run_with_activation_checkpointing_trains_and_resumes(tmp_path, data_dir):
+    """What gloo cannot show: NCCL, bf16 gathers, Lightning's validation context on NCCL (the sanity
+    check's forward comes first) and compiled blocks, on one GPU, then a resume from its checkpoint."""
+    args = [a for a in TINY if not a.startswith(("trainer.accelerator", "trainer.devices"))]
+    gpu = ["trainer.accelerator=gpu", "trainer.devices=1", "compile=true", "trainer.num_sanity_val_steps=2"]
+    result = run_cli("train.py", *args, *gpu, *paths(tmp_path, data_dir), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "gpt2-tiny").iterdir()
+    log = (run_dir / "train.log").read_text()
+    assert "every block sharded over 1 rank(s)" in log and "each block compiles" in log
+    ckpt = run_dir / "checkpoints" / "recent.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 8
+    more = [a for a in args if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=10"]
+    resumed = run_cli("train.py", *more, *gpu, f"ckpt_path={ckpt}", *paths(tmp_path / "resumed", data_dir), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {ckpt} (step 8)" in resumed.stderr + resumed.stdout
