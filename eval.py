@@ -8,8 +8,8 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf/paths: root_dir
 
-from wgpt.errors import one_line_config_errors, one_line_errors  # noqa: E402
-from wgpt.evaluate import evaluate_checkpoint  # noqa: E402
+from wgpt.core.report import one_line_config_errors, one_line_errors  # noqa: E402
+from wgpt.tools.evaluate import evaluate_checkpoint  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

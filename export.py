@@ -8,7 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))
 
-from wgpt.errors import WgptError, one_line_config_errors, one_line_errors  # noqa: E402
+from wgpt.util.errors import WgptError  # noqa: E402
+from wgpt.core.report import one_line_config_errors, one_line_errors  # noqa: E402
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # what transformers' config.json "dtype" names
 
@@ -24,7 +25,7 @@ def main(cfg: DictConfig) -> None:
         dtype = cfg.get("dtype")
         if dtype is not None and dtype not in EXPORT_DTYPES:
             raise WgptError(f"dtype={dtype} is not one of {', '.join(EXPORT_DTYPES)}, or null for the checkpoint's own")
-        from wgpt.hf import export  # torch loads here, after the cheap checks
+        from wgpt.interop.export import export  # torch loads here, after the cheap checks
 
         export(str(cfg.ckpt_path), str(cfg.out), overwrite=cfg.overwrite, dtype=dtype)
 

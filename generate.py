@@ -8,8 +8,8 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))
 
-from wgpt.errors import one_line_config_errors, one_line_errors  # noqa: E402
-from wgpt.generation import generate_from_config  # noqa: E402
+from wgpt.core.report import one_line_config_errors, one_line_errors  # noqa: E402
+from wgpt.tools.generate import generate_from_config  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")

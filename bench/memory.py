@@ -1,6 +1,6 @@
 """Which preset fits where: parameters and the training-memory estimate per GPU (weights, gradients
 and AdamW state, 16 B/param; activations not counted) with DDP and sharded with FSDP, as
-`get_best_devices` and the start-up check compute it (wgpt.devices.training_memory_gib).
+`get_best_devices` and the start-up check compute it (wgpt.core.devices.training_memory_gib).
 
     python bench/memory.py [model=gpt2-medium ...]   # default: every preset in conf/model/
 """
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from wgpt.config import compose_train_config
-from wgpt.devices import training_memory_gib
+from wgpt.core.compose import compose_train_config
+from wgpt.core.devices import training_memory_gib
 from wgpt.models import padded_vocab_size
-from wgpt.validate import build_model, tokenizer_spec
+from wgpt.models.build import build_model
+from wgpt.data.tokenizer import tokenizer_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = (2, 4, 8)

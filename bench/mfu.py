@@ -6,7 +6,7 @@
 Each model trains for 2 x window steps through train.py; the table gives the second window's
 tokens/s and MFU as the run logged them (SpeedMonitor: FLOPs counted by Lightning's
 measure_flops on the real model, forward and backward, attention included). The peak is this
-CPU's best float32 matmul rate with the run's threads (wgpt.devices.cpu_peak_flops, cached in
+CPU's best float32 matmul rate with the run's threads (wgpt.core.devices.cpu_peak_flops, cached in
 ~/.cache/wgpt/peak_flops.json). The FLOPs per token are shown beside the 6N + 12·L·T·d
 estimate (Kaplan et al.; PaLM's MFU) as a check on the counter.
 """
@@ -31,7 +31,7 @@ def estimate_flops_per_token(overrides: list[str]) -> tuple[float, int]:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    import wgpt.launch  # noqa: F401
+    import wgpt.core.launch  # noqa: F401
     from harness import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None, help="measured steps (default: 20 for tiny, 4 for gpt2)")
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
-    from wgpt.devices import cpu_peak_flops
+    from wgpt.core.devices import cpu_peak_flops
 
     peak = cpu_peak_flops(torch.float32)
     print(f"CPU float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)\n")

@@ -35,7 +35,7 @@ def compose(model_name: str, extra: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import wgpt.launch  # noqa: F401  (the config's resolvers)
+    import wgpt.core.launch  # noqa: F401  (the config's resolvers)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose("train", overrides=[f"model={model_name}", *extra])
@@ -49,12 +49,13 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     from hydra.utils import instantiate
     from lightning.fabric.utilities.throughput import measure_flops
 
-    from wgpt.callbacks import peak_memory_gib
-    from wgpt.devices import compute_dtype, enable_tf32, largest_matmul, peak_flops, reuse_freed_host_memory
+    from wgpt.core.callbacks import peak_memory_gib
+    from wgpt.core.devices import compute_dtype, enable_tf32, largest_matmul, peak_flops, reuse_freed_host_memory
     from wgpt.models.loss import next_token_loss
     from wgpt.models import padded_vocab_size
-    from wgpt.train import compile_choice, trainer_arguments
-    from wgpt.validate import tokenizer_spec
+    from wgpt.core.train import compile_choice
+    from wgpt.core.trainer import trainer_arguments
+    from wgpt.data.tokenizer import tokenizer_spec
 
     cfg = compose(model_name, extra)
     from omegaconf import OmegaConf

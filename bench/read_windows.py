@@ -17,7 +17,7 @@ import numpy as np
 
 def make_bin(data_dir: Path, gigabytes: float) -> None:
     from wgpt.data.diskdataset import BinInfo, bin_path
-    from wgpt.data.tokenizer import tokenizer_fingerprint
+    from wgpt.tokenizers.r50k import tokenizer_fingerprint
 
     path = bin_path("big", "train", data_dir)
     if BinInfo.read(path) is not None:

@@ -92,10 +92,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     args, extra = parser.parse_known_args()  # the rest: train.py overrides for every run
 
-    from wgpt.config import compose_train_config
-    from wgpt.devices import training_memory_gib
+    from wgpt.core.compose import compose_train_config
+    from wgpt.core.devices import training_memory_gib
     from wgpt.models import padded_vocab_size
-    from wgpt.validate import build_model, tokenizer_spec
+    from wgpt.models.build import build_model
+    from wgpt.data.tokenizer import tokenizer_spec
 
     cfg = compose_train_config([f"model={args.model}"])
     with torch.device("meta"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def raw(corpus: Path) -> dict:
-    from wgpt.data.tokenizer import Tokenizer
+    from wgpt.tokenizers.r50k import Tokenizer
 
     tok, tokens, seconds = Tokenizer(), 0, 0.0
     for shard in sorted(corpus.glob("*.jsonl")):
@@ -38,7 +38,7 @@ def raw(corpus: Path) -> dict:
 def bin_(corpus: Path, shards: int | None) -> dict:
     from wgpt.data.diskdataset import generate_bin
     from wgpt.data.sources import local
-    from wgpt.data.tokenizer import Tokenizer
+    from wgpt.tokenizers.r50k import Tokenizer
 
     files = sorted(corpus.glob("*.jsonl"))[:shards]
     with tempfile.TemporaryDirectory() as tmp:

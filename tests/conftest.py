@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import wgpt.launch  # noqa: E402, F401  (registers the resolvers conf/train.yaml uses, for tests that compose it)
+import wgpt.core.launch  # noqa: E402, F401  (registers the resolvers conf/train.yaml uses, for tests that compose it)
 
 # pytest-xdist (`-n auto`, pyproject's addopts) runs the suite in one worker per core. Each
 # worker and every process it starts (train.py, DDP ranks, loader workers) then gets an equal
@@ -26,7 +26,7 @@ if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // WORKERS)))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# CPU MFU divides by a matmul peak measured once and cached (wgpt.devices.cpu_peak_flops).
+# CPU MFU divides by a matmul peak measured once and cached (wgpt.core.devices.cpu_peak_flops).
 # Measured here, beside other tests, it would read low: keep it out of the user's cache.
 os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"wgpt-test-cache-{os.getuid()}")
 

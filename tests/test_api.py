@@ -10,8 +10,8 @@ import torch
 
 import wgpt
 from conftest import ROOT
-from wgpt.checkpoint import load_checkpoint, model_from_checkpoint, write_weights_beside
-from wgpt.errors import WgptError
+from wgpt.interop.checkpoint import load_checkpoint, model_from_checkpoint, write_weights_beside
+from wgpt.util.errors import WgptError
 
 
 def test_importing_wgpt_stays_cheap():
@@ -47,7 +47,7 @@ def test_load_model_from_config_builds_the_model_train_py_starts_from():
     assert torch.equal(torch.get_rng_state(), state)  # seeded by cfg.seed without touching the caller's stream
     assert type(a).__name__ == "GPT" and a.config["vocab_size"] == 50304 and a.config["d_embed"] == 48
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    cfg.tokenizer = {"_target_": "wgpt.data.bpe.ByteLevelBPE", "vocab_size": 1000}
+    cfg.tokenizer = {"_target_": "wgpt.data.tokenizer.ByteLevelBPE", "vocab_size": 1000}
     assert wgpt.load_model_from_config(cfg).config["vocab_size"] == 1024
     cfg.model.n_heads = 5
     with pytest.raises(WgptError, match="d_embed=48 is not divisible by n_heads=5"):

@@ -216,7 +216,7 @@ def test_hydra_full_error_shows_the_traceback(data_dir, tmp_path):
 
 
 def test_a_sweep_with_one_bad_job_is_refused_in_one_line_before_any_job_runs(data_dir, tmp_path):
-    """Every job's config is checked before the first job starts (wgpt.sweep.SweepCheck)."""
+    """Every job's config is checked before the first job starts (wgpt.core.sweep_check.SweepCheck)."""
     result = run_cli(
         "train.py", "-m", "optim.lr=1e-3,fast", "model.n_layers=1", "trainer.max_steps=1", "trainer.limit_val_batches=1",
         "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", f"paths.output_root={tmp_path / 'outputs'}",

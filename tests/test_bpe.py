@@ -8,11 +8,14 @@ import socket
 import numpy as np
 import pytest
 
-from wgpt.data.bpe import BPETokenizer, ByteLevelBPE
+from wgpt.tokenizers.bpe import BPETokenizer
+from wgpt.data.tokenizer import ByteLevelBPE
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.prepare import ensure_prepared, unprepared_reason
-from wgpt.data.tokenizer import SPECIAL_TOKENS, Tokenizer, tokenizer_from_record
-from wgpt.errors import WgptError
+from wgpt.tokenizers.base import SPECIAL_TOKENS
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.tokenizers import tokenizer_from_record
+from wgpt.util.errors import WgptError
 
 TEXTS = [
     "Hello, world!",

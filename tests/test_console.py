@@ -137,10 +137,10 @@ def test_other_job_logging_options_compose_and_train(option, tmp_path, data_dir)
 
 
 def test_outside_a_hydra_job_logging_is_left_alone():
-    """wgpt.console does nothing to logging outside a Hydra job (a library use, a notebook)."""
+    """wgpt.core.console does nothing to logging outside a Hydra job (a library use, a notebook)."""
     result = run_cli(
         "-c",
-        "import logging, lightning, wgpt.console; h = logging.getLogger('lightning').handlers; "
+        "import logging, lightning, wgpt.core.console; h = logging.getLogger('lightning').handlers; "
         "print(len(h), logging.getLogger('py.warnings').filters)",
         cwd=ROOT,
     )

@@ -82,7 +82,7 @@ ALPHA: set[int] = set()
 
 
 def setup_module():
-    from wgpt.data.tokenizer import Tokenizer
+    from wgpt.tokenizers.r50k import Tokenizer
 
     ALPHA.update(Tokenizer().encode("alpha alpha"))  # the word with and without a leading space
 

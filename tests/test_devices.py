@@ -9,9 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wgpt.devices import GIB, NvmlUnavailable, cpu_precision, get_best_devices, resolve_hardware
-from wgpt.errors import WgptError
-from wgpt.train import trainer_arguments
+from wgpt.core.devices import GIB, NvmlUnavailable, cpu_precision, get_best_devices
+from wgpt.core.trainer import resolve_hardware
+from wgpt.util.errors import WgptError
+from wgpt.core.trainer import trainer_arguments
 
 MODEL = torch.nn.Linear(4, 4)  # needs far less than min_vram
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallbacks")

@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader
 
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path, generate_bin
 from wgpt.data.splits import get_splits
-from wgpt.data.tokenizer import Tokenizer
-from wgpt.errors import WgptError
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.util.errors import WgptError
 
 DOCS = [{"text": f"Document number {i}. " + "All the world's a stage. " * (i % 7 + 1)} for i in range(60)]
 

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, run_cli
 from test_crash_safety import Payload
-from wgpt.data.tokenizer import Tokenizer
-from wgpt.errors import WgptError
-from wgpt.evaluate import Evaluator, evaluate_checkpoint, format_results
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.util.errors import WgptError
+from wgpt.tools.evaluate import Evaluator, evaluate_checkpoint, format_results
 from wgpt.models import GPT
 
 

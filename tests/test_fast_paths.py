@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
-from wgpt.devices import enable_tf32
-from wgpt.schedules import warmup_cosine
+from wgpt.core.devices import enable_tf32
+from wgpt.optim.scheduler import warmup_cosine
 
 TINY = [  # tests of CPU behaviour: pinned to the CPU, also on a GPU machine
     "trainer.accelerator=cpu", "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",

@@ -74,7 +74,7 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     assert all(torch.equal(full_state["state"][i]["exp_avg"], state["state"][i]["exp_avg"]) for i in numbered)
 
     # best-*.safetensors is written from the gathered best checkpoint: whole tensors.
-    from wgpt.checkpoint import load_model_source
+    from wgpt.interop.sources import load_model_source
 
     best = torch.load(full_dir / "checkpoints" / "best-2020-01-01_00-00-00.ckpt", weights_only=True)
     loaded = load_model_source(full_dir / "checkpoints" / "best-2020-01-01_00-00-00.safetensors")
@@ -122,7 +122,7 @@ def test_ctrl_c_stops_every_sharded_rank_at_one_step_and_saves_recent(tmp_path, 
 def test_activation_checkpointing_changes_memory_not_results():
     """The same loss and gradients with blocks recomputed in the backward; names unchanged."""
     from wgpt.models import GPT
-    from wgpt.sharding import checkpoint_activations
+    from wgpt.parallel.sharding import checkpoint_activations
 
     torch.manual_seed(0)
     plain = GPT(vocab_size=128, d_embed=32, n_layers=2, n_heads=2, max_seq_len=16, dropout=0.1)
@@ -149,7 +149,7 @@ def test_compiled_sharded_blocks_are_whole_graphs_that_match_eager(tmp_path):
     from torch.distributed.device_mesh import init_device_mesh
 
     from wgpt.models import Llama
-    from wgpt.sharding import checkpoint_activations, compile_blocks, shard
+    from wgpt.parallel.sharding import checkpoint_activations, compile_blocks, shard
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
@@ -184,9 +184,9 @@ def test_sharded_blocks_get_float32_rotary_tables_and_validation_runs_under_no_g
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from wgpt.devices import resolve_hardware
+    from wgpt.core.trainer import resolve_hardware
     from wgpt.models import Llama
-    from wgpt.sharding import shard
+    from wgpt.parallel.sharding import shard
 
     model = Llama(vocab_size=128, d_embed=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, multiple_of=16)
     args = resolve_hardware({"accelerator": "cpu", "devices": 2, "strategy": "fsdp", "precision": "bf16-mixed"}, model)
@@ -210,8 +210,8 @@ def test_sharded_memory_is_a_share_of_the_model_and_picks_enough_gpus(monkeypatc
     """Under FSDP each GPU needs 16 B/param over the GPU count plus what is gathered (bf16 weights and
     gradients of the embeddings and of two blocks), so a model too big for one GPU is given as many
     as it needs (NVML answers are stubbed: no GPU here)."""
-    from wgpt import devices
-    from wgpt.errors import WgptError
+    from wgpt.core import devices as devices
+    from wgpt.util.errors import WgptError
     from wgpt.models import Llama
 
     with torch.device("meta"):
@@ -232,8 +232,8 @@ def test_sharded_memory_is_a_share_of_the_model_and_picks_enough_gpus(monkeypatc
 def test_activation_checkpointing_or_sharding_a_model_without_blocks_is_one_line():
     import torch.nn as nn
 
-    from wgpt.errors import WgptError
-    from wgpt.module import ModelLightningWrapper
+    from wgpt.util.errors import WgptError
+    from wgpt.lightning.module import ModelLightningWrapper
 
     class Bigram(nn.Module):  # no `blocks`: nothing to recompute or shard block by block
         def __init__(self):

@@ -6,9 +6,9 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_cli
-from wgpt.data.bpe import BPETokenizer, train_bpe
-from wgpt.errors import WgptError
-from wgpt.generation import check_config, generate, generate_from_config, sample_next
+from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
+from wgpt.util.errors import WgptError
+from wgpt.tools.generate import check_config, generate, generate_from_config, sample_next
 from wgpt.models import GPT, Llama
 
 V = 128

@@ -1,4 +1,4 @@
-"""Hugging Face export and import (wgpt.hf, export.py, init_from): offline, transformers models
+"""Hugging Face export and import (wgpt.interop.hf.config, export.py, init_from): offline, transformers models
 built from local configs, never downloaded."""
 
 import json
@@ -9,18 +9,20 @@ import pytest
 import torch
 
 from conftest import FAST, ROOT, paths, read_metrics, run_cli
-from wgpt.checkpoint import load_model_source, save_weights, write_weights_beside
-from wgpt.data.bpe import BPETokenizer, train_bpe
+from wgpt.interop.sources import load_model_source
+from wgpt.interop.checkpoint import save_weights, write_weights_beside
+from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
 from wgpt.data.tokenizer import R50k
-from wgpt.errors import WgptError
-from wgpt.generation import generate
-from wgpt.hf import export, load_hf_weights, model_from_hf_dir, read_hf_dir
+from wgpt.util.errors import WgptError
+from wgpt.tools.generate import generate
+from wgpt.interop.export import export
+from wgpt.interop.hf.reading import load_hf_weights, model_from_hf_dir, read_hf_dir
 from wgpt.models import GPT, Llama, padded_vocab_size
 
 transformers = pytest.importorskip("transformers")  # the dev extra installs it
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 20
-# Knob settings each transformers class can express (see wgpt.hf.architecture).
+# Knob settings each transformers class can express (see wgpt.interop.hf.config.architecture).
 SHAPES = {
     "gpt2": (GPT, {}),
     "gpt2-relu-untied": (GPT, dict(activation="relu", tie_embeddings=False)),
@@ -415,11 +417,11 @@ def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exporte
         f"ckpt_path={out}": f"Error: ckpt_path={out} is a directory: give the path of a .ckpt file (runs keep them in "
         "<run dir>/checkpoints/); to start a new run from its weights, give init_from=<dir>",
     }
-    # The first as a user runs it; the others through wgpt.train.train, what train.py calls (each
+    # The first as a user runs it; the others through wgpt.core.train.train, what train.py calls (each
     # launch costs seconds of imports), with the same config and the same check that nothing is written.
-    from wgpt.config import compose_train_config
-    from wgpt.errors import WgptError
-    from wgpt.train import train
+    from wgpt.core.compose import compose_train_config
+    from wgpt.util.errors import WgptError
+    from wgpt.core.train import train
 
     for i, (args, message) in enumerate(cases.items()):
         if i == 0:

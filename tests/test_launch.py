@@ -7,8 +7,9 @@ from datetime import datetime
 import pytest
 from torch.distributed import TCPStore
 
-from wgpt.launch import DATETIME_FORMAT, on_rank_zero, rank_tag, start_datetime
-from wgpt.sweep import format_table, sweep_rows, write_run_summary, write_sweep_csv
+from wgpt.core.launch import DATETIME_FORMAT, on_rank_zero, rank_tag, start_datetime
+from wgpt.core.sweep import format_table, sweep_rows, write_sweep_csv
+from wgpt.core.summary import write_run_summary
 
 LAUNCH_VARS = ["WGPT_START_DATETIME", "TORCHELASTIC_RUN_ID", "RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
                "WORLD_SIZE", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_START_TIME", "SLURM_STEP_ID"]  # fmt: skip

@@ -14,10 +14,11 @@ import pytest
 
 from conftest import run_cli
 from wgpt.data.diskdataset import BinInfo, bin_path
-from wgpt.data.prepare import _exclusive, ensure_prepared
+from wgpt.util.files import exclusive
+from wgpt.data.prepare import ensure_prepared
 from wgpt.data.sources import local
-from wgpt.data.tokenizer import Tokenizer
-from wgpt.errors import WgptError
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.util.errors import WgptError
 
 FAST = [
     "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
@@ -100,7 +101,7 @@ def test_the_lock_is_held_by_one_preparer_at_a_time_though_each_removes_it(tmp_p
     guard = threading.Lock()
 
     def prepare():
-        with _exclusive(lock, []):
+        with exclusive(lock, []):
             with guard:
                 inside[0] += 1
                 most[0] = max(most[0], inside[0])

@@ -53,7 +53,7 @@ def test_csv_tensorboard_and_offline_wandb_in_each_job_of_a_sweep(sweep):
 def test_every_logger_choice_keeps_metrics_csv(choice):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"logger={choice}"])
-    assert cfg.logger.csv._target_ == "wgpt.loggers.CSVLogger"  # what plot and sweep tables read
+    assert cfg.logger.csv._target_ == "wgpt.core.logger.CSVLogger"  # what plot and sweep tables read
     assert set(cfg.logger) == {"csv", *choice.strip("[]").split(",")}
 
 

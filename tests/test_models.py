@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import FAST, ROOT, paths, run_cli
-from wgpt.checkpoint import load_checkpoint, model_from_checkpoint
-from wgpt.errors import WgptError
-from wgpt.generation import generate
+from wgpt.interop.checkpoint import load_checkpoint, model_from_checkpoint
+from wgpt.util.errors import WgptError
+from wgpt.tools.generate import generate
 from wgpt.models import GPT, Llama, Transformer
 from wgpt.models.rotary import apply_rotary, rotary_tables
 from wgpt.models.transformer import GatedMLP, ModelConfigError

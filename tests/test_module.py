@@ -9,14 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wgpt.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
+from wgpt.core.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset, generate_bin
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.data.bpe import BPETokenizer, train_bpe
-from wgpt.data.tokenizer import Tokenizer, tokenizer_from_record
+from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.tokenizers import tokenizer_from_record
 from wgpt.models import GPT
-from wgpt.module import ModelLightningWrapper
+from wgpt.lightning.module import ModelLightningWrapper
 
 SEQ_LEN = 16
 

@@ -2,7 +2,7 @@ import pytest
 from torch.utils.data import ConcatDataset
 
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
 
 
 class Sized:

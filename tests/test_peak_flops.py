@@ -2,7 +2,7 @@
 
 import torch
 
-import wgpt.devices as devices
+import wgpt.core.devices as devices
 from wgpt.models import GPT
 
 

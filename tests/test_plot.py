@@ -8,9 +8,8 @@ import matplotlib.image
 import pytest
 
 from conftest import run_cli
-from wgpt.plot import (
-    load_runs, plot_curves, plot_summary, read_overrides, read_summary, run_labels, summary_metric, tokens_per_step,
-)  # fmt: skip
+from wgpt.tools.runs import load_runs, read_overrides, run_labels, tokens_per_step  # fmt: skip
+from wgpt.tools.plot import plot_curves, plot_summary, read_summary, summary_metric  # fmt: skip
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_a_sweep_gives_its_loss_curves_and_summary(sweep_dir):
-    result = run_cli("-m", "wgpt.plot", str(sweep_dir))
+    result = run_cli("-m", "wgpt.tools.plot", str(sweep_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     curves, summary = sweep_dir / "loss.png", sweep_dir / "loss-summary.png"
     assert result.stdout.splitlines() == [f"Wrote {curves}", f"Wrote {summary}"]
@@ -62,7 +61,7 @@ def test_a_sweep_gives_its_loss_curves_and_summary(sweep_dir):
 
 def test_a_run_dir_is_plotted_on_tokens_into_its_own_dir(sweep_dir):
     run = sweep_dir / "1-llama3-tiny"
-    result = run_cli("-m", "wgpt.plot", str(run), "--metric", "val_ppl,tokens_per_sec")
+    result = run_cli("-m", "wgpt.tools.plot", str(run), "--metric", "val_ppl,tokens_per_sec")
     assert result.returncode == 0, result.stderr[-3000:]
     out = run / "ppl-tokens_per_sec.png"  # named after its panels, one above the other; a run has no summary
     assert result.stdout.strip() == f"Wrote {out}"
@@ -80,7 +79,7 @@ def test_a_run_dir_is_plotted_on_tokens_into_its_own_dir(sweep_dir):
 
 def test_bits_per_byte_get_a_panel_and_a_ranking_of_their_own(sweep, sweep_dir, tmp_path):
     out = tmp_path / "sweep.png"
-    result = run_cli("-m", "wgpt.plot", str(sweep_dir), "--metric", "val_bpb", "--out", str(out))
+    result = run_cli("-m", "wgpt.tools.plot", str(sweep_dir), "--metric", "val_bpb", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [f"Wrote {out}", f"Wrote {tmp_path / 'sweep-summary.png'}"]
     width, height = png_size(out)
@@ -183,7 +182,7 @@ def test_bad_input_ends_in_one_line(case, message, sweep_dir, tmp_path):
         "unwritable_out": [str(sweep_dir), "--out", str(tmp_path / "a_file" / "loss.png")],  # under a file
         "unknown_metric": [str(sweep_dir), "--metric", "val_acc"],
     }[case]
-    result = run_cli("-m", "wgpt.plot", *args)
+    result = run_cli("-m", "wgpt.tools.plot", *args)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error: ") and message in line and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ import numpy as np
 
 from conftest import ROOT, run_cli
 from wgpt.data.diskdataset import BinInfo, bin_path
-from wgpt.data.tokenizer import Tokenizer
+from wgpt.tokenizers.r50k import Tokenizer
 
 FAST = [
     "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
@@ -107,7 +107,7 @@ def test_killed_processing_never_leaves_a_bin_that_looks_finished(tmp_path):
 def test_process_trains_a_bpe_on_streamed_jsonl_and_its_bins_decode_back(tmp_path):
     """tokenizer=bpe on a streamed local source (the path hub datasets take too): the tokenizer
     learns from the train split only, and the bins hold each document followed by end-of-text."""
-    from wgpt.data.bpe import BPETokenizer
+    from wgpt.tokenizers.bpe import BPETokenizer
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -14,10 +14,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import GPT2_TINY_RUN, ROOT
-from wgpt.callbacks import SpeedMonitor, build_callbacks
-from wgpt.console import ProgressBar, parameter_counts
+from wgpt.core.callbacks import SpeedMonitor, build_callbacks
+from wgpt.core.progress import ProgressBar
+from wgpt.core.console import parameter_counts
 from wgpt.models import GPT
-from wgpt.module import ModelLightningWrapper
+from wgpt.lightning.module import ModelLightningWrapper
 
 SEQ_LEN = 16
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -66,7 +66,7 @@ def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(data_dir, tmp_pat
 def test_resuming_from_the_end_of_training_checkpoint_continues_the_data(data_dir, tmp_path):  # noqa: F811
     """`recent` rewritten when training stops early (Ctrl-C, a stop callback): Lightning counts
     that epoch as done, but the data must still go on exactly where it stopped."""
-    from wgpt.callbacks import RecentCheckpoint
+    from wgpt.core.callbacks import RecentCheckpoint
 
     per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=data_dir)) // 8
     k, n = per_epoch // 2, 2 * per_epoch + 3

@@ -1,4 +1,4 @@
-"""The warmup-stable-decay schedule (wgpt.schedules.wsd): its curve, each decay shape, the edge
+"""The warmup-stable-decay schedule (wgpt.optim.scheduler.wsd): its curve, each decay shape, the edge
 cases, its option checks, the continue-and-cool property, and `optim/scheduler=wsd` through train.py."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import FAST, ROOT, paths, run_cli
-from wgpt.errors import WgptError
-from wgpt.schedules import wsd
+from wgpt.util.errors import WgptError
+from wgpt.optim.scheduler import wsd
 
 SHAPES = ["linear", "cosine", "sqrt"]
 

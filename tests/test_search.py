@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_cli
-from wgpt.plot import plot_summary, read_summary
+from wgpt.tools.plot import plot_summary, read_summary
 
 TINY = [
     "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "data.num_workers=0",

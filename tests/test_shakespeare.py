@@ -1,7 +1,7 @@
 import pytest
 
 from wgpt.data.shakespeare import load_splits, markdown_to_text, play_files
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
 
 
 def test_markdown_becomes_plain_script():

@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from conftest import ROOT
 from wgpt.data.diskdataset import BinInfo, bin_path
 from wgpt.data.prepare import ensure_prepared, prepare_dataset, unprepared_reason
-from wgpt.data.tokenizer import Tokenizer
-from wgpt.errors import WgptError
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.util.errors import WgptError
 
 
 def docs(prefix: str, n: int) -> list[str]:

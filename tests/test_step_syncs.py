@@ -9,8 +9,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from test_module import data_dir, datamodule, tiny_module  # noqa: F401  (data_dir is a fixture)
-from wgpt.callbacks import SpeedMonitor
-from wgpt.console import ProgressBar
+from wgpt.core.callbacks import SpeedMonitor
+from wgpt.core.progress import ProgressBar
 
 
 class ScalarReads(TorchDispatchMode):

@@ -15,9 +15,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from conftest import ROOT, run_cli
-from wgpt.errors import WgptError
-from wgpt.loggers import keep_metrics_before
-from wgpt.sweep import resume_arguments
+from wgpt.util.errors import WgptError
+from wgpt.core.logger import keep_metrics_before
+from wgpt.core.resume import resume_arguments
 
 # Seconds a job: recent.ckpt every 4 steps, validation every 4, dropout on (the resumed job must
 # restore the random stream too).
@@ -103,7 +103,7 @@ def test_a_sweep_killed_in_job_2_resumes_job_2_and_runs_job_3_only(tmp_path, dat
 
 
 def test_a_ddp_sweep_job_goes_on_in_its_own_dir(tmp_path, data_dir):
-    """A job that is its own DDP launch (wgpt.launch.launch_job_alone): its relaunch continues from
+    """A job that is its own DDP launch (wgpt.core.launch.launch_job_alone): its relaunch continues from
     the checkpoint the sweep chose, into the job's dir, with the job's own overrides."""
     out = tmp_path / "out"
     sweep = ["-m", "optim.lr=1e-2", *TINY, "trainer.devices=2", "trainer.strategy=ddp", *KILL, "+callbacks.kill.job=0"]
@@ -179,7 +179,7 @@ def test_resume_spells_out_the_sweep_for_hydra(tmp_path):
         "train.py", "-m", "optim.lr=5e-4", "hydra/launcher=submitit_local", "resume=auto", at
     ]  # fmt: skip
     for argv in (["train.py", "resume=auto"], ["train.py", "-m", "optim.lr=1e-3"], ["train.py", f"resume={tmp_path}"]):
-        assert resume_arguments(argv) == argv  # not a sweep's resume: Hydra and wgpt.validate see it as typed
+        assert resume_arguments(argv) == argv  # not a sweep's resume: Hydra and wgpt.core.validate see it as typed
     with pytest.raises(WgptError, match=re.escape(f"resume={tmp_path} is not a sweep dir (it has no multirun.yaml)")):
         resume_arguments(["train.py", "-m", f"resume={tmp_path}"])
     (sweep_dir / "0-gpt2-tiny").mkdir()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from wgpt.data import tokenizer as tokenizer_module
-from wgpt.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from wgpt.tokenizers.base import SPECIAL_TOKENS
+from wgpt.tokenizers.r50k import Tokenizer
 
 TEXTS = [
     "Hello, world!",
@@ -66,14 +67,14 @@ def test_works_without_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    tokenizer_module._load_ranks.cache_clear()
+    tokenizer_module.load_ranks.cache_clear()
     tok = Tokenizer()
     assert tok.decode(tok.encode("offline")) == "offline"
 
 
 def test_corrupt_ranks_are_refused(monkeypatch):
     monkeypatch.setattr(tokenizer_module, "RANKS_SHA256", "0" * 64)
-    tokenizer_module._load_ranks.cache_clear()
+    tokenizer_module.load_ranks.cache_clear()
     with pytest.raises(RuntimeError, match="sha256"):
         Tokenizer()
-    tokenizer_module._load_ranks.cache_clear()
+    tokenizer_module.load_ranks.cache_clear()

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import FAST, paths, read_metrics, run_cli
-from wgpt.checkpoint import load_checkpoint, model_from_checkpoint
-from wgpt.data.bpe import BPETokenizer
-from wgpt.data.tokenizer import tokenizer_from_record
-from wgpt.generation import generate
+from wgpt.interop.checkpoint import load_checkpoint, model_from_checkpoint
+from wgpt.tokenizers.bpe import BPETokenizer
+from wgpt.tokenizers import tokenizer_from_record
+from wgpt.tools.generate import generate
 
 BPE = ["tokenizer=bpe", "tokenizer.vocab_size=512"]
 

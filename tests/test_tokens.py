@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from wgpt.data.bpe import BPETokenizer, train_bpe
-from wgpt.data.tokenizer import Tokenizer
-from wgpt.errors import WgptError
-from wgpt.tokens import piece_parts, show, split_arguments, visible
+from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.util.errors import WgptError
+from wgpt.tools.tokens import piece_parts, show, split_arguments, visible
 
 # Split characters (日本 and 🦜 are byte pieces in r50k), whitespace of every kind, an override-looking word.
 TEXT = "To be, or not\tto be:\n  that is 日本 🦜"
@@ -27,7 +27,7 @@ UNSEEN = {"·": " ", "→": "\t", "↵\n": "\n"}
 
 def tokens(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "wgpt.tokens", *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
+        [sys.executable, "-m", "wgpt.tools.tokens", *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **PLAIN, **(env or {})}, timeout=120,
     )  # fmt: skip
 
@@ -101,8 +101,9 @@ def test_the_tokenizer_of_a_checkpoint(tmp_path):
 def test_the_tokenizer_of_a_run_dir_a_weights_file_or_a_hugging_face_export(tmp_path):
     """Every model source eval.py and generate.py read: a Hugging Face directory through the
     command, the others through the function it calls (each command costs seconds of imports)."""
-    from wgpt.checkpoint import source_tokenizer, write_weights_beside
-    from wgpt.hf import export
+    from wgpt.interop.sources import source_tokenizer
+    from wgpt.interop.checkpoint import write_weights_beside
+    from wgpt.interop.export import export
     from wgpt.models import GPT
 
     tokenizer = BPETokenizer(train_bpe(["the cat sat on the mat", "a tokenizer of its own"] * 50, 280), "bpe280")

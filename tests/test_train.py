@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import FAST, ROOT, paths, read_metrics, run_cli
-from wgpt.devices import cpu_precision
+from wgpt.core.devices import cpu_precision
 
 
 def test_seed_trainer_defaults_compose():

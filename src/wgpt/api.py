@@ -6,7 +6,7 @@
     model = wgpt.load_model_from_config(cfg)                            # the model train.py would start from
     model, tokenizer, cfg = wgpt.load_run("outputs/gpt2-tiny/<run>")    # a trained run: its best checkpoint
 
-Configs come from Hydra's compose API over the checkout's ``conf/`` (``wgpt.config``), so there
+Configs come from Hydra's compose API over the checkout's ``conf/`` (``wgpt.core.compose``), so there
 is one config system: anything ``train.py`` takes as an override, ``load_config`` takes too.
 Mistakes raise a WgptError (one line, as the command line prints it) instead of exiting.
 """
@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from wgpt.errors import FULL_ERROR, WgptError
+from wgpt.core.report import FULL_ERROR
+from wgpt.util.errors import WgptError
 
 
 def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> DictConfig:
@@ -29,9 +30,9 @@ def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> Dict
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from wgpt.config import compose_train_config, repo_root
-    from wgpt.errors import describe_config_error
-    from wgpt.validate import check_values
+    from wgpt.core.compose import compose_train_config, repo_root
+    from wgpt.core.report import describe_config_error
+    from wgpt.core.validate import check_values
 
     if isinstance(overrides, str):
         raise WgptError(f"overrides={overrides!r} is one string: give a list, e.g. overrides=[{overrides!r}]")
@@ -51,7 +52,8 @@ def load_model_from_config(cfg: DictConfig):
     import torch
 
     from wgpt.models import padded_vocab_size
-    from wgpt.validate import build_model, check_model_builds, tokenizer_spec
+    from wgpt.models.build import build_model, check_model_builds
+    from wgpt.data.tokenizer import tokenizer_spec
 
     vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
     check_model_builds(cfg.model, vocab_size)
@@ -65,7 +67,7 @@ def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:
     else its recent one), a checkpoint in it (.ckpt, or the best-*.safetensors beside it) or a
     Hugging Face model directory. The config is the run's ``.hydra/config.yaml`` (None for a
     Hugging Face directory, or a checkpoint moved out of its run)."""
-    from wgpt.checkpoint import load_model_source
+    from wgpt.interop.sources import load_model_source
 
     loaded = load_model_source(path, key="path")
     saved = loaded.run_dir / ".hydra" / "config.yaml" if loaded.run_dir is not None else None

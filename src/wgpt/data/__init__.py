@@ -12,7 +12,7 @@ _HOMES = {
     "generate_bin": "wgpt.data.diskdataset",
     "PDBSampler": "wgpt.data.pdbsampler",
     "get_splits": "wgpt.data.splits",
-    "Tokenizer": "wgpt.data.tokenizer",
+    "Tokenizer": "wgpt.tokenizers.r50k",
 }
 __all__ = sorted(_HOMES)
 

@@ -11,11 +11,13 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.pdbsampler import PDBSampler
-from wgpt.data.prepare import discard, ensure_prepared, process_command, unprepared_reason
+from wgpt.data.prepare import discard, ensure_prepared, unprepared_reason
+from wgpt.data.sources import process_command
 from wgpt.data.sources import check_source, too_small_fix
 from wgpt.data.splits import SPLITS, get_splits
-from wgpt.data.tokenizer import R50k, TokenizerBase
-from wgpt.errors import WgptError
+from wgpt.data.tokenizer import R50k
+from wgpt.tokenizers.base import TokenizerBase
+from wgpt.util.errors import WgptError
 
 
 class DatasetLightningWrapper(L.LightningDataModule):

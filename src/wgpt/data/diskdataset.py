@@ -8,6 +8,7 @@ The sidecar is written last, so a bin without one is unfinished and is never rea
 
 from __future__ import annotations
 
+
 import json
 import os
 from collections import deque
@@ -19,8 +20,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from wgpt.data.tokenizer import R50K, TokenizerBase, tokenizer_fingerprint
-from wgpt.errors import WgptError
+from wgpt.tokenizers.r50k import R50K, tokenizer_fingerprint
+from wgpt.tokenizers.base import TokenizerBase
+from wgpt.util.errors import WgptError
+from wgpt.util.files import atomic_write_text
 
 
 def default_data_dir() -> Path:
@@ -76,13 +79,7 @@ class BinInfo:
             raise WgptError(f"{sidecar} is damaged ({e}): delete {path.parent} and prepare again") from None
 
     def write(self, path: Path) -> None:
-        _atomic_write_text(self.sidecar(path), json.dumps(asdict(self), indent=2) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write_text(self.sidecar(path), json.dumps(asdict(self), indent=2) + "\n")
 
 
 def generate_bin(
@@ -129,7 +126,7 @@ def generate_bin(
                 num_tokens += chunk.size
                 num_documents += docs
 
-        for texts in _text_batches(data, batch_size):
+        for texts in text_batches(data, batch_size):
             good = [t for t in texts if isinstance(t, str) and t.strip()]
             skipped += len(texts) - len(good)
             if max_docs is not None:
@@ -164,7 +161,7 @@ def generate_bin(
     return info
 
 
-def _text_batches(data: Iterable, batch_size: int) -> Iterator[list]:
+def text_batches(data: Iterable, batch_size: int) -> Iterator[list]:
     """Lists of ``text`` values: column batches from a Hugging Face dataset, else grouped records."""
     if hasattr(data, "iter") and hasattr(data, "column_names"):
         for batch in data.iter(batch_size=batch_size):

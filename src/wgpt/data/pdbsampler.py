@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
 
 
 class PDBSampler(Sampler[list[int]]):

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import fcntl
+
 import functools
 import logging
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from wgpt.data.diskdataset import BinInfo, bin_path, check_bin, generate_bin
 from wgpt.data.sources import HubUnreachable
 from wgpt.data.splits import SPLITS
-from wgpt.data.tokenizer import R50k, TokenizerBase
-from wgpt.errors import WgptError
+from wgpt.data.tokenizer import R50k
+from wgpt.tokenizers.base import TokenizerBase
+from wgpt.util.errors import WgptError
+from wgpt.data.sources import describe
+from wgpt.util.files import exclusive
+from wgpt.data.sources import process_command
 
 log = logging.getLogger("wgpt")
 
@@ -93,27 +94,6 @@ def _fix_for_empty(load: Callable, split: str) -> str:
     return "check the data path and text field"
 
 
-def process_command() -> str:
-    """The command that prepares this run's data: process.py with its data and tokenizer choices and
-    their overrides."""
-    if not HydraConfig.initialized():
-        return "python process.py data=<your data config>"
-    hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith(("data.", "paths.", "tokenizer."))]
-    choices = hydra_cfg.runtime.choices
-    tokenizer = [f"tokenizer={choices['tokenizer']}"] if choices.get("tokenizer") not in (None, "r50k") else []
-    return " ".join(["python process.py", f"data={choices.get('data')}", *tokenizer, *overrides])
-
-
-def describe(load: Callable) -> str:
-    """A readable record of where a split came from, kept in each bin's sidecar."""
-    if isinstance(load, functools.partial):
-        plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
-        args = ", ".join([*(repr(plain(v)) for v in load.args), *(f"{k}={plain(v)!r}" for k, v in load.keywords.items())])
-        return f"{load.func.__module__}.{load.func.__qualname__}({args})"
-    return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"
-
-
 def ensure_prepared(
     name: str, load: Callable, data_dir: str | Path | None = None, max_docs: int | None = None,
     max_tokens: int | None = None, force: bool = False, tokenizer: TokenizerBase | None = None,
@@ -134,7 +114,7 @@ def ensure_prepared(
     split_files = [f for split in SPLITS for b in [bin_path(name, split, data_dir, tokenizer.name)] for f in (b, BinInfo.sidecar(b))]
     new: list[Path] = []  # files, then dirs deepest first
     try:
-        with _exclusive(train_bin.parent / ".prepare.lock", new):
+        with exclusive(train_bin.parent / ".prepare.lock", new):
             info = BinInfo.read(train_bin)
             same_limits = info is not None and (info.max_docs, info.max_tokens) == (max_docs, max_tokens)
             if not force and same_limits and unprepared_reason(name, load, data_dir, tokenizer) is None:
@@ -164,33 +144,6 @@ def discard(made: list[Path]) -> None:
                 pass
         else:
             path.unlink(missing_ok=True)
-
-
-@contextmanager
-def _exclusive(lock_path: Path, new_dirs: list[Path]) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path``, and remove it when done: nothing stays behind. A
-    waiter that gets the lock of a file removed meanwhile locks the new one instead, so two
-    holders never overlap. Dirs it had to make are added to ``new_dirs`` (deepest first)."""
-    while True:
-        missing = [d for d in (lock_path.parent, *lock_path.parent.parents) if not d.exists()]
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        new_dirs.extend(d for d in missing if d not in new_dirs)
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # its dir was just removed by a failed preparer
-            continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)  # before unlocking: a waiter then sees it gone and retries
-        os.close(fd)
 
 
 def process(cfg: DictConfig) -> None:

@@ -10,7 +10,7 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _HEADING = re.compile(r"^#+\s*")

@@ -8,6 +8,7 @@ carve is deterministic and, when streaming, reads only the documents it takes.
 
 from __future__ import annotations
 
+
 import logging
 import math
 import sys
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from wgpt.data.splits import SPLITS
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
+
+import functools
+from typing import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
 
 log = logging.getLogger("wgpt")
 
@@ -196,7 +204,6 @@ class HubUnreachable(WgptError):
     """The Hugging Face hub cannot be reached for a dataset (no network, a firewall, offline mode)."""
 
     def __init__(self, endpoint: str, path: str, reason: str):
-        from wgpt.data.prepare import process_command  # which imports this module
 
         self.endpoint, self.path, self.reason = endpoint, path, reason
         super().__init__(
@@ -301,3 +308,24 @@ def _text_column(data, text_field: str, source: str):
     if columns is not None:
         data = data.select_columns([text_field])
     return data.rename_column(text_field, "text") if text_field != "text" else data
+
+
+def process_command() -> str:
+    """The command that prepares this run's data: process.py with its data and tokenizer choices and
+    their overrides."""
+    if not HydraConfig.initialized():
+        return "python process.py data=<your data config>"
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith(("data.", "paths.", "tokenizer."))]
+    choices = hydra_cfg.runtime.choices
+    tokenizer = [f"tokenizer={choices['tokenizer']}"] if choices.get("tokenizer") not in (None, "r50k") else []
+    return " ".join(["python process.py", f"data={choices.get('data')}", *tokenizer, *overrides])
+
+
+def describe(load: Callable) -> str:
+    """A readable record of where a split came from, kept in each bin's sidecar."""
+    if isinstance(load, functools.partial):
+        plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
+        args = ", ".join([*(repr(plain(v)) for v in load.args), *(f"{k}={plain(v)!r}" for k, v in load.keywords.items())])
+        return f"{load.func.__module__}.{load.func.__qualname__}({args})"
+    return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"

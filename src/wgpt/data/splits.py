@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wgpt.data.diskdataset import DiskDataset
-from wgpt.data.tokenizer import TokenizerBase
+from wgpt.tokenizers.base import TokenizerBase
 
 SPLITS = ("train", "validation", "test")
 

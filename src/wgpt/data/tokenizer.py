@@ -1,167 +1,52 @@
-"""Tokenizers: the seed's ``Tokenizer`` (GPT-2's r50k_base merges with Llama-3-style special
-tokens) and the specs the ``tokenizer`` config group instantiates.
-
-Every tokenizer has the seed's API (``encode``/``decode``/``len``, ``eos_token_id``, ...) plus what
-wgpt's machinery reads: ``name`` (which folder its bins live in), ``fingerprint`` (the identity
-recorded in every bin and checkpoint), ``token_bytes()`` (for bits per byte) and ``record()`` (what a
-checkpoint keeps to rebuild it). A spec (``R50k`` here, ``ByteLevelBPE`` in bpe.py) knows its
-vocabulary size from the config alone, so the model is checked before any tokenizer is trained,
-and ``load`` gives the tokenizer itself.
-
-The r50k merge ranks ship inside the package (``assets/r50k_base.tiktoken``) and are checked
-against their sha256, so nothing is downloaded: this works on offline cluster nodes and CI.
-"""
+"""TODO docstring: from wgpt.core.validate, wgpt.tokenizers.r50k, wgpt.tokenizers.bpe."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from functools import lru_cache
-from importlib import resources
+
+import typing
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable
 
-import numpy as np
-import tiktoken
+from omegaconf import DictConfig
 
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
 
-RANKS_FILE = "r50k_base.tiktoken"
-# The hash tiktoken itself expects for its r50k_base download (see shared/assets/README.md).
-RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-PAT_STR = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-SPECIAL_TOKENS = ("<|end_of_text|>", "<|begin_of_text|>", "<|pad|>")
-R50K = "r50k"  # the default tokenizer's name; its bins live in tokenized/, as the seed has them
+if typing.TYPE_CHECKING:
+    pass
 
+from typing import Mapping
 
-@lru_cache(maxsize=1)
-def _load_ranks() -> dict[bytes, int]:
-    data = resources.files("wgpt.data").joinpath("assets", RANKS_FILE).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != RANKS_SHA256:
-        raise RuntimeError(
-            f"{RANKS_FILE} has sha256 {digest}, expected {RANKS_SHA256}: the packaged merge "
-            "ranks are corrupt; reinstall wgpt (pip install -e .)"
-        )
-    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)}
+import json
+import logging
+import time
+from typing import Iterator
+
+from wgpt.tokenizers.base import SPECIAL_TOKENS
+from wgpt.tokenizers.bpe import BPETokenizer
+from wgpt.tokenizers.bpe import MAX_VOCAB
+from wgpt.tokenizers.bpe import MIN_VOCAB
+from wgpt.tokenizers.r50k import R50K
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.tokenizers.bpe import content_hash
+from wgpt.tokenizers.r50k import r50k_tokenizer
+from wgpt.tokenizers.bpe import train_bpe
 
 
-def tokenizer_fingerprint() -> str:
-    """Identity of the r50k token mapping (merges, split pattern, specials), recorded next to every bin."""
-    spec = "\n".join([RANKS_SHA256, PAT_STR, *SPECIAL_TOKENS])
-    return "r50k_base+wgpt-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+def tokenizer_spec(cfg: DictConfig):
+    """The ``tokenizer`` group instantiated (``R50k``, ``ByteLevelBPE``, ...): cheap, nothing trained
+    or loaded. r50k where a config has no tokenizer group."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
 
 
-class TokenizerBase:
-    """What every wgpt tokenizer shares; a subclass sets the ids and implements ``_encode_one``,
-    ``_encode_many``, ``_decode_one`` and ``token_bytes``."""
-
-    name: str
-    fingerprint: str
-    eos_token_id: int
-    bos_token_id: int
-    pad_token_id: int
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def encode(self, text: str | Sequence[str], eos: bool = False, bos: bool = False, num_threads: int = 8):
-        """Token ids of a string, or a list of token-id lists for a list of strings."""
-        if isinstance(text, str):
-            return self._wrap(self._encode_one(text), eos, bos)
-        return [self._wrap(ids, eos, bos) for ids in self._encode_many(list(text), num_threads)]
-
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Each text's ids followed by ``<|end_of_text|>``, concatenated, as one array (for bins)."""
-        eos = np.array([self.eos_token_id], dtype=np.uint32)
-        return np.concatenate([part for text in texts for part in (self.encode_to_numpy(text), eos)] or [eos[:0]])
-
-    def encode_to_numpy(self, text: str) -> np.ndarray:
-        return np.asarray(self._encode_one(text), dtype=np.uint32)
-
-    def _wrap(self, ids: list[int], eos: bool, bos: bool) -> list[int]:
-        if bos:
-            ids.insert(0, self.bos_token_id)
-        if eos:
-            ids.append(self.eos_token_id)
-        return ids
-
-    def decode(self, sequence):
-        """Text of a token-id list; a list of texts for a list of lists or a 2-D tensor."""
-        if hasattr(sequence, "tolist"):  # torch.Tensor or numpy array
-            sequence = sequence.tolist()
-        if isinstance(sequence, int):
-            sequence = [sequence]
-        if sequence and isinstance(sequence[0], (list, tuple)):
-            return [self._decode_one(list(ids)) for ids in sequence]
-        return self._decode_one(list(sequence))
-
-    def token_bytes(self) -> np.ndarray:
-        """(len(self),) int64: the UTF-8 bytes each id stands for (0 for special tokens). Bits per
-        byte divide a loss by these, so runs with different tokenizers compare."""
-        raise NotImplementedError
-
-    def id_to_bytes(self, token_id: int) -> bytes:
-        """The bytes one token stands for (a special token: its name), also when they are part
-        of a character, which decoding the id alone would turn into U+FFFD."""
-        raise NotImplementedError
-
-    def record(self) -> dict[str, Any]:
-        """Plain values a checkpoint keeps to rebuild this tokenizer (``tokenizer_from_record``)."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "vocab_size": len(self)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name}, {len(self)} tokens, {self.fingerprint})"
-
-
-class Tokenizer(TokenizerBase):
-    """r50k_base BPE with ``<|end_of_text|>``, ``<|begin_of_text|>`` and ``<|pad|>`` appended.
-
-    ``encode`` treats text that happens to spell a special token as ordinary text, so a
-    corpus can never inject control tokens; specials enter only through ``eos``/``bos``.
-    """
-
-    name = R50K
-
-    def __init__(self):
-        ranks = _load_ranks()
-        specials = {token: len(ranks) + i for i, token in enumerate(SPECIAL_TOKENS)}
-        self.model = tiktoken.Encoding(
-            name="wgpt_r50k_base", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials
-        )
-        self.eos_token_id = specials["<|end_of_text|>"]
-        self.bos_token_id = specials["<|begin_of_text|>"]
-        self.pad_token_id = specials["<|pad|>"]
-        self.fingerprint = tokenizer_fingerprint()
-        self.eos = np.array([self.eos_token_id], dtype=np.uint32)
-
-    def __len__(self) -> int:
-        """Vocabulary size, special tokens included."""
-        return self.model.n_vocab
-
-    def _encode_one(self, text: str) -> list[int]:
-        return self.model.encode_ordinary(text)
-
-    def _encode_many(self, texts: list[str], num_threads: int) -> list[list[int]]:
-        return self.model.encode_ordinary_batch(texts, num_threads=num_threads)
-
-    def encode_to_numpy(self, text: str) -> np.ndarray:
-        """``encode(text)`` as a uint32 array, made without a Python int per token (for bulk work)."""
-        return self.model.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-
-    def _decode_one(self, ids: list[int]) -> str:
-        return self.model.decode(ids)
-
-    def id_to_bytes(self, token_id: int) -> bytes:
-        return self.model.decode_single_token_bytes(token_id)
-
-    def token_bytes(self) -> np.ndarray:
-        # Merge ranks first, specials after them (0 bytes: they stand for no text).
-        lengths = [len(self.model.decode_single_token_bytes(i)) for i in range(self.eos_token_id)]
-        return np.array(lengths + [0] * len(SPECIAL_TOKENS), dtype=np.int64)
+    if cfg.get("tokenizer") is None:
+        return R50k()
+    try:
+        return instantiate(cfg.tokenizer)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, WgptError):
+            raise e.__cause__ from None
+        raise WgptError(f"tokenizer: {e.__cause__ or e}: fix the tokenizer.* values (see conf/tokenizer/)") from None
 
 
 class R50k:
@@ -172,34 +57,128 @@ class R50k:
 
     def load(self, datasets: Mapping[str, Callable | None] | None = None, data_dir: str | Path | None = None,
              train: bool = False, force: bool = False) -> Tokenizer:  # fmt: skip
-        return _r50k()
+        return r50k_tokenizer()
+
+log = logging.getLogger("wgpt")
 
 
-@lru_cache(maxsize=1)
-def _r50k() -> Tokenizer:
-    return Tokenizer()
+class ByteLevelBPE:
+    """``tokenizer=bpe``: a byte-level BPE of ``vocab_size`` tokens (the 3 specials included),
+    trained once on the train split of ``train_on`` (null: the data config's first dataset),
+    from at most ``max_train_chars`` characters of it."""
+
+    def __init__(self, vocab_size: int = 4096, train_on: str | None = None, max_train_chars: int = 200_000_000):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+            raise WgptError(
+                f"tokenizer.vocab_size={vocab_size} is out of range: give a whole number from {MIN_VOCAB} "
+                f"(256 bytes + {len(SPECIAL_TOKENS)} specials) to {MAX_VOCAB}, e.g. 4096"
+            )
+        if isinstance(max_train_chars, bool) or not isinstance(max_train_chars, int) or max_train_chars < 1:
+            raise WgptError(f"tokenizer.max_train_chars={max_train_chars} is out of range: give a number of characters, e.g. 200000000")
+        self.vocab_size, self.train_on, self.max_train_chars = vocab_size, train_on, max_train_chars
+        self.name = f"bpe{vocab_size}"
+
+    def dataset(self, datasets: Mapping[str, Callable | None]) -> str:
+        """The dataset whose train split trains this tokenizer."""
+        if self.train_on is None:
+            return next(iter(datasets))
+        if self.train_on not in datasets:
+            raise WgptError(f"tokenizer.train_on={self.train_on} is not a dataset of this data config: pick one of {sorted(datasets)}")
+        return self.train_on
+
+    def path(self, datasets: Mapping[str, Callable | None], data_dir: str | Path | None = None) -> Path:
+        from wgpt.data.diskdataset import default_data_dir
+
+        return Path(data_dir or default_data_dir()) / self.dataset(datasets) / "tokenizers" / f"{self.name}.json"
+
+    def load(
+        self, datasets: Mapping[str, Callable | None], data_dir: str | Path | None = None,
+        train: bool = False, force: bool = False,
+    ) -> BPETokenizer:  # fmt: skip
+        """The trained tokenizer; trained first (``train``) when missing, stale or ``force``d.
+
+        A lock file makes concurrent callers (the ranks of a launch, nodes on a shared file
+        system) take turns: whoever comes second finds it trained."""
+        from wgpt.util.files import exclusive
+        from wgpt.data.sources import describe, process_command
+
+        name = self.dataset(datasets)
+        load, path = datasets[name], self.path(datasets, data_dir)
+        recipe = {"vocab_size": self.vocab_size, "max_train_chars": self.max_train_chars}
+        if load is not None:
+            recipe["source"] = describe(load)
+        reason = "force=true" if force else _stale_reason(path, recipe)
+        if reason is not None and (not train or load is None):
+            how = f"`{process_command()}`" if load is not None else f"a data config that names the source of '{name}'"
+            raise WgptError(f"tokenizer {self.name} is not trained on '{name}' ({reason}): train it with {how}")
+        if reason is None:
+            return BPETokenizer.from_file(path)
+        new_dirs: list[Path] = []
+        try:
+            with exclusive(path.parent / f".{self.name}.lock", new_dirs):
+                if not force and _stale_reason(path, recipe) is None:  # trained meanwhile by another process
+                    return BPETokenizer.from_file(path)
+                return self._train(name, load, path, recipe)
+        except BaseException:  # no text, no hub...: leave no dirs this call made (the lock is gone already)
+            for directory in new_dirs:
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty: something else lives there
+                    break
+            raise
+
+    def _train(self, name: str, load: Callable, path: Path, recipe: dict) -> BPETokenizer:
+        from wgpt.util.files import atomic_write_text
+
+        log.info("Training tokenizer %s on the train split of '%s' (at most %d characters)", self.name, name, self.max_train_chars)
+        start, seen = time.perf_counter(), [0, 0]  # characters, documents
+        json_text = train_bpe(_limited_texts(load()["train"], self.max_train_chars, seen), self.vocab_size)
+        tokenizer = BPETokenizer(json_text, self.name)
+        if seen[0] == 0:
+            raise WgptError(f"the train split of '{name}' holds no text to train tokenizer {self.name} on: check the data")
+        atomic_write_text(path, json_text)
+        meta = {**recipe, "sha256": content_hash(json_text), "fingerprint": tokenizer.fingerprint,
+                "trained_on_chars": seen[0], "trained_on_documents": seen[1], "tokens": len(tokenizer)}  # fmt: skip
+        atomic_write_text(_meta_path(path), json.dumps(meta, indent=2) + "\n")
+        log.info("  %s: %d tokens from %d documents (%d characters) in %.1f s, %s",
+                 self.name, len(tokenizer), seen[1], seen[0], time.perf_counter() - start, path)  # fmt: skip
+        if len(tokenizer) < self.vocab_size:
+            log.warning("  %s has only %d tokens: the train split supports no more merges (the model's vocabulary follows)",
+                        self.name, len(tokenizer))  # fmt: skip
+        return tokenizer
 
 
-def tokenizer_config(name: str | None) -> str:
-    """The command-line choice that selects the tokenizer named ``name`` (for error messages)."""
-    if name and name.startswith("bpe") and name[3:].isdigit():
-        return f"tokenizer=bpe tokenizer.vocab_size={name[3:]}"
-    return f"tokenizer={name}" if name else "tokenizer=r50k"
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".meta.json")
 
 
-def tokenizer_from_record(record: Mapping[str, Any] | None, source: str = "the checkpoint") -> TokenizerBase:
-    """The tokenizer a checkpoint was trained with (its ``record()``); r50k for checkpoints without one."""
-    if record is None or record.get("name") == R50K:
-        tokenizer = _r50k()
-    elif "json" in record:
-        from wgpt.data.bpe import BPETokenizer
+def _stale_reason(path: Path, recipe: dict) -> str | None:
+    """Why the tokenizer at ``path`` cannot be used for ``recipe`` (None when it can)."""
+    meta_path = _meta_path(path)
+    if not (path.exists() and meta_path.exists()):
+        return f"no finished tokenizer at {path}"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise WgptError(f"{meta_path} is damaged ({e}): delete {path} and {meta_path.name} and train again") from None
+    if content_hash(path.read_text(encoding="utf-8")) != meta.get("sha256"):
+        raise WgptError(f"{path} does not match the sha256 in {meta_path.name} (changed on disk?): delete both and train again")
+    for key, wanted in recipe.items():
+        if meta.get(key) != wanted:
+            return f"{path} was trained with {key}={meta.get(key)!r}, not {wanted!r}"
+    return None
 
-        tokenizer = BPETokenizer(record["json"], record["name"])
-    else:
-        raise WgptError(f"{source} names tokenizer {record.get('name')!r} but does not hold it: it was not made by wgpt")
-    if record is not None and record.get("fingerprint") != tokenizer.fingerprint:
-        raise WgptError(
-            f"{source} records tokenizer {record.get('fingerprint')}, but rebuilding it gives {tokenizer.fingerprint}: "
-            "the checkpoint is damaged or from another wgpt version"
-        )
-    return tokenizer
+
+def _limited_texts(data, max_chars: int, seen: list[int]) -> Iterator[str]:
+    """The texts of a split, stopping once ``max_chars`` characters were given (counted in ``seen``)."""
+    from wgpt.data.diskdataset import text_batches
+
+    for texts in text_batches(data, 512):
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                continue
+            yield text
+            seen[0] += len(text)
+            seen[1] += 1
+            if seen[0] >= max_chars:
+                return

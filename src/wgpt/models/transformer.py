@@ -31,7 +31,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn as nn
 
-from wgpt.errors import WgptError
+from wgpt.util.errors import WgptError
 from wgpt.models.attention import causal_attention
 from wgpt.models.kv_cache import KVCache
 from wgpt.models.loss import linear_cross_entropy

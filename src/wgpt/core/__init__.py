@@ -1,0 +1,1 @@
+"""The run machinery: one run (train), the trainer group, devices, launches, sweeps, callbacks, console, loggers."""

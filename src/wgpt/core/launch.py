@@ -1,0 +1,198 @@
+"""How the processes of one run find each other's output dir, and how sweep jobs launch DDP.
+
+Every launcher wgpt supports runs Hydra in each process it starts: Lightning's DDP launcher
+re-runs ``train.py`` for ranks 1..N-1, and torchrun and srun start every rank themselves. So
+every process must compose the same run dir, and the processes of one ``-m`` sweep job must
+run that job only. The resolvers here are registered before Hydra composes anything.
+"""
+
+from __future__ import annotations
+
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("wgpt")
+
+DATETIME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # run dir names sort by start time
+START_DATETIME_ENV = "WGPT_START_DATETIME"  # set it to name a launch yourself (multi-node torchrun without a store)
+# The checkpoint a run continues from ("": none), as the process that chose and checked it passes
+# it on to the processes it starts: Lightning's ranks, a sweep job's own DDP launch.
+RESUME_FROM_ENV = "WGPT_RESUME_FROM"
+
+
+# Lightning is imported where it is needed, not here: train.py imports this module before Hydra
+# composes, and a mistyped override should be reported at once, not after seconds of imports.
+
+
+def _torchelastic() -> bool:
+    """Whether torchrun started this process (Lightning decides, where torchrun's RANK is set)."""
+    if "RANK" not in os.environ:
+        return False
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    return TorchElasticEnvironment.detect()
+
+
+def _slurm_tasks() -> int:
+    """srun's task count: each task is one rank that srun started (1 outside srun)."""
+    if "SLURM_NTASKS" not in os.environ:
+        return 1
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return int(os.environ["SLURM_NTASKS"]) if SLURMEnvironment.detect() else 1
+
+
+def external_launch() -> tuple[int, int] | None:
+    """(processes per node, nodes) when torchrun or srun started every rank, else None."""
+    if _torchelastic():
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return per_node, int(os.environ["WORLD_SIZE"]) // per_node
+    if _slurm_tasks() > 1:
+        nodes = int(os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", 1)))
+        return _slurm_tasks() // nodes, nodes
+    return None
+
+
+def start_datetime() -> str:
+    """The launch's start time, the same in every process of one launch: it names the run dir.
+
+    In order: ``$WGPT_START_DATETIME`` (set by a parent process for the ranks Lightning starts);
+    under torchrun, the first rank's clock, shared through the agent's key-value store; under
+    srun, the Slurm job's start time (plus the step, for a job's later sruns); else now.
+    """
+    if START_DATETIME_ENV in os.environ:
+        return os.environ[START_DATETIME_ENV]
+    now = datetime.now().strftime(DATETIME_FORMAT)
+    if _torchelastic() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        from torch.distributed import TCPStore
+
+        store = TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=5)
+        )
+        key = f"wgpt/start_datetime/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+        return store.compare_set(key, "", now).decode()  # the first rank to ask sets it
+    if _slurm_tasks() > 1:
+        started = os.environ.get("SLURM_JOB_START_TIME")  # Slurm >= 23.02
+        name = (
+            datetime.fromtimestamp(int(started), tz=timezone.utc).astimezone().strftime(DATETIME_FORMAT)
+            if started
+            else f"slurm-{os.environ['SLURM_JOB_ID']}"
+        )
+        step = os.environ.get("SLURM_STEP_ID", "0")
+        return name if step == "0" else f"{name}-step{step}"
+    return now
+
+
+def rank_tag() -> str:
+    """``[rank N]`` for log lines of a process other than rank 0, else nothing."""
+    if _torchelastic():
+        rank = os.environ["RANK"]
+    elif _slurm_tasks() > 1:
+        rank = os.environ["SLURM_PROCID"]
+    elif "LOCAL_RANK" in os.environ or os.environ.get("NODE_RANK", "0") != "0":  # a Lightning-started rank, or another node's
+        node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
+        rank = local if node == "0" else f"{node}.{local}"
+    else:
+        return ""
+    return "" if rank == "0" else f"[rank {rank}]"
+
+
+def on_rank_zero(value):
+    """``value`` in rank 0 (or a lone process), None elsewhere: for what one process should write."""
+    return value if rank_tag() == "" else None
+
+
+def register_resolvers() -> None:
+    # Cached: every use within one config (run dir, checkpoint names) gets the same value.
+    OmegaConf.register_new_resolver("wgpt.start_datetime", start_datetime, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("wgpt.rank_tag", rank_tag, replace=True)
+    OmegaConf.register_new_resolver("wgpt.on_rank_zero", on_rank_zero, replace=True)
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a ``-m`` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def spawns_ranks(trainer) -> bool:
+    """Whether Lightning will start this run's other ranks by re-running the script.
+
+    The launcher class is private; its replacement would have to re-run the script too.
+    """
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    )
+
+
+# Hydra overrides a relaunched job keeps: how it logs, not how the sweep ran.
+_KEPT_HYDRA_OVERRIDES = ("hydra.verbose", "hydra.job_logging", "hydra/job_logging", "hydra.job.env_set")
+
+
+def job_command(cfg: DictConfig, script: str) -> list[str]:
+    """``python <script>`` running this sweep job alone, in the job's dir (whose .hydra/ is written)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    overrides = [o for o in hydra.overrides.task if not o.startswith("start_datetime=")]
+    overrides += [o for o in hydra.overrides.hydra if o.startswith(_KEPT_HYDRA_OVERRIDES)]
+    return [
+        sys.executable, os.path.abspath(script), *overrides,
+        f'hydra.run.dir="{hydra.runtime.output_dir}"', "hydra.output_subdir=null", f"start_datetime={cfg.start_datetime}",
+    ]  # fmt: skip
+
+
+def launch_job_alone(cfg: DictConfig, script: str, resume_from: str | None = None) -> int:
+    """Run this sweep job as its own launch of ``script`` (train.py); returns its exit code.
+
+    Lightning starts DDP ranks by re-running the script with this process's arguments. In a
+    sweep those are the whole sweep's, so every rank would replay every job in a new sweep dir
+    (Lightning issue #11300). A fresh process whose arguments are this job's alone fixes that,
+    and when it exits its process group and environment go with it, so the next job starts clean.
+
+    ``resume_from``: the checkpoint this process chose for the job (None: it starts afresh). The
+    launch is not a sweep job to Hydra, so ``resume=auto`` would mean something else there: it
+    gets the choice itself, and the job's overrides stay the job's.
+    """
+    command = job_command(cfg, script)
+    log.info(
+        "Starting this job's DDP ranks: %s%s", " ".join(command[1:]), f" (continuing from {resume_from})" if resume_from else ""
+    )  # fmt: skip
+    terminated = []
+
+    def pass_sigterm_on(signum, frame):  # a scheduler stopping the sweep: the job saves and stops first
+        terminated.append(signum)
+        process.send_signal(signal.SIGTERM)
+
+    with subprocess.Popen(command, env={**os.environ, RESUME_FROM_ENV: resume_from or ""}) as process:
+        previous = signal.signal(signal.SIGTERM, pass_sigterm_on)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # pass it on (a terminal's Ctrl-C reached it already), let it save and stop
+            process.send_signal(signal.SIGINT)
+            process.wait()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        raise SystemExit(128 + signal.SIGTERM)  # and the sweep stops here
+    return code
+
+
+# On import: a sweep job that submitit unpickles on a cluster node never runs train.py's top level,
+# but it imports this module (through wgpt.core.train) before Hydra composes the job's config.
+register_resolvers()

@@ -1,0 +1,30 @@
+"""TODO docstring: from wgpt.core.sweep."""
+
+from __future__ import annotations
+
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+
+SUMMARY = "summary.json"
+# How a run ended when it trained its whole budget: a resumed sweep keeps such a job as it is.
+FINISHED = ("completed", "diverged")
+
+
+def write_run_summary(run_dir: str | Path, **fields: Any) -> None:
+    """Write (temp + rename) the run's ``summary.json``: status, losses, steps."""
+    path = Path(run_dir) / SUMMARY
+    tmp = path.with_name(f".{SUMMARY}.tmp")
+    tmp.write_text(json.dumps(fields, indent=2, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_run_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

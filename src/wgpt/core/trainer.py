@@ -1,0 +1,169 @@
+"""TODO docstring: from wgpt.core.validate, wgpt.core.devices, wgpt.core.train."""
+
+from __future__ import annotations
+
+
+import difflib
+import inspect
+import os
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from wgpt.util.errors import WgptError
+
+if typing.TYPE_CHECKING:
+    import torch
+
+
+import torch
+import torch.nn as nn
+from wgpt.core.launch import external_launch
+from wgpt.parallel.sharding import FSDP
+from wgpt.core.strategy import check_sharded_precision, fsdp_strategy
+
+
+from wgpt.core.devices import FP16_PRECISIONS
+from wgpt.core.devices import NvmlUnavailable
+from wgpt.core.devices import check_devices
+from wgpt.core.devices import check_fits_devices
+from wgpt.util.checks import check_type
+from wgpt.core.devices import cpu_precision
+from wgpt.core.devices import device_count
+from wgpt.core.devices import get_best_devices
+import logging
+from wgpt.core.devices import training_memory_gib
+from wgpt.util.checks import type_hints
+
+log = logging.getLogger("wgpt")
+
+# wgpt's own trainer keys (translated before lightning.Trainer sees them) and the values it
+# accepts beyond Lightning's.
+WGPT_TRAINER_KEYS = {"max_devices", "val_every_n_steps", "activation_checkpointing"}
+# lightning.Trainer arguments that wgpt sets itself, from other groups.
+SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the callbacks group",
+               "plugins": "wgpt (its safe checkpoint IO)", "val_check_interval": "trainer.val_every_n_steps"}
+WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """The trainer group: lightning.Trainer's keyword arguments (and wgpt's own), then the devices."""
+    import lightning as L
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from wgpt.core.devices import check_devices
+
+    params = inspect.signature(L.Trainer.__init__).parameters
+    hints = type_hints(L.Trainer.__init__)
+    for name in trainer:
+        if name in WGPT_TRAINER_KEYS:
+            continue
+        if name in SET_BY_WGPT:
+            raise WgptError(f"trainer.{name} is set by wgpt: use {SET_BY_WGPT[name]} instead")
+        if name not in params:
+            close = difflib.get_close_matches(str(name), list(params), n=1)
+            hint = f" (did you mean trainer.{close[0]}?)" if close else ""
+            raise WgptError(f"trainer.{name} is not a lightning.Trainer argument{hint}: fix the key or remove it")
+        value = trainer[name]
+        if not (isinstance(value, str) and value in WGPT_TRAINER_VALUES.get(name, ())):
+            check_type(f"trainer.{name}", value, hints.get(name))
+    for name, registry in (("accelerator", AcceleratorRegistry), ("strategy", StrategyRegistry)):
+        value = trainer.get(name, "auto")
+        names = registry.available_accelerators() if name == "accelerator" else registry.available_strategies()
+        if isinstance(value, str) and value not in ("auto", "gpu", *names):
+            close = difflib.get_close_matches(value, list(names), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise WgptError(f"trainer.{name}={value} is not one Lightning knows: {hint}(choices: auto, {', '.join(sorted(names))})")
+    check_devices(str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto"))
+
+
+def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Trainer arguments with ``devices: auto`` and a GPU-only precision made concrete.
+
+    ``devices: auto`` takes, in order: the ranks torchrun or srun started (their count per node
+    and nodes); the GPUs rank 0 chose (in ranks Lightning started); the best ``max_devices``
+    GPUs by free memory; one CPU process when there is no GPU or NVML cannot query them. On a
+    ``precision: auto`` is bf16-mixed on GPUs that have bfloat16 (Ampere and newer), the seed's
+    16-mixed on older ones, and ``cpu_precision()`` on a CPU. On a CPU, float16 (the seed's
+    precision 16) also becomes ``cpu_precision()``; an explicit bf16 or 32 request is kept. Each
+    choice is logged in one line.
+    """
+    cfg = dict(trainer_cfg)
+    max_devices = cfg.pop("max_devices", None)
+    accelerator = str(cfg.get("accelerator", "auto"))
+    cuda = torch.cuda.is_available()
+    check_devices(accelerator, cfg.get("devices", "auto"))
+    sharded = cfg.get("strategy") == FSDP
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    launched = external_launch()
+    given = trainer_cfg.get("devices", "auto")
+    if wants_gpu and cuda and not launched and "LOCAL_RANK" not in os.environ and isinstance(given, (int, list, tuple)):
+        ids = list(range(torch.cuda.device_count() if given == -1 else given)) if isinstance(given, int) else list(given)
+        check_fits_devices(model, ids, sharded)  # the GPUs the user named: is there room on each?
+    if cfg.get("devices", "auto") == "auto":
+        if launched:
+            cfg["devices"], cfg["num_nodes"] = launched
+            log.info("%d processes per node on %d nodes, as the launcher started them", *launched)
+        elif wants_gpu and "LOCAL_RANK" in os.environ and "WGPT_GPU_IDS" in os.environ:
+            # A DDP rank that Lightning started: take rank 0's choice. Choosing again would see
+            # rank 0's memory in use and could put two ranks on one GPU.
+            cfg["accelerator"], cfg["devices"] = "gpu", [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
+        elif wants_gpu:
+            try:
+                cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count(), sharded=sharded)
+                cfg["accelerator"] = "gpu"
+                os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
+                log.info(
+                    "Using GPU(s) %s: the most free memory; training needs ~%.1f GiB on each (weights, gradients "
+                    "and AdamW state%s; activations not counted)", cfg["devices"],
+                    training_memory_gib(model, shards=len(cfg["devices"]) if sharded else 1),
+                    f", sharded {len(cfg['devices'])} way(s)" if sharded else "",
+                )  # fmt: skip
+            except NvmlUnavailable as e:
+                if accelerator != "auto":
+                    cfg["devices"] = min(max_devices or torch.cuda.device_count(), torch.cuda.device_count())
+                    log.info("%s: using the first %d GPU(s)", e, cfg["devices"])
+                else:
+                    cfg["accelerator"], cfg["devices"] = "cpu", 1
+                    log.warning("%s, so GPUs cannot be chosen: training on CPU (set trainer.accelerator=gpu to use them)", e)
+        elif accelerator == "auto" and not torch.backends.mps.is_available():
+            cfg["accelerator"], cfg["devices"] = "cpu", 1
+            log.info("No CUDA GPU found: training on CPU")
+    on_cpu = cfg.get("accelerator") == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available())
+    precision = str(cfg.get("precision", "auto"))
+    if precision == "auto":
+        if on_cpu:
+            cfg["precision"] = cpu_precision()
+        elif cuda:
+            # Native bf16 only (Ampere and newer): older GPUs emulate it, slower than float16.
+            cfg["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+        else:  # Apple GPUs: float32, the setting every op there supports
+            cfg["precision"] = "32-true"
+        log.info("precision auto: %s on this %s", cfg["precision"], "CPU" if on_cpu else "GPU")
+    elif on_cpu and precision in FP16_PRECISIONS:
+        cfg["precision"] = cpu_precision()
+        log.info("precision %s is a GPU setting; this CPU run uses %s instead", precision, cfg["precision"])
+    if sharded:
+        check_sharded_precision(str(cfg["precision"]))
+        cfg["strategy"] = fsdp_strategy()
+        # Lightning validates under torch.inference_mode on NCCL (no_grad on gloo, so CPU runs never
+        # show it), and FSDP2 breaks when a forward under it comes first, as the sanity check's does
+        # ("Inference tensors do not track version counter"): no_grad, as Lightning's FSDP1 gets.
+        cfg["inference_mode"] = False
+        shards = device_count(cfg.get("devices", "auto"), on_cpu) * int(cfg.get("num_nodes", 1))
+        log.info(
+            "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over %d rank(s); ~%.1f GiB of weights, "
+            "gradients and AdamW state per rank (activations not counted)", shards, training_memory_gib(model, shards),
+        )  # fmt: skip
+    return cfg
+
+
+def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
+    """``lightning.Trainer`` keyword arguments from the trainer group, wgpt's own keys translated."""
+    args = OmegaConf.to_container(trainer_cfg)
+    args.pop("activation_checkpointing", None)  # the module's (ModelLightningWrapper), not the Trainer's
+    # Validation is scheduled in optimizer steps, like checkpoints; Lightning counts batches.
+    args["val_check_interval"] = args.pop("val_every_n_steps") * args.get("accumulate_grad_batches", 1)
+    return resolve_hardware(args, model)

@@ -1,0 +1,1 @@
+"""Hugging Face export and import: GPT2LMHeadModel / LlamaForCausalLM weights, config.json, tokenizer.json."""

@@ -1,0 +1,264 @@
+"""Hugging Face export and import: wgpt's Transformer as ``GPT2LMHeadModel`` or ``LlamaForCausalLM``.
+
+``export`` writes a directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads
+offline: ``config.json``, ``model.safetensors``, ``generation_config.json``, the tokenizer
+(``tokenizer.json``, which encodes text to wgpt's own ids, ``tokenizer_config.json``,
+``special_tokens_map.json``) and ``wgpt.json`` (the model class, its config and the tokenizer's
+record: what makes such a directory a wgpt export, and what rebuilds the model exactly).
+``load_hf_weights`` reads such a directory, or one saved by transformers itself, into a wgpt
+model: ``train.py init_from=<dir>``, and ``eval.py``/``generate.py ckpt_path=<dir>``.
+
+Which transformers class a model exports as follows from its positions: learned ones make it
+GPT-2-shaped (LayerNorm, an ungated MLP, biases, one key/value head per query head), rotary ones
+Llama-shaped (RMSNorm, a gated MLP, any key/value heads, biases or none). A knob that class
+cannot express (``norm=rmsnorm`` with learned positions, ...) is refused in one line naming it.
+Nothing here imports transformers: the files are JSON and safetensors, written and read directly.
+
+What differs between the two layouts, and is converted both ways:
+
+- GPT-2's linear layers are ``Conv1D`` (weight (in, out), our ``nn.Linear``'s transposed), and
+  its queries, keys and values are one ``c_attn``; ours are ``wq`` and ``wkv`` (keys, then values).
+- wgpt rotates consecutive pairs of features (``rotary.py``); HF Llama rotates the first half of
+  a head against the second (``rotate_half``). The query and key rows are permuted on export (as
+  Meta-to-HF conversion does) and back on import, so that both compute the same attention.
+- The vocabulary is padded to a multiple of 64 (``padded_vocab_size``): exported as it is
+  (``vocab_size`` = the padded size), the padding ids suppressed in ``generation_config.json`` as
+  generate.py masks them. A smaller vocabulary (HF GPT-2's 50,257) is padded on import.
+- Tied embeddings are stored once (``tie_word_embeddings``).
+"""
+
+from __future__ import annotations
+
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+from wgpt.util.errors import WgptError
+
+log = logging.getLogger("wgpt")
+
+WGPT_FILE = "wgpt.json"  # marks a directory as a wgpt export (see export's overwrite rule)
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # transformers' sharded save
+GPT2, LLAMA = "gpt2", "llama"
+ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
+MODEL_CLASSES = {GPT2: "wgpt.models.gpt.GPT", LLAMA: "wgpt.models.llama.Llama"}
+# wgpt's activations under each class's names: GPT-2 calls the tanh GELU "gelu_new", Llama's
+# config takes any of transformers' ACT2FN names.
+GPT2_ACTIVATIONS = {"gelu": "gelu_new", "silu": "silu", "relu": "relu"}
+LLAMA_ACTIVATIONS = {"gelu": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"}
+HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
+# Knobs that fix the weights' shapes or the function they compute: an init_from directory must
+# agree on every one of them with the model it is loaded into.
+ARCHITECTURE_KNOBS = ("d_embed", "n_layers", "n_heads", "n_kv_heads", "norm", "activation", "gated", "pos", "bias", "tie_embeddings")
+
+
+# Export.
+
+
+def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.transformer.Transformer") -> str:
+    """GPT2 or LLAMA: the transformers class a wgpt model ``config`` exports as; a one-line
+    WgptError naming the first knob that class cannot express."""
+    if not model_class.startswith("wgpt.models.") or model_class.rpartition(".")[2] not in ("GPT", "Llama", "Transformer"):
+        raise WgptError(
+            f"model class {model_class} is not wgpt's Transformer (GPT, Llama): only those export to Hugging Face transformers"
+        )
+    if config["pos"] == "learned":
+        family, name = GPT2, "GPT2LMHeadModel (learned positions)"
+        wrong = [
+            ("norm", config["norm"] != "layernorm", "it has LayerNorm only"),
+            ("gated", config["gated"], "its MLP is not gated"),
+            ("bias", not config["bias"], "it has biases in every layer"),
+            ("n_kv_heads", config["n_kv_heads"] not in (None, config["n_heads"]), "it has a key/value head per query head"),
+        ]
+        fix = "train with pos=rotary for a Llama-shaped export, or with GPT-2's settings"
+    else:
+        family, name = LLAMA, "LlamaForCausalLM (rotary positions)"
+        wrong = [
+            ("norm", config["norm"] != "rmsnorm", "it has RMSNorm only"),
+            ("gated", not config["gated"], "its MLP is gated (gate, up, down)"),
+        ]
+        fix = "train with pos=learned for a GPT-2-shaped export, or with Llama's settings"
+    for knob, bad, why in wrong:
+        if bad:
+            raise WgptError(f"model.{knob}={shown_value(config[knob])} has no {name} equivalent ({why}): it cannot be exported; {fix}")
+    return family
+
+
+def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "float32") -> dict[str, Any]:
+    """config.json of the transformers model computing what the wgpt model ``config`` computes
+    (its weights stored in ``dtype``)."""
+    from wgpt.models.transformer import mlp_hidden_size
+
+    c = config
+    # Documents are separated by end-of-text in training, and generate.py begins an empty prompt
+    # with it: it is also the model's beginning of text, as in GPT-2.
+    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if family == GPT2:
+        return {
+            "architectures": [ARCHITECTURES[GPT2]], "model_type": GPT2, "vocab_size": c["vocab_size"],
+            "n_positions": c["max_seq_len"], "n_embd": c["d_embed"], "n_layer": c["n_layers"], "n_head": c["n_heads"],
+            "n_inner": 4 * c["d_embed"], "activation_function": GPT2_ACTIVATIONS[c["activation"]],
+            "resid_pdrop": c["dropout"], "embd_pdrop": c["dropout"], "attn_pdrop": c["dropout"],
+            "layer_norm_epsilon": c["norm_eps"], "initializer_range": 0.02, "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": c["tie_embeddings"], "use_cache": True, "dtype": dtype, **ids,
+        }  # fmt: skip
+    n_kv_heads = c["n_kv_heads"] or c["n_heads"]
+    return {
+        "architectures": [ARCHITECTURES[LLAMA]], "model_type": LLAMA, "vocab_size": c["vocab_size"],
+        "hidden_size": c["d_embed"], "num_hidden_layers": c["n_layers"], "num_attention_heads": c["n_heads"],
+        "num_key_value_heads": n_kv_heads, "head_dim": c["d_embed"] // c["n_heads"],
+        "intermediate_size": mlp_hidden_size(c["d_embed"], True, c["multiple_of"], c["ffn_dim_multiplier"]),
+        "hidden_act": LLAMA_ACTIVATIONS[c["activation"]], "max_position_embeddings": c["max_seq_len"],
+        "rms_norm_eps": c["norm_eps"],
+        # Both spellings: transformers 5 reads rope_parameters, 4.x rope_theta.
+        "rope_theta": c["rope_theta"], "rope_parameters": {"rope_type": "default", "rope_theta": c["rope_theta"]},
+        "attention_bias": c["bias"], "mlp_bias": c["bias"],
+        # HF Llama drops out attention weights only; wgpt's residual and embedding dropout is
+        # for training, so inference is the same either way.
+        "attention_dropout": c["dropout"], "tie_word_embeddings": c["tie_embeddings"], "initializer_range": 0.02,
+        "pretraining_tp": 1, "use_cache": True, "dtype": dtype, **ids,
+    }  # fmt: skip
+
+
+def generation_config(config: Mapping[str, Any], tokenizer) -> dict[str, Any]:
+    """generation_config.json: end-of-text ends a text and begins one, and the padding rows of
+    the vocabulary (ids past the tokenizer's) are never drawn, as in generate.py."""
+    padding = list(range(len(tokenizer), config["vocab_size"]))
+    return {
+        "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id, **({"suppress_tokens": padding} if padding else {}),
+    }  # fmt: skip
+
+
+# Import.
+
+
+@dataclass
+class HFDir:
+    """A transformers model directory, read without loading its weights."""
+
+    path: Path
+    key: str  # the setting that named it (init_from, ckpt_path), for messages
+    config: dict[str, Any]  # its config.json
+    family: str  # GPT2 or LLAMA
+    weight_files: list[Path]
+    wgpt: dict[str, Any] | None  # wgpt.json, when wgpt exported it
+
+    @property
+    def source(self) -> str:
+        return f"{self.key}={self.path}"
+
+
+def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
+    """(wgpt model class, its full config) that computes what the directory's model computes; a
+    one-line WgptError for a setting wgpt's Transformer has no equivalent of."""
+    c, source = d.config, d.source
+
+    def refuse(setting: str, why: str):
+        raise WgptError(f"{source}: config.json has {setting}, which wgpt's Transformer has no equivalent of ({why}): it cannot be loaded")
+
+    def get(name: str, default=None):
+        value = c.get(name, default)
+        return default if value is None else value
+
+    if d.family == GPT2:
+        act = get("activation_function", "gelu_new")
+        d_embed = c.get("n_embd", c.get("hidden_size"))
+        if act not in HF_ACTIVATIONS:
+            refuse(f"activation_function={act}", "wgpt's gelu is the tanh approximation, gelu_new; silu and relu are the others")
+        if get("n_inner") not in (None, 4 * d_embed):
+            refuse(f"n_inner={c['n_inner']}", f"GPT-2-shaped MLPs are 4 x n_embd = {4 * d_embed} wide")
+        for name, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+            if get(name, want) != want:
+                refuse(f"{name}={c[name]}", "attention here is plain scaled dot-product self-attention")
+        config = dict(
+            d_embed=d_embed, n_layers=c.get("n_layer", c.get("num_hidden_layers")),
+            n_heads=c.get("n_head", c.get("num_attention_heads")), n_kv_heads=None,
+            max_seq_len=c.get("n_positions", c.get("max_position_embeddings", 1024)), norm="layernorm",
+            norm_eps=get("layer_norm_epsilon", 1e-5), activation=HF_ACTIVATIONS[act], gated=False, multiple_of=256,
+            ffn_dim_multiplier=None, pos="learned", rope_theta=10000.0, bias=True,
+            tie_embeddings=get("tie_word_embeddings", True),
+        )  # fmt: skip
+    else:
+        act = get("hidden_act", "silu")
+        d_embed, n_heads = c.get("hidden_size"), c.get("num_attention_heads")
+        if act not in HF_ACTIVATIONS:
+            refuse(f"hidden_act={act}", "wgpt's gated MLP takes silu, gelu (tanh approximation, gelu_pytorch_tanh) or relu")
+        if isinstance(d_embed, int) and isinstance(n_heads, int) and get("head_dim", d_embed // n_heads) != d_embed // n_heads:
+            refuse(f"head_dim={c['head_dim']}", f"wgpt's heads are hidden_size / num_attention_heads = {d_embed // n_heads} wide")
+        rope = get("rope_parameters") or get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            refuse(f"rope_parameters={rope}", "wgpt's rotary positions are the plain ones, rope_type=default")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            refuse(f"rope type {rope_type}", "wgpt's rotary positions are the plain ones, rope_type=default")
+        if bool(get("attention_bias", False)) != bool(get("mlp_bias", False)):
+            refuse(f"attention_bias={get('attention_bias', False)}, mlp_bias={get('mlp_bias', False)}", "wgpt's bias knob is for every linear layer")
+        width = get("intermediate_size")
+        hint = (d.wgpt or {}).get("model_config") or {}
+        mlp = _mlp_knobs(d_embed, width, hint.get("multiple_of", 256), hint.get("ffn_dim_multiplier"))
+        config = dict(
+            d_embed=d_embed, n_layers=c.get("num_hidden_layers"), n_heads=n_heads,
+            n_kv_heads=get("num_key_value_heads", n_heads), max_seq_len=get("max_position_embeddings", 2048),
+            norm="rmsnorm", norm_eps=get("rms_norm_eps", 1e-6), activation=HF_ACTIVATIONS[act], gated=True, **mlp,
+            pos="rotary", rope_theta=float(rope.get("rope_theta") or get("rope_theta", 10000.0)),
+            bias=bool(get("attention_bias", False)), tie_embeddings=get("tie_word_embeddings", False),
+        )  # fmt: skip
+    name = ((d.wgpt or {}).get("model_config") or {}).get("name") or d.path.name
+    config = dict(vocab_size=c.get("vocab_size"), **config, dropout=0.0, sdpa=True, name=name)
+    return MODEL_CLASSES[d.family], config
+
+
+def _mlp_knobs(d_embed: int, width, multiple_of: int, multiplier) -> dict[str, Any]:
+    """multiple_of and ffn_dim_multiplier that size a gated MLP ``width`` wide: the given ones
+    if they do, else the width itself as multiple_of (scaled down first when 8/3 d_embed is wider)."""
+    from wgpt.models.transformer import mlp_hidden_size
+
+    if not isinstance(width, int) or not isinstance(d_embed, int) or width < 1:
+        return dict(multiple_of=multiple_of, ffn_dim_multiplier=multiplier)  # the model's own check reports it
+    base = int(2 * 4 * d_embed / 3)
+    for m, f in ((multiple_of, multiplier), (width, None), (width, width / base)):
+        if mlp_hidden_size(d_embed, True, m, f) == width:
+            return dict(multiple_of=m, ffn_dim_multiplier=f)
+    return dict(multiple_of=width, ffn_dim_multiplier=width / base)
+
+
+def check_fits_config(d: HFDir, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The directory's implied config, after checking that a model of ``model_config`` can take
+    its weights: a one-line WgptError listing the ``model.*`` overrides that make it so."""
+    from wgpt.models.transformer import mlp_hidden_size
+
+    _, implied = implied_config(d)
+    ours = dict(model_config)
+    norm = lambda c, k: (c[k] or c["n_heads"]) if k == "n_kv_heads" else c[k]  # noqa: E731  (null: one per query head)
+    knobs = list(ARCHITECTURE_KNOBS)
+    if implied["pos"] == "learned":
+        knobs.append("max_seq_len")  # the learned position table's rows
+    differ = [k for k in knobs if k not in ours or norm(implied, k) != norm(ours, k)]
+    width = lambda c: mlp_hidden_size(c["d_embed"], c["gated"], c["multiple_of"], c["ffn_dim_multiplier"])  # noqa: E731
+    if implied["gated"] and not differ and width(implied) != width(ours):
+        differ += ["multiple_of", "ffn_dim_multiplier"]
+    if differ:
+        overrides = " ".join(f"model.{k}={shown_value(implied[k])}" for k in differ)
+        has = ", ".join(f"{k}={shown_value(ours.get(k))}" for k in differ)
+        made_by = ((d.wgpt or {}).get("model_config") or {}).get("name")
+        preset = f"model={made_by} with the overrides of its run" if made_by else "the preset it was trained as"
+        raise WgptError(
+            f"{d.source} holds a {ARCHITECTURES[d.family]} that model {ours.get('name', '?')} ({has}) does not fit: "
+            f"its config.json implies {overrides}: add those overrides, or use {preset}"
+        )
+    return implied
+
+
+def shown_value(v) -> str:
+    """A value as a Hydra override writes it."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)

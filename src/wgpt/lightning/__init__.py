@@ -1,0 +1,1 @@
+"""The Lightning module (loss, logging, optimizer and schedule) and its metrics."""

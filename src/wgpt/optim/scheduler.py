@@ -1,0 +1,104 @@
+"""Learning-rate schedules: ``f(step, total_steps)`` -> factor of the peak learning rate, for ``LambdaLR``.
+
+The config picks one (``optim/scheduler=one_cycle``, ``warmup_cosine`` or ``wsd``) as a partial
+function of its options; the module supplies the run's length.
+``wsd``'s plateau does not depend on the run's length: a run can be continued and cooled later.
+"""
+
+from __future__ import annotations
+
+
+import math
+from typing import Literal
+
+from wgpt.util.errors import WgptError
+
+
+def one_cycle(
+    step: int,
+    total_steps: int,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    anneal_strategy: Literal["cos", "linear"] = "cos",
+) -> float:
+    """OneCycleLR (Smith, 2018) without momentum cycling: from ``1/div_factor`` up to 1 over the
+    first ``pct_start`` of the steps, then down to ``1/(div_factor*final_div_factor)``."""
+    start, end = 1 / div_factor, 1 / (div_factor * final_div_factor)
+    warmup = pct_start * total_steps
+    if step < warmup:
+        return _anneal(start, 1.0, step / warmup, anneal_strategy)
+    return _anneal(1.0, end, min(1.0, (step - warmup) / max(total_steps - warmup, 1)), anneal_strategy)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1) -> float:
+    """GPT-3's schedule: linear warmup over ``warmup_steps`` (from lr/warmup_steps), then a cosine
+    decay to ``min_lr_ratio`` x lr at the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+    return min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def wsd(
+    step: int,
+    total_steps: int,
+    warmup_steps: int = 100,
+    decay_fraction: float = 0.2,
+    min_lr_ratio: float = 0.0,
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear",
+) -> float:
+    """Warmup-stable-decay (MiniCPM, Hu et al. 2024; Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations"): linear warmup over ``warmup_steps``
+    (from lr/warmup_steps, as ``warmup_cosine``), then 1.0, then a decay over the last
+    ``decay_fraction`` of the steps to ``min_lr_ratio`` x lr at the last step (``total_steps``, as
+    ``warmup_cosine``; later steps keep that value). ``decay_shape``: ``linear``, ``cosine``, or
+    ``sqrt`` (1 - sqrt(progress), Hägele et al.'s best).
+
+    The point: a run can be continued and cooled later. Up to the decay, the factor does not depend
+    on ``total_steps``, so a checkpoint from the stable phase resumed with a larger
+    ``trainer.max_steps`` carries on at the peak lr and decays at the end of the longer run.
+    ``decay_fraction=0`` never decays (a run meant only to be continued).
+
+    The decay is ``round(decay_fraction * total_steps)`` steps, at least 1 where ``decay_fraction > 0``.
+    Where a run is too short for its warmup and decay, the lower of the two ramps applies: the lr
+    rises, then falls to ``min_lr_ratio`` at the end without reaching the peak.
+    """
+    _check_wsd(warmup_steps, decay_fraction, min_lr_ratio, decay_shape)
+    factor = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+    decay_steps = max(1, round(decay_fraction * total_steps)) if decay_fraction > 0 else 0
+    decay_start = total_steps - decay_steps
+    if decay_steps and step >= decay_start:
+        progress = min(1.0, (step - decay_start) / decay_steps)
+        if decay_shape == "linear":
+            left = 1 - progress
+        elif decay_shape == "cosine":
+            left = (1 + math.cos(math.pi * progress)) / 2
+        else:
+            left = 1 - math.sqrt(progress)
+        factor = min(factor, min_lr_ratio + (1 - min_lr_ratio) * left)
+    return factor
+
+
+_WSD_SHAPES = ("linear", "cosine", "sqrt")
+
+
+def _check_wsd(warmup_steps, decay_fraction, min_lr_ratio, decay_shape) -> None:
+    """A one-line WgptError naming the first of wsd's options out of range."""
+    key = "optim.scheduler"
+    if not (isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):
+        raise WgptError(f"{key}.warmup_steps={warmup_steps} is out of range for wsd: give a number of steps, 0 or more")
+    if not 0 <= decay_fraction <= 1:
+        raise WgptError(f"{key}.decay_fraction={decay_fraction} is out of range for wsd: give a fraction in [0, 1]")
+    if not 0 <= min_lr_ratio <= 1:
+        raise WgptError(f"{key}.min_lr_ratio={min_lr_ratio} is out of range for wsd: give a fraction of lr in [0, 1]")
+    if decay_shape not in _WSD_SHAPES:
+        raise WgptError(f"{key}.decay_shape={decay_shape} is not one of {', '.join(_WSD_SHAPES)}: pick one")
+
+
+def _anneal(start: float, end: float, progress: float, strategy: str) -> float:
+    if strategy == "cos":
+        return end + (start - end) * (1 + math.cos(math.pi * progress)) / 2
+    if strategy == "linear":
+        return start + (end - start) * progress
+    raise ValueError(f"anneal_strategy={strategy!r}: use cos or linear")

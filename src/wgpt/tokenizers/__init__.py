@@ -1,0 +1,37 @@
+"""TODO docstring: from wgpt.tokenizers.r50k."""
+
+from __future__ import annotations
+
+
+from typing import Any, Mapping
+
+
+from wgpt.util.errors import WgptError
+from wgpt.tokenizers.r50k import R50K
+from wgpt.tokenizers.base import TokenizerBase
+from wgpt.tokenizers.r50k import r50k_tokenizer
+
+
+def tokenizer_config(name: str | None) -> str:
+    """The command-line choice that selects the tokenizer named ``name`` (for error messages)."""
+    if name and name.startswith("bpe") and name[3:].isdigit():
+        return f"tokenizer=bpe tokenizer.vocab_size={name[3:]}"
+    return f"tokenizer={name}" if name else "tokenizer=r50k"
+
+
+def tokenizer_from_record(record: Mapping[str, Any] | None, source: str = "the checkpoint") -> TokenizerBase:
+    """The tokenizer a checkpoint was trained with (its ``record()``); r50k for checkpoints without one."""
+    if record is None or record.get("name") == R50K:
+        tokenizer = r50k_tokenizer()
+    elif "json" in record:
+        from wgpt.tokenizers.bpe import BPETokenizer
+
+        tokenizer = BPETokenizer(record["json"], record["name"])
+    else:
+        raise WgptError(f"{source} names tokenizer {record.get('name')!r} but does not hold it: it was not made by wgpt")
+    if record is not None and record.get("fingerprint") != tokenizer.fingerprint:
+        raise WgptError(
+            f"{source} records tokenizer {record.get('fingerprint')}, but rebuilding it gives {tokenizer.fingerprint}: "
+            "the checkpoint is damaged or from another wgpt version"
+        )
+    return tokenizer

@@ -1,0 +1,1 @@
+"""Tools on top of the runner: eval, generate, tokens, shapes, plot."""

@@ -1,0 +1,187 @@
+"""TODO docstring: from wgpt.core.validate."""
+
+from __future__ import annotations
+
+
+import collections.abc
+import difflib
+import inspect
+import os
+import typing
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Any, Callable, Literal, Union
+
+from omegaconf import DictConfig, ListConfig
+
+from wgpt.util.errors import WgptError
+
+if typing.TYPE_CHECKING:
+    pass
+# Keys of a _target_ node that wgpt reads and the target never sees (see wgpt/optim.py).
+WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups")}
+
+
+def positive(v) -> bool:
+    return v > 0
+
+
+def at_least_one(v) -> bool:
+    return v >= 1
+
+
+def non_negative(v) -> bool:
+    return v >= 0
+
+
+def steps_or_unlimited(v) -> bool:
+    return v == -1 or v >= 1
+
+
+def missing_keys(node: DictConfig, key: str):
+    """The ``???`` keys under ``node``, found without resolving interpolations (that would raise)."""
+    for name in node:
+        child, full = node._get_node(name), f"{key}.{name}" if key else str(name)
+        if child._is_missing():
+            yield full
+        elif isinstance(child, DictConfig) and not child._is_none():
+            yield from missing_keys(child, full)
+
+
+def is_kind(kind: type, value) -> bool:
+    if isinstance(value, bool):  # True is an int to Python, not a batch size
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def check_number(key: str, value, kind: type, test: Callable[[Any], bool], give: str) -> None:
+    if not is_kind(kind, value):
+        raise WgptError(f"{key}={value} is not {'a whole number' if kind is int else 'a number'}: give {give}")
+    if not test(value):
+        raise WgptError(f"{key}={value} is out of range: give {give}")
+
+
+def check_readable(key: str, path: Path, fix: str) -> None:
+    if not path.exists():
+        raise WgptError(f"{key}={path} does not exist: {fix}")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise WgptError(f"{key}={path} is not readable (permissions): make it readable, or {fix}")
+
+
+def check_targets(node: DictConfig, key: str) -> None:
+    """Check every ``_target_`` node under ``node`` against the signature of what it names."""
+    if "_target_" in node:
+        check_arguments(node, key)
+    for name in node:
+        child = node._get_node(name)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            check_targets(child, f"{key}.{name}" if key else str(name))
+
+
+def check_arguments(node: DictConfig, key: str) -> None:
+    """Unknown keys and values of the wrong type for the callable that ``node._target_`` names."""
+    target = node._target_
+    obj = import_target(target, key)
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+        return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    hints = type_hints(obj)
+    own = WGPT_NODE_KEYS.get(key, ())
+    for name in node:
+        if str(name).startswith("_") or name in own:
+            continue
+        if name not in params:
+            if takes_any:
+                continue
+            close = difflib.get_close_matches(str(name), list(params), n=1)
+            hint = f" (did you mean {key}.{close[0]}?)" if close else f" (it takes: {', '.join(p for p in params if p != 'self')})"
+            raise WgptError(f"{key}.{name} is not a setting of {target}{hint}: fix the key in the command or the YAML")
+        check_type(f"{key}.{name}", node[name], hints.get(name))
+
+
+def check_type(key: str, value, hint) -> None:
+    if hint is None or matches(value, hint):
+        return
+    choices = _literal_choices(hint)
+    if choices:
+        choices = list(dict.fromkeys(map(str, choices)))  # Lightning lists 16 and "16"
+        raise WgptError(f"{key}={value} is not one of {', '.join(choices)}: pick one")
+    raise WgptError(f"{key}={value} is not {describe_type(hint)}: fix the value in the command or the YAML")
+
+
+def matches(value, hint) -> bool:
+    """Whether a config value can be passed where ``hint`` is declared (unknown hints pass)."""
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, (typing.TypeVar, str)):
+        return True
+    if origin in (Union, UnionType):
+        return any(matches(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint in (None, NoneType):
+        return value is None
+    if value is None:
+        return False
+    if isinstance(value, DictConfig) and "_target_" in value:  # instantiated to whatever is declared
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return is_kind(hint, value)
+    if hint is str:
+        return isinstance(value, str)
+    base = origin or hint
+    if base in (Path, os.PathLike):
+        return isinstance(value, (str, Path))
+    if base in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        return isinstance(value, (ListConfig, list, tuple))
+    if base in (dict, collections.abc.Mapping):
+        return isinstance(value, (DictConfig, dict))
+    return True  # callables, classes: what they will be is not knowable from a config value
+
+
+def describe_type(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(describe_type(h) for h in typing.get_args(hint))
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", NoneType: "null"}
+    if hint in names:
+        return names[hint]
+    return f"a {getattr(origin or hint, '__name__', str(hint))}"
+
+
+def _literal_choices(hint) -> list:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return list(typing.get_args(hint))
+    if origin in (Union, UnionType):
+        return [c for h in typing.get_args(hint) for c in _literal_choices(h)]
+    return []
+
+
+def import_target(target: str, key: str):
+    import logging
+
+    from hydra.utils import get_object
+
+    hydra_log = logging.getLogger("hydra.utils")  # it logs the failure over 3 lines before raising
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)
+    try:
+        return get_object(target)
+    except Exception as e:  # ImportError, or Hydra's wrapping of it
+        why = " ".join(str(e).split())  # Hydra's message spans lines
+        raise WgptError(f"{key}._target_={target} cannot be imported ({why}): fix the module or class path") from None
+    finally:
+        hydra_log.setLevel(level)
+
+
+def type_hints(obj) -> dict:
+    """The evaluated type hints of ``obj``'s parameters ({} where they cannot be evaluated)."""
+    function = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # a forward reference to a name imported only for type checkers
+        return {}

@@ -1,0 +1,102 @@
+"""TODO docstring: from wgpt.data.diskdataset, wgpt.data.prepare, wgpt.interop.hf.config, wgpt.core.callbacks."""
+
+from __future__ import annotations
+
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+
+import fcntl
+from contextlib import contextmanager
+
+
+import shutil
+
+
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def exclusive(lock_path: Path, new_dirs: list[Path]) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path``, and remove it when done: nothing stays behind. A
+    waiter that gets the lock of a file removed meanwhile locks the new one instead, so two
+    holders never overlap. Dirs it had to make are added to ``new_dirs`` (deepest first)."""
+    while True:
+        missing = [d for d in (lock_path.parent, *lock_path.parent.parents) if not d.exists()]
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        new_dirs.extend(d for d in missing if d not in new_dirs)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its dir was just removed by a failed preparer
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # before unlocking: a waiter then sees it gone and retries
+        os.close(fd)
+
+
+class replaced_atomically:
+    """Files written into a temporary directory beside ``out``, which then takes ``out``'s place
+    whole: a kill midway leaves the old ``out`` (or none), never half an export. On an error the
+    temporary directory, and the parent directories made for it, are removed again."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.made = [d for d in reversed(out.parents) if not d.exists()]  # shallowest first
+        self.tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        self.old = out.with_name(f".{out.name}.old-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            for directory in reversed(self.made):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break
+            return
+        fsync_dir(self.tmp)
+        if self.out.exists():
+            os.replace(self.out, self.old)
+        os.replace(self.tmp, self.out)
+        fsync_dir(self.out.parent)
+        shutil.rmtree(self.old, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    for file in [*path.iterdir(), path] if path.is_dir() else [path]:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
