@@ -12,7 +12,7 @@ os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf
 
 import wgpt.core.launch  # noqa: E402, F401  (registers the resolvers conf/train.yaml uses)
 from wgpt.core.report import discarded_on_bad_input, one_line_config_errors, one_line_errors  # noqa: E402
-from wgpt.core.resume import finished_job, resume_arguments  # noqa: E402
+from wgpt.core.sweep_resume import finished_job, resume_arguments  # noqa: E402
 from wgpt.core.validate import check_values  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from conftest import ROOT, run_cli
 from wgpt.util.errors import WgptError
 from wgpt.core.logger import keep_metrics_before
-from wgpt.core.resume import resume_arguments
+from wgpt.core.sweep_resume import resume_arguments
 
 # Seconds a job: recent.ckpt every 4 steps, validation every 4, dropout on (the resumed job must
 # restore the random stream too).

@@ -20,7 +20,13 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from wgpt.core.report import FULL_ERROR
+from wgpt.core.compose import compose_train_config, repo_root
+from wgpt.core.report import FULL_ERROR, describe_config_error
+from wgpt.core.validate import check_values
+from wgpt.data.tokenizer import tokenizer_spec
+from wgpt.interop.sources import load_model_source
+from wgpt.models import padded_vocab_size
+from wgpt.models.build import build_model, check_model_builds
 from wgpt.util.errors import WgptError
 
 
@@ -30,9 +36,6 @@ def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> Dict
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from wgpt.core.compose import compose_train_config, repo_root
-    from wgpt.core.report import describe_config_error
-    from wgpt.core.validate import check_values
 
     if isinstance(overrides, str):
         raise WgptError(f"overrides={overrides!r} is one string: give a list, e.g. overrides=[{overrides!r}]")
@@ -51,9 +54,6 @@ def load_model_from_config(cfg: DictConfig):
     state is left as it was). Its knobs are checked first, one line for a bad one."""
     import torch
 
-    from wgpt.models import padded_vocab_size
-    from wgpt.models.build import build_model, check_model_builds
-    from wgpt.data.tokenizer import tokenizer_spec
 
     vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
     check_model_builds(cfg.model, vocab_size)
@@ -67,7 +67,6 @@ def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:
     else its recent one), a checkpoint in it (.ckpt, or the best-*.safetensors beside it) or a
     Hugging Face model directory. The config is the run's ``.hydra/config.yaml`` (None for a
     Hugging Face directory, or a checkpoint moved out of its run)."""
-    from wgpt.interop.sources import load_model_source
 
     loaded = load_model_source(path, key="path")
     saved = loaded.run_dir / ".hydra" / "config.yaml" if loaded.run_dir is not None else None

@@ -3,31 +3,27 @@ and the training speed report (the progress bar is in ``wgpt.core.console``)."""
 
 from __future__ import annotations
 
-
 import logging
-import signal
-import threading
-from typing import Any
-
-import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.throughput import Throughput
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from wgpt.interop.checkpoint import write_weights_beside
 from wgpt.core.devices import compute_dtype, largest_matmul, peak_flops
 from wgpt.core.summary import write_run_summary
+from wgpt.interop.checkpoint import write_weights_beside
 
 
 class ShardedStop(Callback):
@@ -112,11 +108,13 @@ log = logging.getLogger("wgpt")
 STOPPED = (KeyboardInterrupt, SIGTERMException)
 
 
-def build_callbacks(callbacks_cfg: DictConfig, enable_progress_bar: bool = True) -> list[Callback]:
+def build_callbacks(callbacks_cfg: DictConfig, enable_progress_bar: bool = True, sharded: bool = False) -> list[Callback]:
     """Instantiate the callbacks group. With ``trainer.enable_progress_bar=false`` its progress bar
-    is left out: Lightning refuses a progress bar callback together with that flag."""
+    is left out: Lightning refuses a progress bar callback together with that flag. A ``sharded``
+    (FSDP) run adds ShardedStop, its way to stop on a signal."""
     callbacks = [instantiate(c) for c in callbacks_cfg.values()]
-    return [c for c in callbacks if enable_progress_bar or not isinstance(c, ProgressBar)]
+    callbacks = [c for c in callbacks if enable_progress_bar or not isinstance(c, ProgressBar)]
+    return callbacks + [ShardedStop()] if sharded else callbacks
 
 
 class RecentCheckpoint(ModelCheckpoint):

@@ -1,8 +1,7 @@
 """The training config composed outside ``@hydra.main``, for the tools that read it
-(``python -m wgpt.tools.tokens``, ``python -m wgpt.tools.shapes``): overrides as train.py takes them."""
+(``python -m wgpt.tokens``, ``python -m wgpt.shapes``): overrides as train.py takes them."""
 
 from __future__ import annotations
-
 
 import os
 import re
@@ -11,8 +10,8 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from wgpt.util.errors import WgptError
 from wgpt.core.report import one_line_config_errors
+from wgpt.util.errors import WgptError
 
 # A Hydra override (key=value, +key=value, ++key=value, ~key=value, group/option=value).
 OVERRIDE = re.compile(r"^(?:\+\+|\+|~)?[\w./@-]+=")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import ctypes
 import json
 import logging
@@ -18,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import get_available_flops
 
-from wgpt.util.errors import WgptError
 from wgpt.core.launch import external_launch
+from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 

@@ -8,7 +8,6 @@ run that job only. The resolvers here are registered before Hydra composes anyth
 
 from __future__ import annotations
 
-
 import logging
 import os
 import signal

@@ -12,7 +12,6 @@ stderr and exits with status 1, without a traceback unless ``HYDRA_FULL_ERROR=1`
 
 from __future__ import annotations
 
-
 import difflib
 import os
 import re
@@ -30,6 +29,8 @@ from hydra.errors import (
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from wgpt.core.launch import in_sweep, rank_tag
 from wgpt.util.errors import WgptError
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -79,7 +80,6 @@ def one_line_config_errors(conf_dir: str | Path):
 def one_line_errors():
     """Turn a WgptError or an OmegaConf error into one line on stderr and exit status 1 (a
     traceback with HYDRA_FULL_ERROR=1); in a sweep, into a failed job."""
-    from wgpt.core.launch import in_sweep
 
     borrowed = os.environ.pop(BORROWED_ENV, None) is not None and os.environ.pop(FULL_ERROR, None) is not None
     try:
@@ -129,7 +129,6 @@ def discarded_on_bad_input(run_dir: str | Path):
     """On bad input in the block, remove what Hydra wrote into the run dir that this launch made,
     and the dirs it made: nothing is written. Anything else found there is left, with its dirs.
     Sweep jobs keep their dirs (the sweep's table reports them), and only one process cleans up."""
-    from wgpt.core.launch import in_sweep, rank_tag
 
     try:
         yield

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 from typing import Any
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from wgpt.util.errors import WgptError
+from wgpt.interop.checkpoint import load_checkpoint
 from wgpt.parallel.sharding import SHARDED_PRECISIONS
+from wgpt.util.errors import WgptError
 
 
 def check_sharded_precision(precision: str) -> None:
@@ -55,9 +55,12 @@ class ShardedStrategy(ModelParallelStrategy):
         return _keyed_by_position(state) if self.global_rank == 0 else {}
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
-        from wgpt.interop.checkpoint import load_checkpoint
 
         path = self.broadcast(str(checkpoint_path))
         checkpoint = load_checkpoint(path, mmap=True)  # every rank maps the file; nothing is copied

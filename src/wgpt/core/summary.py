@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-
 import json
 import os
 from pathlib import Path
 from typing import Any
-
-
 
 SUMMARY = "summary.json"
 # How a run ended when it trained its whole budget: a resumed sweep keeps such a job as it is.

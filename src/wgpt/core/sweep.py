@@ -3,7 +3,6 @@ job of a sweep checked before the first one starts, and a stopped sweep resumed 
 
 from __future__ import annotations
 
-
 import atexit
 import csv
 import io
@@ -17,10 +16,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from wgpt.util.errors import WgptError
 from wgpt.core.launch import rank_tag
-from wgpt.core.summary import read_run_summary
-from wgpt.core.summary import write_run_summary
+from wgpt.core.summary import read_run_summary, write_run_summary
+from wgpt.util.errors import WgptError
+
 # Overrides that say how a sweep was started or where its files are, not what its jobs train: a
 # resumed sweep adds resume=auto, and may find its data elsewhere.
 NOISE = ("resume", "start_datetime", "paths")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import copy
 import os
 import sys
@@ -16,12 +15,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from wgpt.core.report import BORROWED_ENV, FULL_ERROR, describe_config_error, user_error
-from wgpt.util.errors import WgptError
 from wgpt.core.launch import rank_tag
-from wgpt.core.sweep import SweepError
-from wgpt.core.resume import check_resume
-from wgpt.core.sweep import overrides_of
+from wgpt.core.report import BORROWED_ENV, FULL_ERROR, describe_config_error, user_error
+from wgpt.core.sweep import SweepError, overrides_of
+from wgpt.core.sweep_resume import check_resume
+from wgpt.core.validate import check_config, check_values
+from wgpt.util.errors import WgptError
 
 
 class SweepCheck(Callback):
@@ -159,14 +158,12 @@ def check_job(cfg: DictConfig, here: bool, checkpoints: set[str], values_only: b
     """The checks train.py and wgpt.core.train make before training, on one job's config (``here``:
     whether the job runs on this machine, whose devices can then be checked; ``values_only``:
     only those that need no torch, wgpt.core.validate.check_values)."""
-    from wgpt.core.validate import check_values
 
     if values_only:
         check_values(cfg)
         return
-    from wgpt.interop.checkpoint import load_checkpoint
-    from wgpt.core.logger import check_logger_packages
-    from wgpt.core.validate import check_config
+    from wgpt.core.logger import check_logger_packages  # lazy: Lightning's loggers, only to check their packages
+    from wgpt.interop.checkpoint import load_checkpoint  # lazy: torch, only when a sweep resumes
 
     if not here:  # jobs run on other machines (SLURM): their devices are theirs to check
         with open_dict(cfg):

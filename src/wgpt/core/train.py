@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import logging
 import os
 import signal
@@ -18,27 +17,25 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.callbacks import RunSummary, build_callbacks
-from wgpt.interop.checkpoint import SafeCheckpointIO
 from wgpt.core.console import parameter_counts, print_config_tree
 from wgpt.core.devices import enable_tf32, reuse_freed_host_memory
-from wgpt.util.errors import WgptError
-from wgpt.core.report import discarded_on_bad_input
-from wgpt.interop.hf.init_from import check_init_from, check_init_tokenizer, start_from
 from wgpt.core.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
-from wgpt.models import padded_vocab_size
-from wgpt.lightning.module import ModelLightningWrapper
-from wgpt.optim import optimizer_factory, optimizer_layout
-from wgpt.parallel.sharding import is_sharded
+from wgpt.core.report import discarded_on_bad_input
+from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint
 from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.core.sweep import objective, overrides_of
-from wgpt.models.build import build_model
+from wgpt.core.trainer import trainer_arguments
 from wgpt.core.validate import check_config
 from wgpt.data.tokenizer import tokenizer_spec
-from wgpt.core.resume import check_same_tokenizer
-from wgpt.core.resume import checkpoint_to_resume
-from wgpt.core.resume import own_checkpoint
-from wgpt.core.trainer import trainer_arguments
+from wgpt.interop.checkpoint import SafeCheckpointIO
+from wgpt.interop.hf.init_from import check_init_from, check_init_tokenizer, start_from
+from wgpt.lightning.module import ModelLightningWrapper
+from wgpt.models import padded_vocab_size
+from wgpt.models.build import build_model
+from wgpt.optim import optimizer_factory, optimizer_layout
+from wgpt.parallel.sharding import is_sharded
+from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 
@@ -96,7 +93,11 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     )
     trainer = L.Trainer(
         **trainer_args,
-        callbacks=build_callbacks(cfg.callbacks, enable_progress_bar=cfg.trainer.get("enable_progress_bar", True)),
+        callbacks=build_callbacks(
+            cfg.callbacks,
+            enable_progress_bar=cfg.trainer.get("enable_progress_bar", True),
+            sharded=is_sharded(trainer_args.get("strategy")),
+        ),
         logger=build_loggers(cfg.get("logger")),  # csv, and any of tensorboard, wandb
         plugins=[SafeCheckpointIO()],
     )

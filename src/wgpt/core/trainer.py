@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import difflib
 import inspect
 import os
@@ -17,24 +16,25 @@ if typing.TYPE_CHECKING:
     import torch
 
 
+import logging
+
 import torch
 import torch.nn as nn
+
+from wgpt.core.devices import (
+    FP16_PRECISIONS,
+    NvmlUnavailable,
+    check_devices,
+    check_fits_devices,
+    cpu_precision,
+    device_count,
+    get_best_devices,
+    training_memory_gib,
+)
 from wgpt.core.launch import external_launch
-from wgpt.parallel.sharding import FSDP
 from wgpt.core.strategy import check_sharded_precision, fsdp_strategy
-
-
-from wgpt.core.devices import FP16_PRECISIONS
-from wgpt.core.devices import NvmlUnavailable
-from wgpt.core.devices import check_devices
-from wgpt.core.devices import check_fits_devices
-from wgpt.util.checks import check_type
-from wgpt.core.devices import cpu_precision
-from wgpt.core.devices import device_count
-from wgpt.core.devices import get_best_devices
-import logging
-from wgpt.core.devices import training_memory_gib
-from wgpt.util.checks import type_hints
+from wgpt.parallel.sharding import FSDP
+from wgpt.util.checks import check_type, type_hints
 
 log = logging.getLogger("wgpt")
 
@@ -53,7 +53,6 @@ def check_trainer(trainer: DictConfig) -> None:
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
-    from wgpt.core.devices import check_devices
 
     params = inspect.signature(L.Trainer.__init__).parameters
     hints = type_hints(L.Trainer.__init__)

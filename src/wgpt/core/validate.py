@@ -10,29 +10,27 @@ edit here. The keys that no signature types (optim, the trainer's numbers) are i
 
 from __future__ import annotations
 
-
 import typing
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from wgpt.util.checks import (
+    at_least_one,
+    check_number,
+    check_readable,
+    check_targets,
+    is_kind,
+    missing_keys,
+    non_negative,
+    positive,
+    steps_or_unlimited,
+)
 from wgpt.util.errors import WgptError
 
 if typing.TYPE_CHECKING:
     import torch
-from wgpt.util.checks import at_least_one
-from wgpt.models.build import check_model_builds
-from wgpt.util.checks import check_number
-from wgpt.util.checks import check_readable
-from wgpt.util.checks import check_targets
-from wgpt.core.trainer import check_trainer
-from wgpt.util.checks import is_kind
-from wgpt.util.checks import missing_keys
-from wgpt.util.checks import non_negative
-from wgpt.util.checks import positive
-from wgpt.util.checks import steps_or_unlimited
-from wgpt.data.tokenizer import tokenizer_spec
 
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
@@ -67,19 +65,21 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
 
     Returns the model built on the meta device, for ``vocab_size`` tokens (None: the tokenizer
     config's, padded): its shapes, with no memory behind them."""
-    from wgpt.optim import check_optim
+    # torch and Lightning load here, not when train.py imports check_values (seconds earlier)
+    from wgpt.core.trainer import check_trainer  # lazy: Lightning
+    from wgpt.data.tokenizer import tokenizer_spec  # lazy: tiktoken
+    from wgpt.models import padded_vocab_size  # lazy: torch
+    from wgpt.models.build import check_model_builds  # lazy: torch
+    from wgpt.optim import check_optim  # lazy: torch
+    from wgpt.parallel.sharding import FSDP, model_blocks  # lazy: torch
 
     check_values(cfg)
     check_targets(cfg, "")
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     if vocab_size is None:
-        from wgpt.models import padded_vocab_size
-
         vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
     model = check_model_builds(cfg.model, vocab_size)
-    from wgpt.parallel.sharding import FSDP, model_blocks
-
     if cfg.trainer.get("activation_checkpointing"):
         model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
     if cfg.trainer.get("strategy") == FSDP:

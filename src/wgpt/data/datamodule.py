@@ -12,8 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.pdbsampler import PDBSampler
 from wgpt.data.prepare import discard, ensure_prepared, unprepared_reason
-from wgpt.data.sources import process_command
-from wgpt.data.sources import check_source, too_small_fix
+from wgpt.data.sources import check_source, process_command, too_small_fix
 from wgpt.data.splits import SPLITS, get_splits
 from wgpt.data.tokenizer import R50k
 from wgpt.tokenizers.base import TokenizerBase

@@ -8,7 +8,6 @@ The sidecar is written last, so a bin without one is unfinished and is never rea
 
 from __future__ import annotations
 
-
 import json
 import os
 from collections import deque
@@ -20,8 +19,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from wgpt.tokenizers.r50k import R50K, tokenizer_fingerprint
 from wgpt.tokenizers.base import TokenizerBase
+from wgpt.tokenizers.r50k import R50K, tokenizer_fingerprint
 from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text
 

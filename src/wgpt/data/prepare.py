@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import functools
 import logging
 from pathlib import Path
@@ -12,14 +11,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from wgpt.data.diskdataset import BinInfo, bin_path, check_bin, generate_bin
-from wgpt.data.sources import HubUnreachable
+from wgpt.data.sources import HubUnreachable, describe, process_command
 from wgpt.data.splits import SPLITS
 from wgpt.data.tokenizer import R50k
 from wgpt.tokenizers.base import TokenizerBase
 from wgpt.util.errors import WgptError
-from wgpt.data.sources import describe
 from wgpt.util.files import exclusive
-from wgpt.data.sources import process_command
 
 log = logging.getLogger("wgpt")
 

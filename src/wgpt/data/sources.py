@@ -8,22 +8,18 @@ carve is deterministic and, when streaming, reads only the documents it takes.
 
 from __future__ import annotations
 
-
+import functools
 import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Mapping
-
-from wgpt.data.splits import SPLITS
-from wgpt.util.errors import WgptError
-
-import functools
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from wgpt.data.splits import SPLITS
+from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 

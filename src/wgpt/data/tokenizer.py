@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import typing
 from pathlib import Path
 from typing import Callable
@@ -14,22 +13,17 @@ from wgpt.util.errors import WgptError
 if typing.TYPE_CHECKING:
     pass
 
-from typing import Mapping
-
 import json
 import logging
 import time
-from typing import Iterator
+from typing import Iterator, Mapping
 
+from wgpt.data.diskdataset import default_data_dir, text_batches
+from wgpt.data.sources import describe, process_command
 from wgpt.tokenizers.base import SPECIAL_TOKENS
-from wgpt.tokenizers.bpe import BPETokenizer
-from wgpt.tokenizers.bpe import MAX_VOCAB
-from wgpt.tokenizers.bpe import MIN_VOCAB
-from wgpt.tokenizers.r50k import R50K
-from wgpt.tokenizers.r50k import Tokenizer
-from wgpt.tokenizers.bpe import content_hash
-from wgpt.tokenizers.r50k import r50k_tokenizer
-from wgpt.tokenizers.bpe import train_bpe
+from wgpt.tokenizers.bpe import MAX_VOCAB, MIN_VOCAB, BPETokenizer, content_hash, train_bpe
+from wgpt.tokenizers.r50k import R50K, Tokenizer, r50k_tokenizer
+from wgpt.util.files import atomic_write_text, exclusive
 
 
 def tokenizer_spec(cfg: DictConfig):
@@ -87,7 +81,6 @@ class ByteLevelBPE:
         return self.train_on
 
     def path(self, datasets: Mapping[str, Callable | None], data_dir: str | Path | None = None) -> Path:
-        from wgpt.data.diskdataset import default_data_dir
 
         return Path(data_dir or default_data_dir()) / self.dataset(datasets) / "tokenizers" / f"{self.name}.json"
 
@@ -99,8 +92,6 @@ class ByteLevelBPE:
 
         A lock file makes concurrent callers (the ranks of a launch, nodes on a shared file
         system) take turns: whoever comes second finds it trained."""
-        from wgpt.util.files import exclusive
-        from wgpt.data.sources import describe, process_command
 
         name = self.dataset(datasets)
         load, path = datasets[name], self.path(datasets, data_dir)
@@ -128,7 +119,6 @@ class ByteLevelBPE:
             raise
 
     def _train(self, name: str, load: Callable, path: Path, recipe: dict) -> BPETokenizer:
-        from wgpt.util.files import atomic_write_text
 
         log.info("Training tokenizer %s on the train split of '%s' (at most %d characters)", self.name, name, self.max_train_chars)
         start, seen = time.perf_counter(), [0, 0]  # characters, documents
@@ -171,7 +161,6 @@ def _stale_reason(path: Path, recipe: dict) -> str | None:
 
 def _limited_texts(data, max_chars: int, seen: list[int]) -> Iterator[str]:
     """The texts of a split, stopping once ``max_chars`` characters were given (counted in ``seen``)."""
-    from wgpt.data.diskdataset import text_batches
 
     for texts in text_batches(data, 512):
         for text in texts:

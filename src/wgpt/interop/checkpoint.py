@@ -8,7 +8,6 @@ for its best checkpoint.
 
 from __future__ import annotations
 
-
 import importlib
 import json
 import os
@@ -20,13 +19,11 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-
-from wgpt.util.errors import WgptError
-
-
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from wgpt.util.files import fsync
 
+from wgpt.tokenizers import tokenizer_from_record
+from wgpt.util.errors import WgptError
+from wgpt.util.files import fsync
 
 MODEL_PACKAGE = "wgpt.models."  # a checkpoint may only name a model class from here
 
@@ -174,7 +171,6 @@ def load_weights(path: str | Path, key: str = "ckpt_path"):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from wgpt.tokenizers import tokenizer_from_record
 
     path, source = Path(path), f"{key}={path}"
     try:

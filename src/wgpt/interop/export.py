@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-
 import json
 from pathlib import Path
 
 import torch
 
-from wgpt.util.errors import WgptError
-from wgpt.interop.hf.config import ARCHITECTURES
-from wgpt.interop.hf.config import WEIGHTS_FILE
-from wgpt.interop.hf.config import WGPT_FILE
-from wgpt.interop.hf.config import architecture
-from wgpt.interop.hf.config import generation_config
-from wgpt.interop.hf.config import hf_config
-from wgpt.util.files import replaced_atomically
-from wgpt.interop.hf.weights import to_hf
+from wgpt.interop.checkpoint import readable_as_usual
+from wgpt.interop.hf.config import ARCHITECTURES, WEIGHTS_FILE, WGPT_FILE, architecture, generation_config, hf_config
 from wgpt.interop.hf.tokenizer import tokenizer_files
+from wgpt.interop.hf.weights import to_hf
+from wgpt.interop.sources import load_model_source, peek_model
+from wgpt.util.errors import WgptError
+from wgpt.util.files import replaced_atomically
 
 
 def export(
@@ -32,8 +28,6 @@ def export(
     source or the current directory."""
     from safetensors.torch import save_file
 
-    from wgpt.interop.sources import load_model_source, peek_model
-    from wgpt.interop.checkpoint import readable_as_usual
 
     out = Path(out).expanduser().resolve()
     source_path = Path(source).expanduser().resolve()

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-
 import json
 from pathlib import Path
 
-
+from wgpt.interop.checkpoint import WEIGHTS_SUFFIX, LoadedModel, load_checkpoint, load_weights, model_from_checkpoint
+from wgpt.interop.hf.reading import model_from_hf_dir, read_hf_dir
+from wgpt.interop.hf.tokenizer import tokenizer_from_hf_dir
+from wgpt.tokenizers import tokenizer_from_record
 from wgpt.util.errors import WgptError
-from wgpt.interop.checkpoint import LoadedModel
-from wgpt.interop.checkpoint import WEIGHTS_SUFFIX
-from wgpt.interop.checkpoint import load_checkpoint
-from wgpt.interop.checkpoint import load_weights
-from wgpt.interop.checkpoint import model_from_checkpoint
 
 
 def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
     """The model and tokenizer at ``path``: a training checkpoint (.ckpt), a weights file
     (.safetensors), a Hugging Face model directory, or a run dir (its newest best checkpoint,
     else its recent one). One-line WgptErrors for anything else."""
-    from wgpt.tokenizers import tokenizer_from_record
 
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise WgptError(f"{key}={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)")
     if path.is_dir():
         if (path / "config.json").is_file():
-            from wgpt.interop.hf.reading import model_from_hf_dir, read_hf_dir
-            from wgpt.interop.hf.tokenizer import tokenizer_from_hf_dir
 
             tokenizer = tokenizer_from_hf_dir(read_hf_dir(path, key))
             model, d = model_from_hf_dir(path, tokenizer, key)
@@ -54,8 +48,6 @@ def source_tokenizer(path: str | Path, key: str = "ckpt_path"):
         raise WgptError(f"{key}={path} does not exist: give a .ckpt or .safetensors file, a run dir or a Hugging Face model directory")
     if path.is_dir():
         if (path / "config.json").is_file():
-            from wgpt.interop.hf.reading import read_hf_dir
-            from wgpt.interop.hf.tokenizer import tokenizer_from_hf_dir
 
             return tokenizer_from_hf_dir(read_hf_dir(path, key))
         if not (path / "checkpoints").is_dir():
@@ -73,7 +65,6 @@ def source_tokenizer(path: str | Path, key: str = "ckpt_path"):
     else:
         record = load_checkpoint(path, mmap=True).get("tokenizer")  # reads no weights
     # Imported last: a wrong path is reported before the seconds that wgpt.data's imports take.
-    from wgpt.tokenizers import tokenizer_from_record
 
     return tokenizer_from_record(record, source=source)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import logging
 import math
 from datetime import datetime
@@ -16,16 +15,13 @@ from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from wgpt.data.tokenizer import R50k
-from wgpt.tokenizers.base import TokenizerBase
-from wgpt.util.errors import WgptError
+from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.models.loss import next_token_loss
 from wgpt.optim import OptimizerFactory, default_optimizer, parameter_kinds
 from wgpt.optim.scheduler import one_cycle
-from wgpt.core.callbacks import ShardedStop
 from wgpt.parallel.sharding import checkpoint_activations, compile_blocks, is_sharded, model_blocks, shard
-from wgpt.lightning.metrics import bits_per_byte
-from wgpt.lightning.metrics import perplexity
-from wgpt.lightning.metrics import token_bytes_table
+from wgpt.tokenizers.base import TokenizerBase
+from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 
@@ -118,9 +114,6 @@ class ModelLightningWrapper(L.LightningModule):
             compile_blocks(model_blocks(self.model, "compile=true with trainer.strategy=fsdp compiles block by block"))
         if sharded:
             shard(self.model, self.device_mesh["data_parallel"], str(self.trainer.precision))
-
-    def configure_callbacks(self):
-        return [ShardedStop()] if is_sharded(self.trainer.strategy) else []
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)

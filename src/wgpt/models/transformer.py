@@ -31,11 +31,11 @@ from typing import Literal, get_args
 import torch
 import torch.nn as nn
 
-from wgpt.util.errors import WgptError
 from wgpt.models.attention import causal_attention
 from wgpt.models.kv_cache import KVCache
 from wgpt.models.loss import linear_cross_entropy
 from wgpt.models.rotary import apply_rotary, rotary_tables
+from wgpt.util.errors import WgptError
 
 Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "silu", "relu"]

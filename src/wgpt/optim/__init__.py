@@ -18,7 +18,6 @@ parameter names); parameters no rule takes form the default group, first.
 
 from __future__ import annotations
 
-
 import fnmatch
 import functools
 import inspect
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from wgpt.util.checks import check_arguments, check_number
 from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
@@ -272,7 +272,6 @@ def optimizer_factory(optim: DictConfig) -> OptimizerFactory:
 def check_optim(optim: DictConfig) -> None:
     """The ``param_groups`` rules, checked before any heavy work (the optimizers' own arguments are
     checked against their signatures by wgpt.core.validate)."""
-    from wgpt.util.checks import check_arguments, check_number
 
     for name, rule in (optim.get("param_groups") or {}).items():
         if rule is None:

@@ -7,7 +7,6 @@ function of its options; the module supplies the run's length.
 
 from __future__ import annotations
 
-
 import math
 from typing import Literal
 

@@ -19,7 +19,6 @@ runs on CPUs too (gloo), which is how the test suite checks it.
 
 from __future__ import annotations
 
-
 import logging
 from typing import Any
 

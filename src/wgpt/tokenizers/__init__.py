@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 from typing import Any, Mapping
 
-
-from wgpt.util.errors import WgptError
-from wgpt.tokenizers.r50k import R50K
 from wgpt.tokenizers.base import TokenizerBase
-from wgpt.tokenizers.r50k import r50k_tokenizer
+from wgpt.tokenizers.bpe import BPETokenizer
+from wgpt.tokenizers.r50k import R50K, r50k_tokenizer
+from wgpt.util.errors import WgptError
 
 
 def tokenizer_config(name: str | None) -> str:
@@ -24,7 +22,6 @@ def tokenizer_from_record(record: Mapping[str, Any] | None, source: str = "the c
     if record is None or record.get("name") == R50K:
         tokenizer = r50k_tokenizer()
     elif "json" in record:
-        from wgpt.tokenizers.bpe import BPETokenizer
 
         tokenizer = BPETokenizer(record["json"], record["name"])
     else:

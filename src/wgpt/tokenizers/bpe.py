@@ -14,7 +14,6 @@ every bin and checkpoint made with it; its bins go to ``<data_dir>/<name>/tokeni
 
 from __future__ import annotations
 
-
 import hashlib
 from functools import lru_cache
 from pathlib import Path

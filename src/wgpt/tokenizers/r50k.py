@@ -14,7 +14,6 @@ against their sha256, so nothing is downloaded: this works on offline cluster no
 
 from __future__ import annotations
 
-
 import base64
 import hashlib
 from functools import lru_cache
@@ -22,10 +21,8 @@ from importlib import resources
 
 import numpy as np
 import tiktoken
-from wgpt.tokenizers.base import PAT_STR
-from wgpt.tokenizers.base import SPECIAL_TOKENS
-from wgpt.tokenizers.base import TokenizerBase
 
+from wgpt.tokenizers.base import PAT_STR, SPECIAL_TOKENS, TokenizerBase
 
 RANKS_FILE = "r50k_base.tiktoken"
 # The hash tiktoken itself expects for its r50k_base download (see shared/assets/README.md).

@@ -7,7 +7,6 @@ the same checkpoint and windows.
 
 from __future__ import annotations
 
-
 import json
 import math
 import os
@@ -23,11 +22,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from wgpt.interop.sources import load_model_source
 from wgpt.data.tokenizer import R50k
+from wgpt.interop.sources import load_model_source
+from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.tokenizers.base import TokenizerBase
 from wgpt.util.errors import WgptError
-from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 
 
 class Evaluator:

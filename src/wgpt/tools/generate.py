@@ -5,7 +5,6 @@ Shapes: B batch (prompts), S = longest prompt + max_new_tokens, V vocab.
 
 from __future__ import annotations
 
-
 import math
 import sys
 import time
@@ -188,7 +187,7 @@ def pick_device(name: str) -> torch.device:
 
 def generate_from_config(cfg: DictConfig) -> list[str]:
     """Print each prompt followed by its sampled continuation; a speed summary goes to stderr."""
-    from wgpt.interop.sources import load_model_source
+    from wgpt.interop.sources import load_model_source  # lazy: torch, after generate.py's cheap checks
 
     settings = check_config(cfg)  # before the (slow) checkpoint load
     prompts = settings.pop("prompts")

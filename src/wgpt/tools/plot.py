@@ -1,4 +1,4 @@
-"""Loss curves of runs and sweeps as a PNG: ``python -m wgpt.tools.plot <run or sweep dirs...>``.
+"""Loss curves of runs and sweeps as a PNG: ``python -m wgpt.plot <run or sweep dirs...>``.
 
 Reads what every run leaves in its dir: ``metrics.csv`` (the curves), ``.hydra/overrides.yaml``
 (the labels) and ``.hydra/config.yaml`` with ``train.log`` (the tokens each optimizer step
@@ -6,14 +6,13 @@ trains on). A sweep dir (``outputs/multirun/<time>/``) stands for its job dirs, 
 ``summary.csv`` becomes a second figure: the best validation loss of each job, or its bits per
 byte when ``val_bpb`` is drawn before ``val_loss`` (compare runs of different tokenizers so).
 
-    python -m wgpt.tools.plot outputs/multirun/2026-11-23_19-21-02          # -> <sweep dir>/loss.png, loss-summary.png
-    python -m wgpt.tools.plot outputs/gpt2-tiny/A outputs/llama3-tiny/B --out cmp.png
-    python -m wgpt.tools.plot <run dir> --metric val_ppl,tokens_per_sec     # any metrics.csv columns, a panel each
-    python -m wgpt.tools.plot outputs/multirun/<time> --metric val_bpb      # -> bpb.png, bpb-summary.png
+    python -m wgpt.plot outputs/multirun/2026-11-23_19-21-02          # -> <sweep dir>/loss.png, loss-summary.png
+    python -m wgpt.plot outputs/gpt2-tiny/A outputs/llama3-tiny/B --out cmp.png
+    python -m wgpt.plot <run dir> --metric val_ppl,tokens_per_sec     # any metrics.csv columns, a panel each
+    python -m wgpt.plot outputs/multirun/<time> --metric val_bpb      # -> bpb.png, bpb-summary.png
 """
 
 from __future__ import annotations
-
 
 import argparse
 import contextlib
@@ -25,13 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from wgpt.util.errors import WgptError
 from wgpt.core.report import one_line_errors
-from wgpt.tools.runs import Run
-from wgpt.tools.runs import SWEEP_DIR
-from wgpt.tools.runs import _is_noise
-from wgpt.tools.runs import load_runs
-from wgpt.tools.runs import run_labels
+from wgpt.core.sweep import best_row
+from wgpt.tools.runs import SWEEP_DIR, Run, _is_noise, load_runs, run_labels
+from wgpt.util.errors import WgptError
 
 DEFAULT_METRICS = ["train_loss", "val_loss"]
 Y_LABELS = {
@@ -157,7 +153,6 @@ def plot_summary(
     The best job's bar is outlined and named under the title. Returns a matplotlib Figure."""
     from matplotlib.figure import Figure
 
-    from wgpt.core.sweep import best_row
 
     column, axis_label = SUMMARY_METRICS[metric]
     best = [_number(row.get(column)) for row in rows]
@@ -274,7 +269,7 @@ def plot(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m wgpt.tools.plot",
+        prog="python -m wgpt.plot",
         description="Draw the train and validation loss curves of runs and sweeps into a PNG.",
     )
     parser.add_argument(

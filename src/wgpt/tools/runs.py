@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import csv
 import re
 from collections import Counter
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from wgpt.util.errors import WgptError
+
 # Overrides that say where or how a run was launched, not what was trained: never in a label.
 NOISE = ("start_datetime", "resume", "hydra", "paths", "logger", "trainer.enable_progress_bar", "data.num_workers")
 SWEEP_DIR = "outputs/multirun/<time>"

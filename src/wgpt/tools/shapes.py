@@ -1,4 +1,4 @@
-"""Show a model's modules with the shapes one forward pass gives them: `python -m wgpt.tools.shapes [overrides...]`.
+"""Show a model's modules with the shapes one forward pass gives them: `python -m wgpt.shapes [overrides...]`.
 
 Overrides are those of the training config (conf/train.yaml): ``model=llama3-tiny
 model.n_layers=2 data.batch_size=2 data.seq_len=16 tokenizer=bpe tokenizer.vocab_size=4096``.
@@ -16,7 +16,6 @@ as a file under src/wgpt/models/ with its conf/model/<name>.yaml.
 
 from __future__ import annotations
 
-
 import inspect
 import sys
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
-from wgpt.util.errors import WgptError
-from wgpt.core.report import one_line_errors
 from wgpt.core.compose import compose_train_config, split_arguments
+from wgpt.core.report import one_line_errors
+from wgpt.util.errors import WgptError
 
 MAX_ITEMS = 4  # items of a tuple/list/dict shown before the rest is counted
 
@@ -104,7 +103,10 @@ def trace(model: nn.Module, input: torch.Tensor) -> dict[nn.Module, list[Call]]:
 
 def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int]):
     """(model, calls, input, where it ran): on the meta device where the model allows, else on the CPU."""
-    from wgpt.models.build import build_model, check_model_builds
+    from wgpt.models.build import (  # lazy: torch, after the cheap checks of the overrides
+        build_model,
+        check_model_builds,
+    )
 
     model = check_model_builds(cfg.model, vocab_size)  # on meta; a bad knob is one WgptError line
     input = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -200,10 +202,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{words[0]!r} is not an override: give key=value overrides of conf/train.yaml, e.g. model=llama3-tiny"
             )
         cfg = compose_train_config(overrides)
-        from wgpt.models import padded_vocab_size
-        from wgpt.util.checks import check_targets
-        from wgpt.core.validate import check_values
-        from wgpt.data.tokenizer import tokenizer_spec
+        from wgpt.core.validate import check_values  # lazy: torch, after the cheap checks of the overrides
+        from wgpt.data.tokenizer import tokenizer_spec  # lazy: torch, after the cheap checks of the overrides
+        from wgpt.models import padded_vocab_size  # lazy: torch, after the cheap checks of the overrides
+        from wgpt.util.checks import check_targets  # lazy: torch, after the cheap checks of the overrides
 
         check_values(cfg)  # what train.py checks first: batch size and sequence length among them
         check_targets(cfg.model, "model")  # a misspelled model key, named with its close matches

@@ -1,4 +1,4 @@
-"""Show how a tokenizer splits a text: `python -m wgpt.tools.tokens [overrides...] "some text"`.
+"""Show how a tokenizer splits a text: `python -m wgpt.tokens [overrides...] "some text"`.
 
 Overrides are those of the training config (conf/train.yaml), so the tokenizer shown is the one
 a run with them would train on: ``tokenizer=bpe tokenizer.vocab_size=4096 data=shakespeare``
@@ -13,7 +13,6 @@ the ids, and a summary line (tokens, characters, bytes, bytes per token, the tok
 """
 
 from __future__ import annotations
-
 
 import logging
 import sys
@@ -37,14 +36,17 @@ VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # a newline also
 def load_tokenizer(cfg: DictConfig):
     """The checkpoint's tokenizer (``ckpt_path``), else the one a run of ``cfg`` would use."""
     if cfg.get("ckpt_path") is not None:
-        from wgpt.interop.sources import source_tokenizer
+        from wgpt.interop.sources import (
+            source_tokenizer,  # lazy: torch and the tokenizers, after the cheap checks of the overrides
+        )
 
         return source_tokenizer(str(cfg.ckpt_path))
     from hydra.utils import instantiate
 
-    from wgpt.data.tokenizer import tokenizer_spec
-
-    from wgpt.data.tokenizer import R50k
+    from wgpt.data.tokenizer import (
+        R50k,  # lazy: torch and the tokenizers, after the cheap checks of the overrides
+        tokenizer_spec,  # lazy: torch and the tokenizers, after the cheap checks of the overrides
+    )
 
     spec = tokenizer_spec(cfg)
     if isinstance(spec, R50k):  # ships with wgpt: no data config needed

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 
-
-
-
 class WgptError(Exception):
     """A mistake the user can fix: the message is one line naming the bad value and the fix.
 

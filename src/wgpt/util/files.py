@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-
+import fcntl
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
-
-
-import fcntl
-from contextlib import contextmanager
-
-
-import shutil
-
-
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -29,13 +29,12 @@ What differs between the two layouts, and is converted both ways:
 
 from __future__ import annotations
 
-
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-
+from wgpt.models.transformer import mlp_hidden_size
 from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
@@ -91,7 +90,6 @@ def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.tran
 def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "float32") -> dict[str, Any]:
     """config.json of the transformers model computing what the wgpt model ``config`` computes
     (its weights stored in ``dtype``)."""
-    from wgpt.models.transformer import mlp_hidden_size
 
     c = config
     # Documents are separated by end-of-text in training, and generate.py begins an empty prompt
@@ -217,7 +215,6 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
 def _mlp_knobs(d_embed: int, width, multiple_of: int, multiplier) -> dict[str, Any]:
     """multiple_of and ffn_dim_multiplier that size a gated MLP ``width`` wide: the given ones
     if they do, else the width itself as multiple_of (scaled down first when 8/3 d_embed is wider)."""
-    from wgpt.models.transformer import mlp_hidden_size
 
     if not isinstance(width, int) or not isinstance(d_embed, int) or width < 1:
         return dict(multiple_of=multiple_of, ffn_dim_multiplier=multiplier)  # the model's own check reports it
@@ -231,7 +228,6 @@ def _mlp_knobs(d_embed: int, width, multiple_of: int, multiplier) -> dict[str, A
 def check_fits_config(d: HFDir, model_config: Mapping[str, Any]) -> dict[str, Any]:
     """The directory's implied config, after checking that a model of ``model_config`` can take
     its weights: a one-line WgptError listing the ``model.*`` overrides that make it so."""
-    from wgpt.models.transformer import mlp_hidden_size
 
     _, implied = implied_config(d)
     ours = dict(model_config)

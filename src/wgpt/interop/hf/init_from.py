@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-
+import logging
 
 import torch.nn as nn
 
+from wgpt.interop.hf.config import ARCHITECTURES, HFDir, check_fits_config
+from wgpt.interop.hf.reading import load_hf_weights, read_hf_dir
+from wgpt.interop.hf.tokenizer import check_hf_tokenizer, check_hf_vocab
+from wgpt.models import padded_vocab_size
 from wgpt.util.errors import WgptError
-from wgpt.interop.hf.config import ARCHITECTURES
-from wgpt.interop.hf.config import HFDir
-from wgpt.interop.hf.config import check_fits_config
-from wgpt.interop.hf.tokenizer import check_hf_tokenizer
-from wgpt.interop.hf.tokenizer import check_hf_vocab
-from wgpt.interop.hf.reading import load_hf_weights
-import logging
-from wgpt.interop.hf.reading import read_hf_dir
 
 log = logging.getLogger("wgpt")
 
@@ -44,7 +40,6 @@ def check_init_from(cfg, model: nn.Module, ckpt_path: str | None) -> HFDir | Non
 
 def check_init_tokenizer(d: HFDir, tokenizer) -> None:
     """The run's tokenizer (known once the data is ready) against the directory's."""
-    from wgpt.models import padded_vocab_size
 
     check_hf_vocab(d, padded_vocab_size(len(tokenizer)), tokenizer)
     check_hf_tokenizer(d, tokenizer)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-
 import json
+import logging
 from pathlib import Path
 
 import torch.nn as nn
 
+from wgpt.interop.checkpoint import check_fits
+from wgpt.interop.hf.config import (
+    ARCHITECTURES,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    WGPT_FILE,
+    HFDir,
+    check_fits_config,
+    implied_config,
+    shown_value,
+)
+from wgpt.interop.hf.tokenizer import check_hf_tokenizer, check_hf_vocab
+from wgpt.interop.hf.weights import from_hf, pad_vocab, read_weights
+from wgpt.models import padded_vocab_size
 from wgpt.util.errors import WgptError
-from wgpt.interop.hf.config import ARCHITECTURES
-from wgpt.interop.hf.config import HFDir
-from wgpt.interop.hf.config import INDEX_FILE
-from wgpt.interop.hf.config import WEIGHTS_FILE
-from wgpt.interop.hf.config import WGPT_FILE
-from wgpt.interop.hf.config import check_fits_config
-from wgpt.interop.hf.tokenizer import check_hf_tokenizer
-from wgpt.interop.hf.tokenizer import check_hf_vocab
-from wgpt.interop.hf.weights import from_hf
-from wgpt.interop.hf.config import implied_config
-import logging
-from wgpt.interop.hf.weights import pad_vocab
-from wgpt.interop.hf.weights import read_weights
-from wgpt.interop.hf.config import shown_value
 
 log = logging.getLogger("wgpt")
 
@@ -81,7 +81,6 @@ def load_hf_weights(model: nn.Module, path: str | Path, tokenizer=None, key: str
     checked to fit its config (one line naming the ``model.*`` values the directory implies), and
     ``tokenizer``'s ids (when given). A vocabulary smaller than the model's (HF GPT-2's 50,257
     against r50k's padded 50,304) is padded, each new row the mean of the others, and says so."""
-    from wgpt.interop.checkpoint import check_fits
 
     d = read_hf_dir(path, key)
     implied = check_fits_config(d, model.config)
@@ -105,7 +104,6 @@ def model_from_hf_dir(path: str | Path, tokenizer=None, key: str = "ckpt_path") 
     padded for ``tokenizer`` (when given)."""
     import importlib
 
-    from wgpt.models import padded_vocab_size
 
     d = read_hf_dir(path, key)
     model_class, config = implied_config(d)

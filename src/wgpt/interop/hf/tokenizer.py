@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-
 import json
+import logging
 from functools import lru_cache
 from typing import Any, Mapping
 
-
-from wgpt.util.errors import WgptError
+from wgpt.data.tokenizer import R50k
 from wgpt.interop.hf.config import HFDir
-import logging
+from wgpt.tokenizers import tokenizer_config, tokenizer_from_record
+from wgpt.tokenizers.base import PAT_STR, SPECIAL_TOKENS
+from wgpt.tokenizers.bpe import BPETokenizer, byte_alphabet
+from wgpt.tokenizers.r50k import R50K, load_ranks
+from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 
@@ -18,7 +21,6 @@ log = logging.getLogger("wgpt")
 def tokenizer_files(tokenizer, max_seq_len: int) -> dict[str, str]:
     """tokenizer.json (what ``tokenizers`` and transformers load; it encodes text to the same ids
     as ``tokenizer``), tokenizer_config.json and special_tokens_map.json."""
-    from wgpt.tokenizers.base import SPECIAL_TOKENS
 
     end, _, pad = SPECIAL_TOKENS
     specials = {"bos_token": end, "eos_token": end, "pad_token": pad}  # end-of-text begins text too (see hf_config)
@@ -36,7 +38,6 @@ def tokenizer_files(tokenizer, max_seq_len: int) -> dict[str, str]:
 def tokenizer_json(tokenizer) -> str:
     """A ``tokenizers`` JSON that encodes text as ``tokenizer`` does: a wgpt BPE is one already;
     r50k is rebuilt from its tiktoken ranks (``_r50k_json``)."""
-    from wgpt.tokenizers.r50k import R50K
 
     if getattr(tokenizer, "json_text", None) is not None:
         return tokenizer.json_text
@@ -56,8 +57,6 @@ def _r50k_json() -> str:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    from wgpt.tokenizers.base import PAT_STR, SPECIAL_TOKENS
-    from wgpt.tokenizers.r50k import load_ranks
 
     ranks = load_ranks()
     vocab = {_spell(token): rank for token, rank in ranks.items()}
@@ -84,7 +83,6 @@ def _spell(token: bytes) -> str:
 
 @lru_cache(maxsize=1)
 def _byte_chars() -> dict[int, str]:
-    from wgpt.tokenizers.bpe import byte_alphabet
 
     return {b: c for c, b in byte_alphabet().items()}
 
@@ -122,7 +120,6 @@ def check_hf_tokenizer(d: HFDir, tokenizer) -> None:
     """A one-line WgptError unless the directory's tokenizer gives its ids the meaning
     ``tokenizer`` gives them (a wgpt export: the same tokenizer; another directory: the same
     vocabulary, e.g. HF GPT-2's for r50k). Without tokenizer files, says so in the log."""
-    from wgpt.tokenizers import tokenizer_config
 
     record = (d.wgpt or {}).get("tokenizer")
     if record is not None:
@@ -148,7 +145,6 @@ def check_hf_tokenizer(d: HFDir, tokenizer) -> None:
 
 def ordinary_vocab(tokenizer) -> dict[str, int]:
     """{byte-level token: id} of a wgpt tokenizer's ordinary (non-special) tokens."""
-    from wgpt.tokenizers.r50k import R50K, load_ranks
 
     if getattr(tokenizer, "json_text", None) is not None:
         return _json_vocab(json.loads(tokenizer.json_text))
@@ -187,10 +183,6 @@ def _dir_vocab(d: HFDir) -> dict[str, int] | None:
 def tokenizer_from_hf_dir(d: HFDir):
     """The wgpt tokenizer of a directory: a wgpt export's own; r50k for a directory whose
     vocabulary is GPT-2's; a wgpt BPE's tokenizer.json (one with wgpt's special tokens)."""
-    from wgpt.tokenizers.bpe import BPETokenizer
-    from wgpt.tokenizers.base import SPECIAL_TOKENS
-    from wgpt.data.tokenizer import R50k
-    from wgpt.tokenizers import tokenizer_from_record
 
     record = (d.wgpt or {}).get("tokenizer")
     if record is not None:

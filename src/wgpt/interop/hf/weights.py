@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-
+import logging
 from typing import Any, Mapping
 
 import torch
 
+from wgpt.interop.hf.config import ARCHITECTURES, GPT2, HFDir
 from wgpt.util.errors import WgptError
-from wgpt.interop.hf.config import ARCHITECTURES
-from wgpt.interop.hf.config import GPT2
-from wgpt.interop.hf.config import HFDir
-import logging
 
 log = logging.getLogger("wgpt")
 
