@@ -34,7 +34,6 @@ MOVED: dict[str, tuple[str, dict[str, str]]] = {
         "SET_BY_WGPT": "wgpt.core.trainer",
         "WGPT_TRAINER_VALUES": "wgpt.core.trainer",
         "check_trainer": "wgpt.core.trainer",
-        "WGPT_NODE_KEYS": "wgpt.util.checks",
         "check_number": "wgpt.util.checks",
         "check_readable": "wgpt.util.checks",
         "check_targets": "wgpt.util.checks",

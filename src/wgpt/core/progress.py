@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.core.console."""
+"""The progress bar: epoch, optimizer step of the run's total, the batches this epoch will
+really run, loss, last validation, tokens/s and MFU; log lines print above it."""
 
 from __future__ import annotations
 

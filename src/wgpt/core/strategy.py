@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.parallel.sharding."""
+"""``trainer.strategy=fsdp``: Lightning's ModelParallelStrategy with wgpt's FSDP2 sharding, whose
+checkpoints are one gathered file in the DDP format (so eval, generate and DDP read them)."""
 
 from __future__ import annotations
 

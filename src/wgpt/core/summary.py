@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.core.sweep."""
+"""``summary.json``: how a run ended (status, steps, final and best validation), written by every
+run and read by sweeps, their resume and the plots."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.core.sweep."""
+"""Every job of a ``-m`` sweep checked before the first one starts (a Hydra callback): a bad
+value in any job stops the sweep with that job's line, and nothing is written."""
 
 from __future__ import annotations
 

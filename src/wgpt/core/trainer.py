@@ -1,4 +1,7 @@
-"""TODO docstring: from wgpt.core.validate, wgpt.core.devices, wgpt.core.train."""
+"""The ``trainer`` config group: ``trainer.*`` checked and turned into ``lightning.Trainer``
+arguments. Lightning's own keys pass through (checked against its signature); wgpt's
+(``max_devices``, ``val_every_n_steps``, ``activation_checkpointing``) and the ``auto`` values
+of devices and precision are resolved here for this machine."""
 
 from __future__ import annotations
 

@@ -70,11 +70,11 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
     from wgpt.data.tokenizer import tokenizer_spec  # lazy: tiktoken
     from wgpt.models import padded_vocab_size  # lazy: torch
     from wgpt.models.build import check_model_builds  # lazy: torch
-    from wgpt.optim import check_optim  # lazy: torch
+    from wgpt.optim import OPTIM_KEYS, check_optim  # lazy: torch
     from wgpt.parallel.sharding import FSDP, model_blocks  # lazy: torch
 
     check_values(cfg)
-    check_targets(cfg, "")
+    check_targets(cfg, "", own_keys={"optim": OPTIM_KEYS})
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     if vocab_size is None:

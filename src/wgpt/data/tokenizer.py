@@ -1,4 +1,9 @@
-"""TODO docstring: from wgpt.core.validate, wgpt.tokenizers.r50k, wgpt.tokenizers.bpe."""
+"""The ``tokenizer`` config group: a tokenizer for a data config, loaded or trained on it.
+
+``tokenizer=r50k`` (``R50k``) is GPT-2's, nothing to train; ``tokenizer=bpe`` (``ByteLevelBPE``)
+trains a byte-level BPE once on a dataset's train split and stores it beside that dataset's
+bins. ``Tokenizer`` (the seed's r50k tokenizer) is importable from here.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring: from wgpt.interop.hf.config."""
+"""``export.py``: any model source (a run's checkpoint, a ``.safetensors``) written as a Hugging
+Face directory that ``transformers`` loads (GPT2LMHeadModel or LlamaForCausalLM): weights,
+config.json, generation_config.json and the tokenizer files, replaced atomically."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.interop.checkpoint."""
+"""Where a model comes from, decided in one place: a run dir, a ``.ckpt`` file, a ``.safetensors``
+file or a Hugging Face directory, each loaded as a model and the tokenizer it was trained with."""
 
 from __future__ import annotations
 

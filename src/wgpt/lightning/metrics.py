@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.lightning.module."""
+"""Metrics of a loss: perplexity, and bits per byte (comparable across tokenizers), with the table
+of each token's byte length it needs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.core.validate."""
+"""A model from its config node, for a vocabulary size: on the device, or on the meta device
+(shapes only, no memory) so that the constructor's own checks run before anything heavy."""
 
 from __future__ import annotations
 

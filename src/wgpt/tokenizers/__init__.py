@@ -1,4 +1,8 @@
-"""TODO docstring: from wgpt.tokenizers.r50k."""
+"""Tokenizers: r50k (GPT-2's merges, shipped in ``assets/``) and byte-level BPEs, as text <-> ids.
+Nothing here reads a dataset: ``wgpt.data.tokenizer`` trains a BPE on one (the tokenizer group).
+
+``tokenizer_from_record`` rebuilds the tokenizer a checkpoint records.
+"""
 
 from __future__ import annotations
 

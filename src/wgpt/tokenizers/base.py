@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.tokenizers.r50k."""
+"""What every tokenizer shares: the split pattern, the 3 special tokens and ``TokenizerBase``
+(encode, decode, token bytes for bits per byte, the record a checkpoint keeps)."""
 
 from __future__ import annotations
 

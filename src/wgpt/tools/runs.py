@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.tools.plot."""
+"""Runs and sweeps read back from their dirs for plotting: metrics.csv curves, overrides,
+tokens per step, and the labels that tell runs of a sweep apart."""
 
 from __future__ import annotations
 

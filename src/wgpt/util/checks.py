@@ -1,4 +1,9 @@
-"""TODO docstring: from wgpt.core.validate."""
+"""Value checks with one-line errors (key, bad value, fix), shared by every config group.
+
+Types come from the code, not a second schema: ``check_targets`` checks each ``_target_`` node
+against the signature of what it names (unknown keys, values against the type hints, Literal
+choices included); ``check_number`` takes a test and the words for what to give instead.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,12 @@ import os
 import typing
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 from omegaconf import DictConfig, ListConfig
 
 from wgpt.util.errors import WgptError
 
-if typing.TYPE_CHECKING:
-    pass
-# Keys of a _target_ node that wgpt reads and the target never sees (see wgpt/optim.py).
-WGPT_NODE_KEYS = {"optim": ("scheduler", "param_groups")}
 
 
 def positive(v) -> bool:
@@ -67,18 +68,20 @@ def check_readable(key: str, path: Path, fix: str) -> None:
         raise WgptError(f"{key}={path} is not readable (permissions): make it readable, or {fix}")
 
 
-def check_targets(node: DictConfig, key: str) -> None:
-    """Check every ``_target_`` node under ``node`` against the signature of what it names."""
+def check_targets(node: DictConfig, key: str, own_keys: Mapping[str, Sequence[str]] = {}) -> None:
+    """Check every ``_target_`` node under ``node`` against the signature of what it names.
+    ``own_keys``: keys of a node (by its full key) that wgpt reads and its target never sees."""
     if "_target_" in node:
-        check_arguments(node, key)
+        check_arguments(node, key, own_keys.get(key, ()))
     for name in node:
         child = node._get_node(name)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-            check_targets(child, f"{key}.{name}" if key else str(name))
+            check_targets(child, f"{key}.{name}" if key else str(name), own_keys)
 
 
-def check_arguments(node: DictConfig, key: str) -> None:
-    """Unknown keys and values of the wrong type for the callable that ``node._target_`` names."""
+def check_arguments(node: DictConfig, key: str, own: Sequence[str] = ()) -> None:
+    """Unknown keys and values of the wrong type for the callable that ``node._target_`` names
+    (``own``: keys wgpt reads itself, not passed to it)."""
     target = node._target_
     obj = import_target(target, key)
     try:
@@ -87,7 +90,6 @@ def check_arguments(node: DictConfig, key: str) -> None:
         return
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     hints = type_hints(obj)
-    own = WGPT_NODE_KEYS.get(key, ())
     for name in node:
         if str(name).startswith("_") or name in own:
             continue

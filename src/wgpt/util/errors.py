@@ -1,4 +1,4 @@
-"""TODO docstring: from wgpt.core.report."""
+"""The one exception type wgpt raises for bad input (the entry points print it as one line)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring: from wgpt.data.diskdataset, wgpt.data.prepare, wgpt.interop.hf.config, wgpt.core.callbacks."""
+"""Files written so that a crash leaves the old version or the new one, never half of either:
+temp + fsync + rename for a file, a whole directory replaced at once, and a lock file for work
+that concurrent processes (a launch's ranks, nodes on a shared file system) must take turns at."""
 
 from __future__ import annotations
 

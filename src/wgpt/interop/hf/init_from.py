@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.interop.hf.config."""
+"""``init_from=<Hugging Face dir>``: a new run starting from a model's weights (step 0, a fresh
+optimizer), its directory, implied model config and tokenizer checked before heavy work."""
 
 from __future__ import annotations
 

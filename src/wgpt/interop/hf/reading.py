@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.interop.hf.config."""
+"""A Hugging Face model directory read: what it holds (``HFDir``), its weights loaded into a wgpt
+model that fits its config.json, or a model built from it (eval.py, generate.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.interop.hf.config."""
+"""Tokenizers across the Hugging Face boundary: tokenizer.json written for r50k and wgpt's BPEs,
+and a directory's tokenizer read back and checked against the one a run uses."""
 
 from __future__ import annotations
 

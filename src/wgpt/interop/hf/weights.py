@@ -1,4 +1,5 @@
-"""TODO docstring: from wgpt.interop.hf.config."""
+"""Weights between wgpt's names and layouts and transformers' (GPT-2's fused Conv1D ``c_attn``,
+Llama's rotary halves), both ways, and the vocabulary padding wgpt's embedding tables carry."""
 
 from __future__ import annotations
 
