@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import warnings
@@ -16,6 +15,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.text import Text
 from rich.tree import Tree
+
+from wgpt.util.files import atomic_write_text
 
 log = logging.getLogger("wgpt")
 
@@ -113,10 +114,7 @@ def print_config_tree(cfg: DictConfig, run_dir: str | Path) -> None:
     console.print(tree)
     text = StringIO()
     Console(file=text, width=width, color_system=None, force_terminal=False).print(tree)
-    path = Path(run_dir) / CONFIG_TREE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text.getvalue())
-    os.replace(tmp, path)  # never a half-written tree
+    atomic_write_text(Path(run_dir) / CONFIG_TREE, text.getvalue())  # never a half-written tree
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 
 from wgpt.core.launch import external_launch
 from wgpt.util.errors import WgptError
+from wgpt.util.files import atomic_write_text
 
 log = logging.getLogger("wgpt")
 
@@ -272,9 +273,7 @@ def cpu_peak_flops(
     log.info("Measured this CPU's matmul peak: %.1f GFLOP/s (%s)", peak / 1e9, key)
     try:  # write-then-rename: a concurrent reader never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**known, key: peak}, indent=1))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps({**known, key: peak}, indent=1), private=True)
     except OSError as e:
         log.warning("Could not cache the CPU's peak FLOP/s in %s: %s", cache, e)
     return peak

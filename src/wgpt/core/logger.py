@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.util.errors import WgptError
+from wgpt.util.files import atomic_write_text
 
 # Packages a logger needs beyond wgpt's own dependencies (any one of them; pyproject's `loggers` extra).
 NEEDED_PACKAGES = {"TensorBoardLogger": ("tensorboard", "tensorboardX"), "WandbLogger": ("wandb",)}
@@ -69,9 +69,7 @@ def keep_metrics_before(run_loggers: list[loggers.Logger], step: int) -> None:
         if not kept.is_file():
             if not path.is_file():
                 continue
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(path.read_bytes())
-            os.replace(tmp, kept)
+            atomic_write_text(kept, path.read_text())
         with open(kept, newline="") as f:
             # Lightning's step column counts from 0: a row of step s belongs to the (s+1)-th step,
             # and the validation after step n is logged at n - 1.

@@ -4,9 +4,10 @@ run and read by sweeps, their resume and the plots."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from wgpt.util.files import atomic_write_text
 
 SUMMARY = "summary.json"
 # How a run ended when it trained its whole budget: a resumed sweep keeps such a job as it is.
@@ -15,10 +16,7 @@ FINISHED = ("completed", "diverged")
 
 def write_run_summary(run_dir: str | Path, **fields: Any) -> None:
     """Write (temp + rename) the run's ``summary.json``: status, losses, steps."""
-    path = Path(run_dir) / SUMMARY
-    tmp = path.with_name(f".{SUMMARY}.tmp")
-    tmp.write_text(json.dumps(fields, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(Path(run_dir) / SUMMARY, json.dumps(fields, indent=2, allow_nan=True) + "\n")
 
 
 def read_run_summary(run_dir: str | Path) -> dict[str, Any] | None:

@@ -7,7 +7,6 @@ import atexit
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from wgpt.core.launch import rank_tag
 from wgpt.core.summary import read_run_summary, write_run_summary
 from wgpt.util.errors import WgptError
+from wgpt.util.files import atomic_write_text
 
 # Overrides that say how a sweep was started or where its files are, not what its jobs train: a
 # resumed sweep adds resume=auto, and may find its data elsewhere.
@@ -159,9 +159,7 @@ def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buffer.getvalue())
 
 
 class SweepSummary(Callback):

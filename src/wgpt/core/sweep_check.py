@@ -22,6 +22,7 @@ from wgpt.core.sweep import SweepError, overrides_of
 from wgpt.core.sweep_resume import check_resume
 from wgpt.core.validate import check_config, check_values
 from wgpt.util.errors import WgptError
+from wgpt.util.files import written_atomically
 
 
 class SweepCheck(Callback):
@@ -55,9 +56,8 @@ def record_sweep(config: DictConfig) -> None:
     after); Optuna's does not."""
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = sweep_dir / ".multirun.yaml.tmp"
-    OmegaConf.save(config, tmp)
-    os.replace(tmp, sweep_dir / "multirun.yaml")
+    with written_atomically(sweep_dir / "multirun.yaml") as tmp:
+        OmegaConf.save(config, tmp)
 
 
 def check_sweep(config: DictConfig) -> None:

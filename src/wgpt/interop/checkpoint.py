@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from wgpt.tokenizers import tokenizer_from_record
 from wgpt.util.errors import WgptError
-from wgpt.util.files import fsync
+from wgpt.util.files import written_atomically
 
 MODEL_PACKAGE = "wgpt.models."  # a checkpoint may only name a model class from here
 
@@ -136,18 +136,9 @@ def save_weights(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
         "wgpt_global_step": str(checkpoint.get("global_step")),
         "wgpt_aliases": json.dumps(aliases),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with written_atomically(path, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         readable_as_usual(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # on disk before the rename makes it the file
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -219,9 +210,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        fsync(tmp)  # on disk before the rename makes it the checkpoint: a power cut keeps one whole file
-        os.replace(tmp, path)
-        fsync(path.parent)
+        # a power cut keeps one whole file too (durable: fsynced before and after the rename)
+        with written_atomically(Path(path), durable=True) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)

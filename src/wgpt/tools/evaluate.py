@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from wgpt.interop.sources import load_model_source
 from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.tokenizers.base import TokenizerBase
 from wgpt.util.errors import WgptError
+from wgpt.util.files import atomic_write_text
 
 
 class Evaluator:
@@ -92,9 +92,7 @@ def format_results(results: dict[str, dict[str, dict[str, float]]], top_k: Seque
 
 def save_results(path: Path, record: dict[str, Any]) -> None:
     """Write (temp + rename) the evaluation record as JSON."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**record, "date": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({**record, "date": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
 
 
 def evaluation_data(cfg: DictConfig, run_dir: Path | None, model_config: dict) -> DictConfig:

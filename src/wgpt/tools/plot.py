@@ -15,10 +15,8 @@ byte when ``val_bpb`` is drawn before ``val_loss`` (compare runs of different to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -28,6 +26,7 @@ from wgpt.core.report import one_line_errors
 from wgpt.core.sweep import best_row
 from wgpt.tools.runs import SWEEP_DIR, Run, _is_noise, load_runs, run_labels
 from wgpt.util.errors import WgptError
+from wgpt.util.files import written_atomically
 
 DEFAULT_METRICS = ["train_loss", "val_loss"]
 Y_LABELS = {
@@ -194,13 +193,10 @@ def plot_summary(
 def save_png(fig, path: Path) -> None:
     """Write the figure to a temporary file beside ``path`` and rename it into place: a crash or
     a full disk never leaves half a PNG under the real name."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
+        with written_atomically(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         reason = e.strerror or e
         raise WgptError(f"cannot write {path}: {reason}: pass --out a .png path in a writable directory") from None
 

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, ListConfig
 from wgpt.util.errors import WgptError
 
 
-
 def positive(v) -> bool:
     return v > 0
 

@@ -12,10 +12,29 @@ from pathlib import Path
 from typing import Iterator
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@contextmanager
+def written_atomically(path: Path, durable: bool = False, private: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write; renamed over ``path`` when the
+    block ends, removed when it raises: ``path`` is always the old file or the new one, whole.
+
+    ``durable``: fsync the file before the rename and the directory after it, so a power cut
+    keeps one whole file too (checkpoints). ``private``: a temporary name of this process's own,
+    for files several processes may write at once."""
+    tmp = path.with_name(f".{path.name}.tmp" + (f"-{os.getpid()}" if private else ""))
+    try:
+        yield tmp
+        if durable:
+            fsync(tmp)
+        os.replace(tmp, path)
+        if durable:
+            fsync(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str, durable: bool = False, private: bool = False) -> None:
+    with written_atomically(path, durable, private) as tmp:
+        tmp.write_text(text)
 
 
 @contextmanager
@@ -80,15 +99,13 @@ class replaced_atomically:
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync a directory's files, then the directory (its entries)."""
     for file in [*path.iterdir(), path] if path.is_dir() else [path]:
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(file)
 
 
 def fsync(path: Path) -> None:
+    """Flush a file's (or a directory's) data to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
