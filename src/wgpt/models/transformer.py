@@ -24,9 +24,10 @@ D = C // H head size, F MLP hidden size, V vocab.
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import partial
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -153,7 +154,35 @@ class Transformer(nn.Module):
     Defaults are GPT-2 small's shape and architecture. ``config`` holds every constructor
     argument, so ``type(model)(**model.config)`` builds the same architecture again (checkpoints
     store it). Bad knobs raise a ModelConfigError before any weight is allocated.
+
+    A subclass is a setting of these knobs: it declares no argument, only ``DEFAULTS`` (knob:
+    value), and its constructor is this one with those defaults (its signature shows them, so
+    config checks, ``python -m wgpt.shapes`` and IDEs see the subclass's own defaults).
     """
+
+    DEFAULTS: dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "DEFAULTS" not in vars(cls):
+            return
+        signature = inspect.signature(Transformer.__init__)
+        unknown = set(cls.DEFAULTS) - set(signature.parameters)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.DEFAULTS sets {sorted(unknown)}, which are not Transformer knobs")
+        signature = signature.replace(
+            parameters=[p.replace(default=cls.DEFAULTS.get(p.name, p.default)) for p in signature.parameters.values()]
+        )
+
+        def __init__(self, **knobs):
+            Transformer.__init__(self, **{**cls.DEFAULTS, **knobs})
+
+        __init__.__signature__ = signature
+        __init__.__annotations__ = Transformer.__init__.__annotations__  # for the config checks' type hints
+        __init__.__doc__ = f"{cls.__name__}: the Transformer with {cls.__name__}.DEFAULTS."
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = __init__
+
 
     def __init__(
         self,

@@ -54,6 +54,31 @@ HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "silu": "silu
 # agree on every one of them with the model it is loaded into.
 ARCHITECTURE_KNOBS = ("d_embed", "n_layers", "n_heads", "n_kv_heads", "norm", "activation", "gated", "pos", "bias", "tie_embeddings")
 
+# Every Transformer knob and how it crosses to transformers: export (``architecture``,
+# ``hf_config``) refuses a value the target class cannot express, import (``implied_config``)
+# reads it from config.json. tests/unit/test_model_knobs.py fails on a knob missing here.
+KNOBS_IN_HF = {
+    "vocab_size": "vocab_size",
+    "d_embed": "n_embd (GPT-2), hidden_size (Llama)",
+    "n_layers": "n_layer, num_hidden_layers",
+    "n_heads": "n_head, num_attention_heads",
+    "n_kv_heads": "GPT-2: one per query head only; Llama: num_key_value_heads",
+    "max_seq_len": "n_positions, max_position_embeddings",
+    "norm": "GPT-2: layernorm only; Llama: rmsnorm only",
+    "norm_eps": "layer_norm_epsilon, rms_norm_eps",
+    "activation": "activation_function, hidden_act (gelu_new, silu, relu)",
+    "gated": "GPT-2: false only; Llama: true only",
+    "multiple_of": "Llama: intermediate_size, with ffn_dim_multiplier",
+    "ffn_dim_multiplier": "Llama: intermediate_size, with multiple_of",
+    "pos": "learned: GPT2LMHeadModel; rotary: LlamaForCausalLM",
+    "rope_theta": "Llama: rope_theta, rope_parameters",
+    "bias": "GPT-2: true only; Llama: attention_bias and mlp_bias",
+    "dropout": "resid/embd/attn_pdrop, attention_dropout (training only: inference is the same)",
+    "tie_embeddings": "tie_word_embeddings",
+    "sdpa": "not exported: how attention runs, not what it computes",
+    "name": "wgpt.json: the preset the model was trained as",
+}
+
 
 # Export.
 
