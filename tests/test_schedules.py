@@ -9,10 +9,12 @@ from functools import partial
 
 import pytest
 import torch
-
 from conftest import FAST, ROOT, paths, run_cli
-from wgpt.util.errors import WgptError
+from omegaconf import OmegaConf
+
 from wgpt.optim.scheduler import wsd
+from wgpt.util.checks import check_targets
+from wgpt.util.errors import WgptError
 
 SHAPES = ["linear", "cosine", "sqrt"]
 
@@ -134,17 +136,19 @@ def test_a_run_resumed_with_more_steps_keeps_the_peak_and_decays_at_its_new_end(
 @pytest.mark.parametrize(
     "options, says",
     [
-        ({"decay_fraction": 1.5}, "optim.scheduler.decay_fraction=1.5 is out of range for wsd"),
-        ({"decay_fraction": -0.1}, "optim.scheduler.decay_fraction=-0.1 is out of range for wsd"),
-        ({"min_lr_ratio": -0.1}, "optim.scheduler.min_lr_ratio=-0.1 is out of range for wsd"),
-        ({"min_lr_ratio": 2.0}, "optim.scheduler.min_lr_ratio=2.0 is out of range for wsd"),
-        ({"warmup_steps": -1}, "optim.scheduler.warmup_steps=-1 is out of range for wsd"),
+        ({"decay_fraction": 1.5}, "optim.scheduler.decay_fraction=1.5 is out of range: give a number"),
+        ({"decay_fraction": -0.1}, "optim.scheduler.decay_fraction=-0.1 is out of range: give a number"),
+        ({"min_lr_ratio": -0.1}, "optim.scheduler.min_lr_ratio=-0.1 is out of range: give a number"),
+        ({"min_lr_ratio": 2.0}, "optim.scheduler.min_lr_ratio=2.0 is out of range: give a number"),
+        ({"warmup_steps": -1}, "optim.scheduler.warmup_steps=-1 is out of range: give a number"),
         ({"decay_shape": "exp"}, "optim.scheduler.decay_shape=exp is not one of linear, cosine, sqrt"),
     ],
 )
 def test_options_out_of_range_are_a_one_line_error(options, says):
+    """Checked from wsd's signature (its Ranges), as every _target_ is, before a run starts."""
+    node = OmegaConf.create({"_target_": "wgpt.optim.scheduler.wsd", "_partial_": True, **options})
     with pytest.raises(WgptError) as error:
-        wsd(0, 100, **options)
+        check_targets(node, "optim.scheduler")
     message = str(error.value)
     assert message.startswith(says) and "\n" not in message, message
 
@@ -174,7 +178,7 @@ def test_train_with_wsd_follows_the_schedule(tmp_path, data_dir):
     "override, says",
     [
         ("optim.scheduler.decay_shape=bogus", "Error: optim.scheduler.decay_shape=bogus is not one of linear, cosine"),
-        ("optim.scheduler.decay_fraction=2", "Error: optim.scheduler.decay_fraction=2 is out of range for wsd"),
+        ("optim.scheduler.decay_fraction=2", "Error: optim.scheduler.decay_fraction=2 is out of range: give a number"),
     ],
 )
 def test_bad_wsd_options_are_one_line(override, says, tmp_path, data_dir):
@@ -183,3 +187,20 @@ def test_bad_wsd_options_are_one_line(override, says, tmp_path, data_dir):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in lines if line.startswith("Error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith(says), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "schedule, options, says",
+    [
+        ("warmup_cosine", {"warmup_steps": -5}, "optim.scheduler.warmup_steps=-5 is out of range: give a number of 0 or more"),
+        ("warmup_cosine", {"min_lr_ratio": 1.5}, "optim.scheduler.min_lr_ratio=1.5 is out of range: give a number in [0, 1]"),
+        ("one_cycle", {"pct_start": 0.0}, "optim.scheduler.pct_start=0.0 is out of range: give a number in (0, 1]"),
+        ("one_cycle", {"div_factor": -1.0}, "optim.scheduler.div_factor=-1.0 is out of range: give a number above 0"),
+        ("one_cycle", {"anneal_strategy": "exp"}, "optim.scheduler.anneal_strategy=exp is not one of cos, linear"),
+    ],
+)
+def test_every_schedule_checks_its_ranges(schedule, options, says):
+    node = OmegaConf.create({"_target_": f"wgpt.optim.scheduler.{schedule}", "_partial_": True, **options})
+    with pytest.raises(WgptError, match=None) as error:
+        check_targets(node, "optim.scheduler")
+    assert str(error.value).startswith(says), error.value

@@ -37,7 +37,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
     if not (conf_dir / "train.yaml").is_file():  # wgpt installed without its checkout
         raise WgptError(f"no conf/train.yaml under {root}: run this from a wgpt checkout, or set WGPT_ROOT to one")
     os.environ.setdefault("WGPT_ROOT", str(root))  # conf/paths: root_dir (paths.data_dir follows it)
-    with one_line_config_errors(conf_dir):
+    with one_line_config_errors(conf_dir, overrides):
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     # As under train.py's @hydra.main: messages that name a command to run (`python process.py

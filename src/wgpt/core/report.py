@@ -18,6 +18,7 @@ import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 from hydra.errors import (
     CompactHydraException,
@@ -48,16 +49,22 @@ def _exit_with(message: str) -> None:
 
 
 @contextmanager
-def one_line_config_errors(conf_dir: str | Path):
-    """Report Hydra's composition errors in one line; ``conf_dir`` is the app's config dir.
+def one_line_config_errors(conf_dir: str | Path, overrides: Sequence[str] | None = None):
+    """Report Hydra's composition errors in one line; ``conf_dir`` is the app's config dir,
+    ``overrides`` the command line's (None: ``sys.argv``), whose group options are checked first.
 
     Hydra prints them itself, over several lines, unless HYDRA_FULL_ERROR=1 lets them through to
     the caller: so wgpt sets it for Hydra's part of the run, and ``one_line_errors`` unsets it
     for the task's part (a bug there still gets Hydra's trimmed traceback).
     """
+    missing = missing_option(sys.argv[1:] if overrides is None else overrides, Path(conf_dir))
     if os.environ.get(FULL_ERROR) == "1":  # the user asked for tracebacks
+        if missing:
+            raise WgptError(missing)
         yield
         return
+    if missing:
+        _exit_with(missing)
     os.environ[FULL_ERROR] = os.environ[BORROWED_ENV] = "1"
     try:
         yield
@@ -96,6 +103,26 @@ def one_line_errors():
         _exit_with(message)
     if borrowed:  # the task ended normally: Hydra's part of the run (e.g. a sweep's end) resumes
         os.environ[FULL_ERROR] = os.environ[BORROWED_ENV] = "1"
+
+
+def missing_option(overrides: Sequence[str], conf_dir: Path) -> str | None:
+    """The line for the first ``group=option`` override naming an option with no file under
+    ``conf_dir/group/`` (a sweep's or a list's options each), else None. Hydra reports these
+    itself, except for an optional group (``hparams_search``), which it skips without a word."""
+    for override in overrides:
+        key, is_set, value = override.lstrip("+~").partition("=")
+        key = key.partition("@")[0]
+        group = conf_dir / key
+        if override.startswith("-") or not is_set or key.startswith("hydra") or "." in key or not group.is_dir():
+            continue
+        if any(c in value for c in "()${}"):  # a sweep function or an interpolation: Hydra's to read
+            continue
+        for option in value.strip("[]").split(","):
+            option = option.strip().strip("'\"")
+            if option not in ("", "null") and not (group / f"{option}.yaml").is_file():
+                options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+                return f"{key}={option} is not an option: choose one of {options} (or add conf/{key}/{option}.yaml)"
+    return None
 
 
 def user_error(e: BaseException) -> WgptError | OmegaConfBaseException | None:

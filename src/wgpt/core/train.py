@@ -68,7 +68,6 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         if init_from is not None:
             check_init_tokenizer(init_from, tokenizer)
         schedule = instantiate(cfg.optim.scheduler)
-        schedule(0, 1)  # its options' checks, now rather than at the first step
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))

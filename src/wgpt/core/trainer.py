@@ -9,7 +9,7 @@ import difflib
 import inspect
 import os
 import typing
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,7 +37,7 @@ from wgpt.core.devices import (
 from wgpt.core.launch import external_launch
 from wgpt.core.strategy import check_sharded_precision, fsdp_strategy
 from wgpt.parallel.sharding import FSDP
-from wgpt.util.checks import check_type, type_hints
+from wgpt.util.checks import check_type, is_kind, type_hints
 
 log = logging.getLogger("wgpt")
 
@@ -50,12 +50,36 @@ SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the call
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
 
 
+def _batches(v) -> bool:
+    return is_kind(int, v) and v >= 0 or isinstance(v, float) and 0 <= v <= 1
+
+
+def _count_from(low: int, optional: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (optional and v is None) or (is_kind(int, v) and v >= low)
+
+
+# Values that Lightning's types admit but Lightning itself rejects, some only once fit() starts
+# (after the model is built and the data read): refused here with the config, in one line.
+LIGHTNING_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (_batches, "a number of batches (0 or more) or a fraction in [0.0, 1.0]")
+       for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                   "overfit_batches")},
+    "num_sanity_val_steps": (_count_from(-1), "-1 (every batch), 0 (none) or a number of batches"),
+    "check_val_every_n_epoch": (_count_from(1, optional=True), "null or a number of epochs, at least 1"),
+    "reload_dataloaders_every_n_epochs": (_count_from(0), "0 (never) or a number of epochs"),
+    "min_epochs": (_count_from(0, optional=True), "null or a number of epochs, 0 or more"),
+    "min_steps": (_count_from(0, optional=True), "null or a number of optimizer steps, 0 or more"),
+    "fast_dev_run": (lambda v: isinstance(v, bool) or _count_from(0)(v), "true, false or a number of batches"),
+    "gradient_clip_algorithm": (lambda v: v in (None, "norm", "value"), "norm, value or null"),
+    "deterministic": (lambda v: v in (None, True, False, "warn"), "true, false, warn or null"),
+}  # fmt: skip
+
+
 def check_trainer(trainer: DictConfig) -> None:
     """The trainer group: lightning.Trainer's keyword arguments (and wgpt's own), then the devices."""
     import lightning as L
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
-
 
     params = inspect.signature(L.Trainer.__init__).parameters
     hints = type_hints(L.Trainer.__init__)
@@ -71,6 +95,9 @@ def check_trainer(trainer: DictConfig) -> None:
         value = trainer[name]
         if not (isinstance(value, str) and value in WGPT_TRAINER_VALUES.get(name, ())):
             check_type(f"trainer.{name}", value, hints.get(name))
+        test, give = LIGHTNING_VALUES.get(name, (None, ""))
+        if test is not None and not test(value):
+            raise WgptError(f"trainer.{name}={value} is out of range: give {give}")
     for name, registry in (("accelerator", AcceleratorRegistry), ("strategy", StrategyRegistry)):
         value = trainer.get(name, "auto")
         names = registry.available_accelerators() if name == "accelerator" else registry.available_strategies()

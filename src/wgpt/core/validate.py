@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wgpt.util.checks import (
     at_least_one,
+    check_creatable,
     check_number,
     check_readable,
     check_targets,
@@ -127,6 +128,9 @@ def check_values(cfg: DictConfig) -> None:
     path = cfg.data.get("path")
     if path is not None:
         check_readable("data.path", Path(str(path)).expanduser(), "point it at a file or directory of your corpus")
+    data_dir = OmegaConf.select(cfg, "paths.data_dir", default=None)
+    if data_dir is not None:
+        check_creatable("paths.data_dir", Path(str(data_dir)), "give a directory you can write (paths.data_dir, or WGPT_DATA_DIR)")
 
 
 _ABSENT = object()

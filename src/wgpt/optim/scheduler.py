@@ -8,17 +8,22 @@ function of its options; the module supplies the run's length.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from wgpt.util.errors import WgptError
+from wgpt.util.checks import Range
+
+# The options' bounds, checked with the whole config before a run starts (wgpt.util.checks).
+Steps = Annotated[int, Range(0)]
+Fraction = Annotated[float, Range(0, 1)]
+Factor = Annotated[float, Range(0, open_low=True)]
 
 
 def one_cycle(
     step: int,
     total_steps: int,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    pct_start: Annotated[float, Range(0, 1, open_low=True)] = 0.3,
+    div_factor: Factor = 25.0,
+    final_div_factor: Factor = 1e4,
     anneal_strategy: Literal["cos", "linear"] = "cos",
 ) -> float:
     """OneCycleLR (Smith, 2018) without momentum cycling: from ``1/div_factor`` up to 1 over the
@@ -30,7 +35,7 @@ def one_cycle(
     return _anneal(1.0, end, min(1.0, (step - warmup) / max(total_steps - warmup, 1)), anneal_strategy)
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1) -> float:
+def warmup_cosine(step: int, total_steps: int, warmup_steps: Steps = 100, min_lr_ratio: Fraction = 0.1) -> float:
     """GPT-3's schedule: linear warmup over ``warmup_steps`` (from lr/warmup_steps), then a cosine
     decay to ``min_lr_ratio`` x lr at the last step."""
     if step < warmup_steps:
@@ -42,9 +47,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 100, min_lr_r
 def wsd(
     step: int,
     total_steps: int,
-    warmup_steps: int = 100,
-    decay_fraction: float = 0.2,
-    min_lr_ratio: float = 0.0,
+    warmup_steps: Steps = 100,
+    decay_fraction: Fraction = 0.2,
+    min_lr_ratio: Fraction = 0.0,
     decay_shape: Literal["linear", "cosine", "sqrt"] = "linear",
 ) -> float:
     """Warmup-stable-decay (MiniCPM, Hu et al. 2024; Hägele et al. 2024, "Scaling Laws and
@@ -63,7 +68,6 @@ def wsd(
     Where a run is too short for its warmup and decay, the lower of the two ramps applies: the lr
     rises, then falls to ``min_lr_ratio`` at the end without reaching the peak.
     """
-    _check_wsd(warmup_steps, decay_fraction, min_lr_ratio, decay_shape)
     factor = (step + 1) / warmup_steps if step < warmup_steps else 1.0
     decay_steps = max(1, round(decay_fraction * total_steps)) if decay_fraction > 0 else 0
     decay_start = total_steps - decay_steps
@@ -77,22 +81,6 @@ def wsd(
             left = 1 - math.sqrt(progress)
         factor = min(factor, min_lr_ratio + (1 - min_lr_ratio) * left)
     return factor
-
-
-_WSD_SHAPES = ("linear", "cosine", "sqrt")
-
-
-def _check_wsd(warmup_steps, decay_fraction, min_lr_ratio, decay_shape) -> None:
-    """A one-line WgptError naming the first of wsd's options out of range."""
-    key = "optim.scheduler"
-    if not (isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):
-        raise WgptError(f"{key}.warmup_steps={warmup_steps} is out of range for wsd: give a number of steps, 0 or more")
-    if not 0 <= decay_fraction <= 1:
-        raise WgptError(f"{key}.decay_fraction={decay_fraction} is out of range for wsd: give a fraction in [0, 1]")
-    if not 0 <= min_lr_ratio <= 1:
-        raise WgptError(f"{key}.min_lr_ratio={min_lr_ratio} is out of range for wsd: give a fraction of lr in [0, 1]")
-    if decay_shape not in _WSD_SHAPES:
-        raise WgptError(f"{key}.decay_shape={decay_shape} is not one of {', '.join(_WSD_SHAPES)}: pick one")
 
 
 def _anneal(start: float, end: float, progress: float, strategy: str) -> float:

@@ -12,9 +12,10 @@ import difflib
 import inspect
 import os
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
 
 from omegaconf import DictConfig, ListConfig
 
@@ -67,6 +68,18 @@ def check_readable(key: str, path: Path, fix: str) -> None:
         raise WgptError(f"{key}={path} is not readable (permissions): make it readable, or {fix}")
 
 
+def check_creatable(key: str, path: Path, fix: str) -> None:
+    """A directory that exists, or that can be made: its nearest existing parent is a writable
+    directory (not a file, not read-only)."""
+    if path.is_dir():
+        return
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise WgptError(f"{key}={path} cannot be a directory: {existing} is a file: {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WgptError(f"{key}={path} cannot be created: {existing} is not writable: {fix}")
+
+
 def check_targets(node: DictConfig, key: str, own_keys: Mapping[str, Sequence[str]] = {}) -> None:
     """Check every ``_target_`` node under ``node`` against the signature of what it names.
     ``own_keys``: keys of a node (by its full key) that wgpt reads and its target never sees."""
@@ -101,8 +114,47 @@ def check_arguments(node: DictConfig, key: str, own: Sequence[str] = ()) -> None
         check_type(f"{key}.{name}", node[name], hints.get(name))
 
 
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number, declared where it is taken: ``warmup_steps: Annotated[int, Range(0)]``.
+    ``check_type`` (so every ``_target_``'s arguments) refuses a value outside them before
+    anything runs. ``open_low``: ``low`` itself is out (a learning rate above 0)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def __contains__(self, value) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"above {self.low}" if self.open_low else f"of {self.low} or more"
+        if self.low is None:
+            return f"of {self.high} or less"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}]"
+
+
+def _ranges(hint, value) -> list[Range]:
+    """The Ranges ``hint`` puts on ``value`` (through Optional and unions of annotated numbers)."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *extras = typing.get_args(hint)
+        return [r for r in extras if isinstance(r, Range)] if matches(value, base) else []
+    if origin in (Union, UnionType):
+        return [r for h in typing.get_args(hint) for r in _ranges(h, value)]
+    return []
+
+
 def check_type(key: str, value, hint) -> None:
-    if hint is None or matches(value, hint):
+    if hint is None:
+        return
+    if matches(value, hint):
+        for bounds in _ranges(hint, value):
+            if value not in bounds:
+                raise WgptError(f"{key}={value} is out of range: give a number {bounds}")
         return
     choices = _literal_choices(hint)
     if choices:
@@ -114,6 +166,8 @@ def check_type(key: str, value, hint) -> None:
 def matches(value, hint) -> bool:
     """Whether a config value can be passed where ``hint`` is declared (unknown hints pass)."""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return matches(value, typing.get_args(hint)[0])
     if hint is Any or isinstance(hint, (typing.TypeVar, str)):
         return True
     if origin in (Union, UnionType):
@@ -144,6 +198,8 @@ def matches(value, hint) -> bool:
 
 def describe_type(hint) -> str:
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return describe_type(typing.get_args(hint)[0])
     if origin in (Union, UnionType):
         return " or ".join(describe_type(h) for h in typing.get_args(hint))
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", NoneType: "null"}
@@ -154,6 +210,8 @@ def describe_type(hint) -> str:
 
 def _literal_choices(hint) -> list:
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _literal_choices(typing.get_args(hint)[0])
     if origin is Literal:
         return list(typing.get_args(hint))
     if origin in (Union, UnionType):
@@ -182,6 +240,6 @@ def type_hints(obj) -> dict:
     """The evaluated type hints of ``obj``'s parameters ({} where they cannot be evaluated)."""
     function = obj.__init__ if inspect.isclass(obj) else obj
     try:
-        return typing.get_type_hints(function)
+        return typing.get_type_hints(function, include_extras=True)  # with their Ranges
     except Exception:  # a forward reference to a name imported only for type checkers
         return {}
