@@ -76,7 +76,7 @@ def check_creatable(key: str, path: Path, fix: str) -> None:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise WgptError(f"{key}={path} cannot be a directory: {existing} is a file: {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
         raise WgptError(f"{key}={path} cannot be created: {existing} is not writable: {fix}")
 
 

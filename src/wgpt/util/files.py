@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from wgpt.util.errors import WgptError
+
 
 @contextmanager
 def written_atomically(path: Path, durable: bool = False, private: bool = False) -> Iterator[Path]:
@@ -44,7 +46,10 @@ def exclusive(lock_path: Path, new_dirs: list[Path]) -> Iterator[None]:
     holders never overlap. Dirs it had to make are added to ``new_dirs`` (deepest first)."""
     while True:
         missing = [d for d in (lock_path.parent, *lock_path.parent.parents) if not d.exists()]
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WgptError(f"cannot create {lock_path.parent} ({e.strerror}): give a directory you can write") from None
         new_dirs.extend(d for d in missing if d not in new_dirs)
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
