@@ -43,7 +43,7 @@ MOVED: dict[str, tuple[str, dict[str, str]]] = {
         "describe_type": "wgpt.util.checks",
         "tokenizer_spec": "wgpt.data.tokenizer",
         "build_model": "wgpt.models.build",
-        "check_model_builds": "wgpt.models.build",
+        "build_on_meta": "wgpt.models.build",
     }),
     "wgpt.data.bpe": ("wgpt.tokenizers.bpe", {
         "ByteLevelBPE": "wgpt.data.tokenizer",
@@ -110,9 +110,9 @@ MOVED: dict[str, tuple[str, dict[str, str]]] = {
         "check_sweep": "wgpt.core.sweep_check",
         "planned_jobs": "wgpt.core.sweep_check",
         "check_job": "wgpt.core.sweep_check",
-        "check_resume": "wgpt.core.resume",
-        "finished_job": "wgpt.core.resume",
-        "resume_arguments": "wgpt.core.resume",
+        "check_resume": "wgpt.core.sweep_resume",
+        "finished_job": "wgpt.core.sweep_resume",
+        "resume_arguments": "wgpt.core.sweep_resume",
     }),
     "wgpt.train": ("wgpt.core.train", {
         "trainer_arguments": "wgpt.core.trainer",

@@ -26,7 +26,7 @@ from wgpt.core.validate import check_values
 from wgpt.data.tokenizer import tokenizer_spec
 from wgpt.interop.sources import load_model_source
 from wgpt.models import padded_vocab_size
-from wgpt.models.build import build_model, check_model_builds
+from wgpt.models.build import build_model, build_on_meta
 from wgpt.util.errors import WgptError
 
 
@@ -56,7 +56,7 @@ def load_model_from_config(cfg: DictConfig):
 
 
     vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
-    check_model_builds(cfg.model, vocab_size)
+    build_on_meta(cfg.model, vocab_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, vocab_size)

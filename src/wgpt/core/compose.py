@@ -19,7 +19,7 @@ OVERRIDE = re.compile(r"^(?:\+\+|\+|~)?[\w./@-]+=")
 
 def repo_root() -> Path:
     """The checkout whose conf/ to compose: $WGPT_ROOT (as train.py sets it), else the one holding this package."""
-    return Path(os.environ.get("WGPT_ROOT") or Path(__file__).resolve().parents[2])
+    return Path(os.environ.get("WGPT_ROOT") or Path(__file__).resolve().parents[3])
 
 
 def compose_train_config(overrides: Sequence[str]) -> DictConfig:

@@ -32,7 +32,7 @@ from wgpt.interop.checkpoint import SafeCheckpointIO
 from wgpt.interop.hf.init_from import check_init_from, check_init_tokenizer, start_from
 from wgpt.lightning.module import ModelLightningWrapper
 from wgpt.models import padded_vocab_size
-from wgpt.models.build import build_model
+from wgpt.models.build import build_model, build_on_meta
 from wgpt.optim import optimizer_factory, optimizer_layout
 from wgpt.parallel.sharding import is_sharded
 from wgpt.util.errors import WgptError
@@ -47,7 +47,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     """
     run_dir = Path(cfg.paths.output_dir)
     with discarded_on_bad_input(run_dir):
-        shapes = check_config(cfg)  # first: before anything is resolved, built, read or started
+        check_config(cfg)  # first: before anything is resolved, built, read or started
         check_logger_packages(cfg.get("logger"))
         own, continued_at = own_checkpoint(cfg), None  # a checkpoint in this run's dir: the run goes on in place
         if own is not None:  # the names in its dir (best-<start time>.ckpt) go on from its first part
@@ -55,6 +55,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
             continued_at = own["global_step"]
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
         spec = tokenizer_spec(cfg)
+        shapes = build_on_meta(cfg.model, padded_vocab_size(spec.vocab_size))  # no memory behind them
         optimizer = optimizer_factory(cfg.optim)
         # Built once on the meta-device model: a rule no parameter fits fails here, and a checkpoint
         # of another optimizer is told apart by its state's layout.

@@ -7,22 +7,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import os
-import typing
-from typing import Any, Callable
-
-from omegaconf import DictConfig, OmegaConf
-
-from wgpt.util.errors import WgptError
-
-if typing.TYPE_CHECKING:
-    import torch
-
-
 import logging
+import os
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.devices import (
     FP16_PRECISIONS,
@@ -38,6 +29,7 @@ from wgpt.core.launch import external_launch
 from wgpt.core.strategy import check_sharded_precision, fsdp_strategy
 from wgpt.parallel.sharding import FSDP
 from wgpt.util.checks import check_type, is_kind, type_hints
+from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 

@@ -31,7 +31,7 @@ from wgpt.util.checks import (
 from wgpt.util.errors import WgptError
 
 if typing.TYPE_CHECKING:
-    import torch
+    pass
 
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
@@ -61,16 +61,14 @@ NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
 }
 
 
-def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Module:
+def check_config(cfg: DictConfig) -> None:
     """Raise a WgptError for the first mistake in a composed training config (unresolved or not).
-
-    Returns the model built on the meta device, for ``vocab_size`` tokens (None: the tokenizer
-    config's, padded): its shapes, with no memory behind them."""
+    The model is built on the meta device (shapes, no memory) so that its own checks run too."""
     # torch and Lightning load here, not when train.py imports check_values (seconds earlier)
     from wgpt.core.trainer import check_trainer  # lazy: Lightning
     from wgpt.data.tokenizer import tokenizer_spec  # lazy: tiktoken
     from wgpt.models import padded_vocab_size  # lazy: torch
-    from wgpt.models.build import check_model_builds  # lazy: torch
+    from wgpt.models.build import build_on_meta  # lazy: torch
     from wgpt.optim import OPTIM_KEYS, check_optim  # lazy: torch
     from wgpt.parallel.sharding import FSDP, model_blocks  # lazy: torch
 
@@ -78,9 +76,7 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
     check_targets(cfg, "", own_keys={"optim": OPTIM_KEYS})
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
-    if vocab_size is None:
-        vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
-    model = check_model_builds(cfg.model, vocab_size)
+    model = build_on_meta(cfg.model, padded_vocab_size(tokenizer_spec(cfg).vocab_size))
     if cfg.trainer.get("activation_checkpointing"):
         model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
     if cfg.trainer.get("strategy") == FSDP:
@@ -93,7 +89,6 @@ def check_config(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Mod
                 f"{muon} orthogonalizes whole weight matrices, which trainer.strategy=fsdp splits across ranks: "
                 "use optim=adamw (or another elementwise optimizer) with FSDP, or Muon with DDP"
             )
-    return model
 
 
 def check_values(cfg: DictConfig) -> None:

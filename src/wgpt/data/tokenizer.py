@@ -7,27 +7,20 @@ bins. ``Tokenizer`` (the seed's r50k tokenizer) is importable from here.
 
 from __future__ import annotations
 
-import typing
-from pathlib import Path
-from typing import Callable
-
-from omegaconf import DictConfig
-
-from wgpt.util.errors import WgptError
-
-if typing.TYPE_CHECKING:
-    pass
-
 import json
 import logging
 import time
-from typing import Iterator, Mapping
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+from omegaconf import DictConfig
 
 from wgpt.data.diskdataset import default_data_dir, text_batches
 from wgpt.data.sources import describe, process_command
 from wgpt.tokenizers.base import SPECIAL_TOKENS
 from wgpt.tokenizers.bpe import MAX_VOCAB, MIN_VOCAB, BPETokenizer, content_hash, train_bpe
 from wgpt.tokenizers.r50k import R50K, Tokenizer, r50k_tokenizer
+from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text, exclusive
 
 

@@ -20,7 +20,7 @@ def build_model(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
     return instantiate(model_cfg, vocab_size=vocab_size)
 
 
-def check_model_builds(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
+def build_on_meta(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
     """Build the model on the meta device (shapes only, no memory): its constructor's checks run."""
     import torch
     from hydra.errors import InstantiationException

@@ -214,7 +214,7 @@ class Transformer(nn.Module):
             activation=activation, gated=gated, multiple_of=multiple_of, ffn_dim_multiplier=ffn_dim_multiplier,
             pos=pos, rope_theta=rope_theta, bias=bias, dropout=dropout, tie_embeddings=tie_embeddings, sdpa=sdpa,
         )  # fmt: skip
-        check_config(self.config)
+        check_knobs(self.config)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         hidden = mlp_hidden_size(d_embed, gated, multiple_of, ffn_dim_multiplier)
         self.max_seq_len = max_seq_len
@@ -284,7 +284,7 @@ class Transformer(nn.Module):
         )  # fmt: skip
 
 
-def check_config(config: dict) -> None:
+def check_knobs(config: dict) -> None:
     """A one-line ModelConfigError for the first knob of a Transformer ``config`` that cannot be built."""
     for key in ("vocab_size", "d_embed", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
         _check_positive_int(key, config[key])

@@ -152,7 +152,7 @@ def _number(cfg: DictConfig, key: str, kind: type, ok, expected: str, optional: 
     return kind(value)
 
 
-def check_config(cfg: DictConfig) -> dict:
+def generation_settings(cfg: DictConfig) -> dict:
     """The sampling settings of conf/generate.yaml, checked; a one-line WgptError for a bad one."""
     prompt = cfg.get("prompt")
     if prompt is None:
@@ -189,7 +189,7 @@ def generate_from_config(cfg: DictConfig) -> list[str]:
     """Print each prompt followed by its sampled continuation; a speed summary goes to stderr."""
     from wgpt.interop.sources import load_model_source  # lazy: torch, after generate.py's cheap checks
 
-    settings = check_config(cfg)  # before the (slow) checkpoint load
+    settings = generation_settings(cfg)  # checked before the (slow) checkpoint load
     prompts = settings.pop("prompts")
     device = pick_device(str(cfg.get("device", "auto")))
     use_cache = cfg.get("kv_cache", True)

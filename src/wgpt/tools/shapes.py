@@ -105,10 +105,10 @@ def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int]):
     """(model, calls, input, where it ran): on the meta device where the model allows, else on the CPU."""
     from wgpt.models.build import (  # lazy: torch, after the cheap checks of the overrides
         build_model,
-        check_model_builds,
+        build_on_meta,
     )
 
-    model = check_model_builds(cfg.model, vocab_size)  # on meta; a bad knob is one WgptError line
+    model = build_on_meta(cfg.model, vocab_size)  # on meta; a bad knob is one WgptError line
     input = torch.zeros(batch, dtype=torch.long, device="meta")
     try:
         return model, trace(model, input), input, "meta"
