@@ -1,4 +1,5 @@
-"""Evaluate a model: `python eval.py ckpt_path=<.ckpt, run dir or Hugging Face dir> [data=...]` (see README.md and conf/eval.yaml)."""
+"""Evaluate a model: `python eval.py ckpt_path=<.ckpt, run dir or Hugging Face dir> [data=...]`
+(see README.md and conf/eval.yaml)."""
 
 import os
 from pathlib import Path

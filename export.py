@@ -1,4 +1,5 @@
-"""Export a model for Hugging Face transformers: `python export.py ckpt_path=<.ckpt or run dir> out=<dir>` (see conf/export.yaml)."""
+"""Export a model for Hugging Face transformers: `python export.py ckpt_path=<.ckpt or run dir> out=<dir>`
+(see conf/export.yaml)."""
 
 import os
 from pathlib import Path
@@ -8,8 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))
 
-from wgpt.util.errors import WgptError  # noqa: E402
 from wgpt.core.report import one_line_config_errors, one_line_errors  # noqa: E402
+from wgpt.util.errors import WgptError  # noqa: E402
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # what transformers' config.json "dtype" names
 

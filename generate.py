@@ -1,4 +1,5 @@
-"""Sample text from a trained model: `python generate.py ckpt_path=<.ckpt, run dir or Hugging Face dir> prompt='To be'` (see conf/generate.yaml)."""
+"""Sample text from a trained model:
+`python generate.py ckpt_path=<.ckpt, run dir or Hugging Face dir> prompt='To be'` (see conf/generate.yaml)."""
 
 import os
 from pathlib import Path

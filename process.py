@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WGPT_ROOT", str(Path(__file__).resolve().parent))  # conf/paths: root_dir
 
-from wgpt.data.prepare import process  # noqa: E402
 from wgpt.core.report import discarded_on_bad_input, one_line_config_errors, one_line_errors  # noqa: E402
+from wgpt.data.prepare import process  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="process")

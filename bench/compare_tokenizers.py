@@ -36,7 +36,9 @@ def run(args: list[str], cwd: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--bpe-steps", type=int, default=1350, help="optimizer steps of the BPE run (r50k: the quick start's 450)")
+    parser.add_argument(
+        "--bpe-steps", type=int, default=1350, help="optimizer steps of the BPE run (r50k: the quick start's 450)"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for both runs")
     parser.add_argument("--keep", type=Path, help="keep the runs (and the data) in this directory")
     args = parser.parse_args()
@@ -49,23 +51,52 @@ def main() -> None:
         for name, overrides in [("r50k", []), (f"bpe{args.vocab_size}", bpe)]:
             out = Path(tmp) / name
             seconds = run(
-                [str(ROOT / "train.py"), "model=gpt2-tiny", *overrides, *args.extra,
-                 f"paths.data_dir={data_dir}", f"paths.output_root={out}", "trainer.enable_progress_bar=false"],
+                [
+                    str(ROOT / "train.py"),
+                    "model=gpt2-tiny",
+                    *overrides,
+                    *args.extra,
+                    f"paths.data_dir={data_dir}",
+                    f"paths.output_root={out}",
+                    "trainer.enable_progress_bar=false",
+                ],
                 cwd=ROOT,
-            )  # fmt: skip
+            )
             (run_dir,) = (out / "gpt2-tiny").iterdir()
             with open(run_dir / "metrics.csv") as f:
                 metrics = list(csv.DictReader(f))
             rates = [float(r["tokens_per_sec"]) for r in metrics if r.get("tokens_per_sec")][1:]  # the first warms up
             ckpt = run_dir / "checkpoints" / "recent.ckpt"
-            run([str(ROOT / "eval.py"), f"ckpt_path={ckpt}", "splits=[validation]", f"paths.data_dir={data_dir}"], cwd=ROOT)
+            run(
+                [str(ROOT / "eval.py"), f"ckpt_path={ckpt}", "splits=[validation]", f"paths.data_dir={data_dir}"],
+                cwd=ROOT,
+            )
             scored = json.loads((run_dir / "eval-recent.json").read_text())["results"]["shakespeare"]["validation"]
             steps = int(float(last(metrics, "step"))) + 1
-            rows.append([name, str(steps), f"{seconds:.0f}", f"{median(rates):,.0f}", f"{last(metrics, 'val_loss'):.3f}",
-                         f"{last(metrics, 'val_bpb'):.3f}", f"{scored['loss']:.3f}", f"{scored['bpb']:.3f}", f"{scored['tokens']:,}"])  # fmt: skip
-            curve = [(int(float(r["step"])) + 1, float(r["val_loss"]), float(r["val_bpb"])) for r in metrics if r.get("val_bpb")]
-            print(f"{name}: {seconds:.0f} s; validation (step, loss, bpb): "
-                  + ", ".join(f"({s}, {loss:.3f}, {bpb:.3f})" for s, loss, bpb in curve), file=sys.stderr, flush=True)  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    str(steps),
+                    f"{seconds:.0f}",
+                    f"{median(rates):,.0f}",
+                    f"{last(metrics, 'val_loss'):.3f}",
+                    f"{last(metrics, 'val_bpb'):.3f}",
+                    f"{scored['loss']:.3f}",
+                    f"{scored['bpb']:.3f}",
+                    f"{scored['tokens']:,}",
+                ]
+            )
+            curve = [
+                (int(float(r["step"])) + 1, float(r["val_loss"]), float(r["val_bpb"]))
+                for r in metrics
+                if r.get("val_bpb")
+            ]
+            print(
+                f"{name}: {seconds:.0f} s; validation (step, loss, bpb): "
+                + ", ".join(f"({s}, {loss:.3f}, {bpb:.3f})" for s, loss, bpb in curve),
+                file=sys.stderr,
+                flush=True,
+            )
     header = ["tokenizer", "steps", "wall s", "tokens/s", "val_loss", "val_bpb", "eval loss", "eval bpb", "eval tokens"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *rows]:

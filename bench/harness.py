@@ -20,9 +20,11 @@ os.environ.setdefault("WGPT_ROOT", str(ROOT))  # conf/paths' root_dir, as train.
 
 # Training only: no validation, sanity check or checkpoint inside the measured steps.
 TRAIN_ONLY = [
-    "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-    "callbacks.recent.every_n_train_steps=1000000", "trainer.enable_progress_bar=false",
-]  # fmt: skip
+    "trainer.limit_val_batches=0",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.recent.every_n_train_steps=1000000",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def window_overrides(window: int) -> list[str]:
@@ -33,10 +35,18 @@ def train_py(*overrides: str) -> list[dict]:
     """Run ``python train.py <overrides>`` in a throwaway run dir; return its metrics rows."""
     with tempfile.TemporaryDirectory(prefix="wgpt-bench-") as tmp:
         result = subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp}/run",
-             f"paths.output_root={tmp}/outputs"],
-            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *overrides,
+                f"hydra.run.dir={tmp}/run",
+                f"paths.output_root={tmp}/outputs",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         if result.returncode != 0:
             raise SystemExit(f"train.py {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
         with open(Path(tmp) / "run" / "metrics.csv") as f:

@@ -12,9 +12,9 @@ import torch
 
 from wgpt.core.compose import compose_train_config
 from wgpt.core.devices import training_memory_gib
+from wgpt.data.tokenizer import tokenizer_spec
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model
-from wgpt.data.tokenizer import tokenizer_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = (2, 4, 8)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from harness import TRAIN_ONLY, last, train_py, window_overrides
 
 # (overrides, window) per model: gpt2 at its full 1024 context, a small batch to keep it minutes.
@@ -28,11 +27,11 @@ MODELS = {
 
 def estimate_flops_per_token(overrides: list[str]) -> tuple[float, int]:
     """6N + 12·L·T·d (N: non-embedding... here all matmul weights, output layer included), and N."""
+    from harness import ROOT
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     import wgpt.core.launch  # noqa: F401
-    from harness import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

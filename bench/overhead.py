@@ -51,22 +51,25 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
 
     from wgpt.core.callbacks import peak_memory_gib
     from wgpt.core.devices import compute_dtype, enable_tf32, largest_matmul, peak_flops, reuse_freed_host_memory
-    from wgpt.models.loss import next_token_loss
-    from wgpt.models import padded_vocab_size
     from wgpt.core.train import compile_choice
     from wgpt.core.trainer import trainer_arguments
     from wgpt.data.tokenizer import tokenizer_spec
+    from wgpt.models import padded_vocab_size
+    from wgpt.models.loss import next_token_loss
 
     cfg = compose(model_name, extra)
     from omegaconf import OmegaConf
 
     default_groups = {"vectors": {"kinds": ["vector"], "weight_decay": 0.0}}
     unmirrored = {
-        "optim._target_": cfg.optim._target_ != "torch.optim.AdamW", "optim.fused": cfg.optim.get("fused") is False,
+        "optim._target_": cfg.optim._target_ != "torch.optim.AdamW",
+        "optim.fused": cfg.optim.get("fused") is False,
         "optim.param_groups": OmegaConf.to_container(cfg.optim.param_groups) != default_groups,
-    }  # fmt: skip
+    }
     if any(unmirrored.values()):
-        raise SystemExit(f"the plain loop does not mirror {[k for k, v in unmirrored.items() if v]}: leave them at their defaults")
+        raise SystemExit(
+            f"the plain loop does not mirror {[k for k, v in unmirrored.items() if v]}: leave them at their defaults"
+        )
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))  # the run's tokenizer (tokenizer=bpe trains one)
@@ -88,10 +91,15 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     steps = 2 * window
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=True,
-    )  # fmt: skip
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        fused=True,
+    )
     schedule = instantiate(cfg.optim.scheduler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps if s else 1))  # as the module
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
@@ -135,7 +143,11 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
     with torch.device("meta"):  # FLOPs as the module counts them for SpeedMonitor's MFU
         meta = type(model)(**model.config)
         input = torch.zeros(x.shape, dtype=torch.long)
-        flops = measure_flops(meta, lambda: meta(input), lambda logits: torch.nn.functional.cross_entropy(logits.flatten(0, 1), input.flatten()))
+        flops = measure_flops(
+            meta,
+            lambda: meta(input),
+            lambda logits: torch.nn.functional.cross_entropy(logits.flatten(0, 1), input.flatten()),
+        )
     peak = peak_flops(device, compute_dtype(precision), largest_matmul(model, x.numel()))
     return {
         "tokens_per_sec": micro_batches * x.numel() / seconds,
@@ -170,8 +182,10 @@ def in_subprocess(kind: str, model_name: str, window: int, extra: list[str]) -> 
     """A fresh process for each measurement, as train.py gets."""
     result = subprocess.run(
         [sys.executable, __file__, f"--_{kind}", model_name, "--window", str(window), "--extra", json.dumps(extra)],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"{kind} loop failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -197,19 +211,25 @@ def main() -> None:
     if args._loader:
         print(json.dumps({"tokens_per_sec": loader_alone(args._loader, 100, extra)}))
         return
-    for flag, key in (("accumulate", "trainer.accumulate_grad_batches"), ("compile", "compile"),
-                      ("precision", "trainer.precision"), ("batch_size", "data.batch_size")):  # fmt: skip
+    for flag, key in (
+        ("accumulate", "trainer.accumulate_grad_batches"),
+        ("compile", "compile"),
+        ("precision", "trainer.precision"),
+        ("batch_size", "data.batch_size"),
+    ):
         if getattr(args, flag) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
 
-    print("| model | device, precision, compile | micro-batch x accumulation | train.py tokens/s | plain loop tokens/s "
-          "| ratio | MFU (train.py / plain) | peak memory GiB (train.py / plain) | loss at last step (train.py / plain) "
-          "| loader alone tokens/s |")  # fmt: skip
+    print(
+        "| model | device, precision, compile | micro-batch x accumulation | train.py tokens/s | plain loop tokens/s "
+        "| ratio | MFU (train.py / plain) | peak memory GiB (train.py / plain) | loss at last step (train.py / plain) "
+        "| loader alone tokens/s |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for model_name in args.models:
         lightning, plain, rows_of, plains = [], [], [], []
         for repeat in range(args.repeats):
-            for kind in (("train.py", "plain") if repeat % 2 == 0 else ("plain", "train.py")):
+            for kind in ("train.py", "plain") if repeat % 2 == 0 else ("plain", "train.py"):
                 if kind == "plain":
                     result = in_subprocess("plain", model_name, args.window, extra)
                     plain.append(result["tokens_per_sec"])
@@ -218,7 +238,10 @@ def main() -> None:
                     rows = train_py(f"model={model_name}", *TRAIN_ONLY, *window_overrides(args.window), *extra)
                     lightning.append(last(rows, "tokens_per_sec"))
                     rows_of.append(rows)
-            print(f"  {model_name} repeat {repeat + 1}: train.py {lightning[-1]:,.0f}, plain {plain[-1]:,.0f} tokens/s", file=sys.stderr)
+            print(
+                f"  {model_name} repeat {repeat + 1}: train.py {lightning[-1]:,.0f}, plain {plain[-1]:,.0f} tokens/s",
+                file=sys.stderr,
+            )
         loader = in_subprocess("loader", model_name, args.window, extra)["tokens_per_sec"]
         rows, p = rows_of[-1], plains[-1]
         mfu = median([last(r, "mfu") for r in rows_of]), median([q["mfu"] for q in plains])
@@ -226,7 +249,8 @@ def main() -> None:
         (B, T) = p["micro_batch"]
         print(
             f"| {model_name} | {p['device']}, {p['precision']}, compile {'on' if p['compile'] else 'off'} "
-            f"| {B} x {T} x {p['accumulate']} | {fmt(lightning)} | {fmt(plain)} | {median(lightning) / median(plain):.3f} "
+            f"| {B} x {T} x {p['accumulate']} | {fmt(lightning)} | {fmt(plain)} "
+            f"| {median(lightning) / median(plain):.3f} "
             f"| {mfu[0]:.1%} / {mfu[1]:.1%} | {memory[0]:.2f} / {memory[1]:.2f} "
             f"| {last(rows, 'train_loss'):.4f} / {p['loss']:.4f} | {loader:,.0f} ({loader / median(lightning):.0f}x) |"
         )

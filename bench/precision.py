@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from harness import last, train_py
 
 
@@ -39,10 +38,15 @@ def main() -> None:
     fp32_speed = {}
     for name, overrides, steps in variants:
         rows = train_py(
-            f"model={args.model}", f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={steps // 2}",
-            f"trainer.val_every_n_steps={steps}", "trainer.num_sanity_val_steps=0",
-            "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=1000000", *overrides,
-        )  # fmt: skip
+            f"model={args.model}",
+            f"trainer.max_steps={steps}",
+            f"trainer.log_every_n_steps={steps // 2}",
+            f"trainer.val_every_n_steps={steps}",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.enable_progress_bar=false",
+            "callbacks.recent.every_n_train_steps=1000000",
+            *overrides,
+        )
         speed = last(rows, "tokens_per_sec")
         fp32_speed.setdefault(steps, speed)
         print(

@@ -53,7 +53,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     size = ds.info.num_tokens * 2 / 2**30
     print(f"bin {size:.1f} GiB, {len(ds):,} windows of {args.seq_len}; open + shuffle {opened:.2f}s")
-    print(f"{reads / seconds:,.0f} windows/s ({reads * args.seq_len / seconds / 1e6:.0f}M tokens/s) over {reads:,} random windows")
+    print(
+        f"{reads / seconds:,.0f} windows/s ({reads * args.seq_len / seconds / 1e6:.0f}M tokens/s) "
+        f"over {reads:,} random windows"
+    )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

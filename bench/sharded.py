@@ -64,14 +64,30 @@ def run(strategy: str, checkpointing: bool, args, extra: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="wgpt-sharded-") as tmp:
         overrides = [
-            f"model={args.model}", f"trainer.strategy={strategy}", f"trainer.accelerator={args.accelerator}",
-            f"trainer.devices={args.devices}", f"trainer.max_steps={args.steps}", "trainer.log_every_n_steps=1",
-            f"trainer.activation_checkpointing={str(checkpointing).lower()}", f"data.batch_size={args.batch_size}",
-            f"data.seq_len={args.seq_len}", "data.num_workers=0", "+callbacks.state_bytes._target_=sharded.StateBytes",
-            *TRAIN_ONLY, *extra, f"hydra.run.dir={tmp}/run", f"paths.output_root={tmp}/outputs",
-        ]  # fmt: skip
-        env = {**os.environ, OUT_ENV: tmp, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")])}
-        result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
+            f"model={args.model}",
+            f"trainer.strategy={strategy}",
+            f"trainer.accelerator={args.accelerator}",
+            f"trainer.devices={args.devices}",
+            f"trainer.max_steps={args.steps}",
+            "trainer.log_every_n_steps=1",
+            f"trainer.activation_checkpointing={str(checkpointing).lower()}",
+            f"data.batch_size={args.batch_size}",
+            f"data.seq_len={args.seq_len}",
+            "data.num_workers=0",
+            "+callbacks.state_bytes._target_=sharded.StateBytes",
+            *TRAIN_ONLY,
+            *extra,
+            f"hydra.run.dir={tmp}/run",
+            f"paths.output_root={tmp}/outputs",
+        ]
+        env = {
+            **os.environ,
+            OUT_ENV: tmp,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
+        }
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise SystemExit(f"train.py {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
         ranks = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("rank*.json"))]
@@ -94,17 +110,19 @@ def main() -> None:
 
     from wgpt.core.compose import compose_train_config
     from wgpt.core.devices import training_memory_gib
+    from wgpt.data.tokenizer import tokenizer_spec
     from wgpt.models import padded_vocab_size
     from wgpt.models.build import build_model
-    from wgpt.data.tokenizer import tokenizer_spec
 
     cfg = compose_train_config([f"model={args.model}"])
     with torch.device("meta"):
         model = build_model(cfg.model, padded_vocab_size(tokenizer_spec(cfg).vocab_size))
     params = sum(p.numel() for p in model.parameters())
     peak_name = "peak GPU memory" if args.accelerator in ("gpu", "cuda") else "peak RSS"
-    print(f"{args.model}: {params / 1e6:,.0f}M parameters, {args.devices} x {args.accelerator}, "
-          f"{args.batch_size} x {args.seq_len} tokens per rank and step, {args.steps} steps\n")  # fmt: skip
+    print(
+        f"{args.model}: {params / 1e6:,.0f}M parameters, {args.devices} x {args.accelerator}, "
+        f"{args.batch_size} x {args.seq_len} tokens per rank and step, {args.steps} steps\n"
+    )
     print(f"| strategy | weights | gradients | AdamW state | sum | estimate | {peak_name} | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for strategy, checkpointing in (("ddp", False), ("fsdp", False), ("fsdp", True)):
@@ -115,11 +133,13 @@ def main() -> None:
         name = strategy + (" + activation checkpointing" if checkpointing else "")
         cells = [rank0["weights"], rank0["grads"], rank0["optimizer"], total]
         print(
-            f"| {name} | " + " | ".join(f"{c / GIB:.2f} GiB" for c in cells)
-            + f" | {training_memory_gib(model, shards=shards):.2f} GiB | {max(r['peak'] for r in measured['ranks']) / GIB:.2f} GiB"
+            f"| {name} | "
+            + " | ".join(f"{c / GIB:.2f} GiB" for c in cells)
+            + f" | {training_memory_gib(model, shards=shards):.2f} GiB"
+            + f" | {max(r['peak'] for r in measured['ranks']) / GIB:.2f} GiB"
             f" | {measured['tokens_per_sec']:,.0f} |",
             flush=True,
-        )  # fmt: skip
+        )
 
 
 if __name__ == "__main__":

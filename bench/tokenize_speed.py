@@ -61,8 +61,12 @@ def child(kind: str, corpus: str, shards: str) -> None:
 
 
 def run(kind: str, corpus: Path, shards: int = 0) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(corpus), str(shards)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(corpus), str(shards)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,14 +75,20 @@ def main() -> None:
     parser.add_argument("corpus", type=Path, help="a directory of .jsonl shards (bench/make_corpus.py)")
     args = parser.parse_args()
     shards = len(list(args.corpus.glob("*.jsonl")))
-    results = {"raw": run("raw", args.corpus), "bin": run("bin", args.corpus), "half": run("bin", args.corpus, shards // 2)}
+    results = {
+        "raw": run("raw", args.corpus),
+        "bin": run("bin", args.corpus),
+        "half": run("bin", args.corpus, shards // 2),
+    }
     limit = results["raw"]["tokens"] / results["raw"]["seconds"]
     print(f"cores: {os.cpu_count()}")
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
         size = f"{r['megabytes']:.0f} MB" if "megabytes" in r else "all text"
-        print(f"{name:5s} {size:>9s}  {r['tokens'] / 1e6:7.1f}M tokens  {rate / 1e6:5.2f}M tokens/s "
-              f"({rate / limit:4.2f} of raw)  peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
+        print(
+            f"{name:5s} {size:>9s}  {r['tokens'] / 1e6:7.1f}M tokens  {rate / 1e6:5.2f}M tokens/s "
+            f"({rate / limit:4.2f} of raw)  peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> Dict
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-
     if isinstance(overrides, str):
         raise WgptError(f"overrides={overrides!r} is one string: give a list, e.g. overrides=[{overrides!r}]")
     try:
@@ -53,7 +52,6 @@ def load_model_from_config(cfg: DictConfig):
     of 64), initialized as train.py initializes it (seeded by ``cfg.seed``; the global random
     state is left as it was). Its knobs are checked first, one line for a bad one."""
     import torch
-
 
     vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
     build_on_meta(cfg.model, vocab_size)

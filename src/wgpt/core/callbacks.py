@@ -54,8 +54,11 @@ class ShardedStop(Callback):
                 raise KeyboardInterrupt
             if not self.requested:
                 what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-                log.info("%s: every rank stops after the next optimizer step and saves recent.ckpt%s", what,
-                         " (Ctrl-C again: stop now, unsaved)" if signum == signal.SIGINT else "")  # fmt: skip
+                log.info(
+                    "%s: every rank stops after the next optimizer step and saves recent.ckpt%s",
+                    what,
+                    " (Ctrl-C again: stop now, unsaved)" if signum == signal.SIGINT else "",
+                )
             self.requested = True
 
         signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
@@ -101,6 +104,7 @@ class ShardedStop(Callback):
             if trainer.is_global_zero:
                 log.info("Stopped at step %d: saved %s", trainer.global_step, path)
 
+
 log = logging.getLogger("wgpt")
 
 # How a run is stopped from outside: Ctrl-C, or SIGTERM (a scheduler's preemption or time limit),
@@ -108,7 +112,9 @@ log = logging.getLogger("wgpt")
 STOPPED = (KeyboardInterrupt, SIGTERMException)
 
 
-def build_callbacks(callbacks_cfg: DictConfig, enable_progress_bar: bool = True, sharded: bool = False) -> list[Callback]:
+def build_callbacks(
+    callbacks_cfg: DictConfig, enable_progress_bar: bool = True, sharded: bool = False
+) -> list[Callback]:
     """Instantiate the callbacks group. With ``trainer.enable_progress_bar=false`` its progress bar
     is left out: Lightning refuses a progress bar callback together with that flag. A ``sharded``
     (FSDP) run adds ShardedStop, its way to stop on a signal."""
@@ -215,11 +221,17 @@ class RunSummary(Callback):
     def _write(self, trainer: L.Trainer, pl_module, **fields) -> None:
         best = pl_module.best
         write_run_summary(
-            self.run_dir, global_step=trainer.global_step,
-            final_val_loss=pl_module.last_val_loss, final_val_bpb=getattr(pl_module, "last_val_bpb", math.nan),
-            best_val_loss=best["val_loss"], best_val_bpb=best.get("val_bpb", math.nan), best_step=best["step"],
-            resumed_from=self.resumed_from, **({"overrides": self.overrides} if self.overrides is not None else {}), **fields,
-        )  # fmt: skip
+            self.run_dir,
+            global_step=trainer.global_step,
+            final_val_loss=pl_module.last_val_loss,
+            final_val_bpb=getattr(pl_module, "last_val_bpb", math.nan),
+            best_val_loss=best["val_loss"],
+            best_val_bpb=best.get("val_bpb", math.nan),
+            best_step=best["step"],
+            resumed_from=self.resumed_from,
+            **({"overrides": self.overrides} if self.overrides is not None else {}),
+            **fields,
+        )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -239,8 +251,9 @@ class RunSummary(Callback):
         # The latest validation too: a run resumed from its last checkpoint (killed before it wrote
         # summary.json) validates no more, and still has a final loss to report.
         checkpoint["last_validation"] = {
-            "val_loss": float(pl_module.last_val_loss), "val_bpb": float(getattr(pl_module, "last_val_bpb", math.nan))
-        }  # fmt: skip
+            "val_loss": float(pl_module.last_val_loss),
+            "val_bpb": float(getattr(pl_module, "last_val_bpb", math.nan)),
+        }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         last = checkpoint.get("last_validation")
@@ -287,7 +300,9 @@ class SpeedMonitor(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
             datamodule = trainer.datamodule
-            rows = getattr(datamodule, "batch_size", 0) * getattr(datamodule, "seq_len", 0) or 1024  # tokens per micro-batch
+            rows = (
+                getattr(datamodule, "batch_size", 0) * getattr(datamodule, "seq_len", 0) or 1024
+            )  # tokens per micro-batch
             matmul = largest_matmul(getattr(pl_module, "model", pl_module), rows)
             peak = peak_flops(trainer.strategy.root_device, compute_dtype(str(trainer.precision)), matmul)
             self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=2)
@@ -307,7 +322,9 @@ class SpeedMonitor(Callback):
         self._start = self._now(trainer)
         self._throughput.update(time=0.0, **self._counts, flops=self._flops)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self._throughput is None:
             return
         self._counts["batches"] += 1

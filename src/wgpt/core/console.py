@@ -73,7 +73,11 @@ def lightning_through_job_logging() -> None:
         for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler and h.formatter is None]:
             logger.removeHandler(handler)
             logger.propagate = True
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _LightningLines) for f in logger.filters):
             logger.addFilter(_LightningLines())

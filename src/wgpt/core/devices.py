@@ -142,7 +142,9 @@ def check_devices(accelerator: str, devices: Any) -> None:
     before any work (Lightning would find out after the model is built, in a traceback)."""
     cuda = torch.cuda.is_available()
     if accelerator in ("gpu", "cuda") and not cuda:
-        raise WgptError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer.accelerator=auto or cpu")
+        raise WgptError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer.accelerator=auto or cpu"
+        )
     if devices == "auto" or external_launch() or accelerator not in ("auto", "cpu", "gpu", "cuda"):
         return  # torchrun or srun chose the devices; other accelerators count their own
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
@@ -153,11 +155,17 @@ def check_devices(accelerator: str, devices: Any) -> None:
         elif isinstance(devices, str) and devices.lstrip("-").isdigit():
             devices = int(devices)
     except ValueError:
-        raise WgptError(f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]") from None
+        raise WgptError(
+            f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]"
+        ) from None
     if isinstance(devices, (str, bool, float)):
-        raise WgptError(f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]")
+        raise WgptError(
+            f"trainer.devices={devices} is not a device count or list: give auto, a number, or GPU ids like [0,1]"
+        )
     if not isinstance(devices, int) and not on_gpu:
-        raise WgptError(f"trainer.devices={list(devices)} lists device ids, which only GPUs have: give a number of CPU processes")
+        raise WgptError(
+            f"trainer.devices={list(devices)} lists device ids, which only GPUs have: give a number of CPU processes"
+        )
     if not isinstance(devices, int):
         ids = list(devices)
         outside = [i for i in ids if not isinstance(i, int) or not 0 <= i < have]
@@ -172,7 +180,10 @@ def check_devices(accelerator: str, devices: Any) -> None:
     if devices < 1:
         raise WgptError(f"trainer.devices={devices} is out of range: give at least 1, -1 for all, or auto")
     if devices > have:
-        raise WgptError(f"trainer.devices={devices} but this machine has {have} {kind}: give at most {have}, or trainer.devices=auto")
+        raise WgptError(
+            f"trainer.devices={devices} but this machine has {have} {kind}: "
+            f"give at most {have}, or trainer.devices=auto"
+        )
 
 
 def device_count(devices: Any, on_cpu: bool) -> int:
@@ -230,7 +241,9 @@ def compute_dtype(precision: str) -> torch.dtype:
     return torch.float64 if precision.startswith("64") else torch.float32
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, largest_matmul: tuple[int, int, int] | None = None) -> float | None:
+def peak_flops(
+    device: torch.device, dtype: torch.dtype, largest_matmul: tuple[int, int, int] | None = None
+) -> float | None:
     """The FLOP/s that MFU divides by: a GPU's datasheet figure (Lightning's table, TF32 when it
     is on), or this CPU's measured matmul rate (``cpu_peak_flops``, up to ``largest_matmul``, the
     (rows, in, out) of the model's largest matmul). None for unknown GPUs."""
@@ -244,7 +257,13 @@ def peak_flops(device: torch.device, dtype: torch.dtype, largest_matmul: tuple[i
     return get_available_flops(device, dtype)
 
 
-H100_SXM_DENSE = {torch.float64: 33.5e12, torch.float32: 66.9e12, "tfloat32": 494.7e12, torch.bfloat16: 989.4e12, torch.float16: 989.4e12}
+H100_SXM_DENSE = {
+    torch.float64: 33.5e12,
+    torch.float32: 66.9e12,
+    "tfloat32": 494.7e12,
+    torch.bfloat16: 989.4e12,
+    torch.float16: 989.4e12,
+}
 
 
 def cpu_peak_flops(
@@ -261,7 +280,9 @@ def cpu_peak_flops(
         largest_matmul = tuple(int(d) for d in largest_matmul)
         sizes = [s for s in sizes if s[0] * s[1] * s[2] <= largest_matmul[0] * largest_matmul[1] * largest_matmul[2]]
         sizes.append(largest_matmul)
-    key = f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype} | up to {sizes[-1]}"
+    key = (
+        f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype} | up to {sizes[-1]}"
+    )
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wgpt" / "peak_flops.json"
     try:
         known = json.loads(cache.read_text())

@@ -95,7 +95,9 @@ def rank_tag() -> str:
         rank = os.environ["RANK"]
     elif _slurm_tasks() > 1:
         rank = os.environ["SLURM_PROCID"]
-    elif "LOCAL_RANK" in os.environ or os.environ.get("NODE_RANK", "0") != "0":  # a Lightning-started rank, or another node's
+    elif (
+        "LOCAL_RANK" in os.environ or os.environ.get("NODE_RANK", "0") != "0"
+    ):  # a Lightning-started rank, or another node's
         node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
         rank = local if node == "0" else f"{node}.{local}"
     else:
@@ -150,9 +152,13 @@ def job_command(cfg: DictConfig, script: str) -> list[str]:
     overrides = [o for o in hydra.overrides.task if not o.startswith("start_datetime=")]
     overrides += [o for o in hydra.overrides.hydra if o.startswith(_KEPT_HYDRA_OVERRIDES)]
     return [
-        sys.executable, os.path.abspath(script), *overrides,
-        f'hydra.run.dir="{hydra.runtime.output_dir}"', "hydra.output_subdir=null", f"start_datetime={cfg.start_datetime}",
-    ]  # fmt: skip
+        sys.executable,
+        os.path.abspath(script),
+        *overrides,
+        f'hydra.run.dir="{hydra.runtime.output_dir}"',
+        "hydra.output_subdir=null",
+        f"start_datetime={cfg.start_datetime}",
+    ]
 
 
 def launch_job_alone(cfg: DictConfig, script: str, resume_from: str | None = None) -> int:
@@ -169,8 +175,10 @@ def launch_job_alone(cfg: DictConfig, script: str, resume_from: str | None = Non
     """
     command = job_command(cfg, script)
     log.info(
-        "Starting this job's DDP ranks: %s%s", " ".join(command[1:]), f" (continuing from {resume_from})" if resume_from else ""
-    )  # fmt: skip
+        "Starting this job's DDP ranks: %s%s",
+        " ".join(command[1:]),
+        f" (continuing from {resume_from})" if resume_from else "",
+    )
     terminated = []
 
     def pass_sigterm_on(signum, frame):  # a scheduler stopping the sweep: the job saves and stops first

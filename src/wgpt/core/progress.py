@@ -29,9 +29,12 @@ def batches_this_epoch(trainer: L.Trainer, done: int = 0) -> int | float:
 
 # (logged metric, label in the bar, format)
 SHOWN_METRICS = [
-    ("train_loss", "loss", "{:.4f}"), ("val_loss", "val_loss", "{:.4f}"), ("val_bpb", "val_bpb", "{:.4f}"),
-    ("tokens_per_sec", "tokens/s", "{:,.0f}"), ("mfu", "MFU", "{:.1%}"),
-]  # fmt: skip
+    ("train_loss", "loss", "{:.4f}"),
+    ("val_loss", "val_loss", "{:.4f}"),
+    ("val_bpb", "val_bpb", "{:.4f}"),
+    ("tokens_per_sec", "tokens/s", "{:,.0f}"),
+    ("mfu", "MFU", "{:.1%}"),
+]
 
 
 class ProgressBar(RichProgressBar):
@@ -70,7 +73,9 @@ class ProgressBar(RichProgressBar):
         self._total_steps = None  # the loader may change between epochs
         super().on_train_epoch_start(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self.is_enabled and self.progress is not None:
             total = batches_this_epoch(trainer, done=batch_idx + 1)
             description = self._get_train_description(trainer.current_epoch)

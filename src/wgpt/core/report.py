@@ -73,11 +73,18 @@ def one_line_config_errors(conf_dir: str | Path, overrides: Sequence[str] | None
     except ValueError as e:  # Hydra's own check of a group set to null, raised without a config error type
         if "Config group override must be" not in str(e):
             raise
-        groups = [a.partition("=")[0] for a in sys.argv[1:] if a.partition("=")[2] == "null" and (Path(conf_dir) / a.partition("=")[0]).is_dir()]
+        groups = [
+            a.partition("=")[0]
+            for a in sys.argv[1:]
+            if a.partition("=")[2] == "null" and (Path(conf_dir) / a.partition("=")[0]).is_dir()
+        ]
         group = groups[0] if groups else "a config group"
         options = sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml")) if groups else []
-        _exit_with(f"{group}=null: a config group takes an option, not null: choose one of {', '.join(options)}" if options
-                   else f"{group} cannot be null: choose one of its options")  # fmt: skip
+        _exit_with(
+            f"{group}=null: a config group takes an option, not null: choose one of {', '.join(options)}"
+            if options
+            else f"{group} cannot be null: choose one of its options"
+        )
     finally:
         os.environ.pop(FULL_ERROR, None)
         os.environ.pop(BORROWED_ENV, None)
@@ -148,7 +155,9 @@ class RunDirWatch(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         run_dir = Path(config.hydra.run.dir).resolve()
         root = Path(config.paths.output_root).resolve()
-        _created_dirs[:] = [d for d in (run_dir, *run_dir.parents) if (d == root or root in d.parents) and not d.exists()]
+        _created_dirs[:] = [
+            d for d in (run_dir, *run_dir.parents) if (d == root or root in d.parents) and not d.exists()
+        ]
 
 
 @contextmanager
@@ -196,13 +205,17 @@ def describe_config_error(e: BaseException, conf_dir: Path | None = None) -> str
     if isinstance(e, MissingConfigException) and unloadable and conf_dir is not None:  # an option inside a list
         group, name = unloadable.groups()
         options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        return f"{group}/{name} is not an option of {group}: choose from {', '.join(options)} (or add conf/{group}/{name}.yaml)"
+        return (
+            f"{group}/{name} is not an option of {group}: choose from {', '.join(options)} "
+            f"(or add conf/{group}/{name}.yaml)"
+        )
     if isinstance(e, OverrideParseException):
         return f"cannot parse the override {e.override!r}: write key=value (quote values with spaces or brackets)"
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown and cause is not None and "not in struct" in str(cause):
         key = unknown.group(1)
-        return f"{key} is not a config key{_did_you_mean(key, getattr(cause, 'parent_node', None))}: fix the spelling, or add a new key with +{key}=..."
+        suggestion = _did_you_mean(key, getattr(cause, "parent_node", None))
+        return f"{key} is not a config key{suggestion}: fix the spelling, or add a new key with +{key}=..."
     if unknown and "No match in the defaults list" in message:
         key = unknown.group(1)
         groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir()) if conf_dir else []

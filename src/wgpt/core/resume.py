@@ -1,6 +1,7 @@
 """The checkpoint a run continues from: ``ckpt_path=<file>``, ``resume=auto`` (the newest
 ``recent.ckpt`` of this model's runs), or the one a parent process chose and passed on; each
 checked against this run's model, optimizer and tokenizer before anything heavy starts."""
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,14 @@ def checkpoint_to_resume(
     path = chosen_checkpoint(cfg)
     if path is None:
         if cfg.get("resume") == "auto" and cfg.get("ckpt_path") is None:
-            where = f"recent checkpoint in {cfg.paths.output_dir}" if in_sweep() else f"run of {cfg.model.name} with a recent checkpoint in {Path(cfg.paths.output_root) / cfg.model.name}"
+            where = (
+                f"recent checkpoint in {cfg.paths.output_dir}"
+                if in_sweep()
+                else (
+                    f"run of {cfg.model.name} with a recent checkpoint in "
+                    f"{Path(cfg.paths.output_root) / cfg.model.name}"
+                )
+            )
             log.info("resume=auto: no %s, starting afresh", where)
         return None, None
     checkpoint = load_checkpoint(path, mmap=True)  # refuses pickled code, reads no tensor data yet
@@ -94,8 +102,13 @@ def _in_run_dir(path: str | Path, cfg: DictConfig) -> bool:
 def check_same_tokenizer(ckpt_path: str | None, record: dict | None, tokenizer: TokenizerBase) -> None:
     """A checkpoint continues only with the very tokenizer it was trained with (same name is not
     enough: a BPE trained on other data maps ids to other text)."""
-    if ckpt_path is not None and record is not None and record.get("fingerprint", tokenizer.fingerprint) != tokenizer.fingerprint:
+    if (
+        ckpt_path is not None
+        and record is not None
+        and record.get("fingerprint", tokenizer.fingerprint) != tokenizer.fingerprint
+    ):
         raise WgptError(
-            f"ckpt_path={ckpt_path} was trained with tokenizer {record['fingerprint']}, but this run's {tokenizer.name} is "
-            f"{tokenizer.fingerprint} (trained on other data): use the data and tokenizer.* settings of that run"
+            f"ckpt_path={ckpt_path} was trained with tokenizer {record['fingerprint']}, "
+            f"but this run's {tokenizer.name} is {tokenizer.fingerprint} (trained on other data): "
+            "use the data and tokenizer.* settings of that run"
         )

@@ -62,7 +62,6 @@ class ShardedStrategy(ModelParallelStrategy):
             set_optimizer_state_dict,
         )
 
-
         path = self.broadcast(str(checkpoint_path))
         checkpoint = load_checkpoint(path, mmap=True)  # every rank maps the file; nothing is copied
         strict = self.lightning_module.strict_loading

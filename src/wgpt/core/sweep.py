@@ -46,11 +46,16 @@ def job_identity(overrides: Sequence[str]) -> dict[str, str]:
 def _same(a: str | None, b: str | None) -> bool:
     """Two override values alike, as Hydra would read them: a job of ``optim.lr=1e-3,2e-3`` has
     ``optim.lr=0.001``, and ``false`` is written back ``False``."""
+
     def canonical(value):
         try:
             return float(value)
         except (TypeError, ValueError):
-            return value.lower() if isinstance(value, str) and value.lower() in ("true", "false", "null", "none") else value
+            return (
+                value.lower()
+                if isinstance(value, str) and value.lower() in ("true", "false", "null", "none")
+                else value
+            )
 
     return canonical(a) == canonical(b)
 
@@ -117,6 +122,7 @@ def sweep_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 def best_row(rows: Sequence[dict[str, Any]], column: str = "best_val_loss") -> dict[str, Any] | None:
     """The job with the lowest finite ``column`` (a diverged or failed job has none), or None."""
+
     def value(row):
         try:
             return float(row.get(column))
@@ -172,7 +178,9 @@ class SweepSummary(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         summary = read_run_summary(run_dir) or {}
-        if not _of_this_job(summary, overrides_of(config.hydra.overrides.task)):  # a resumed sweep refused to mix runs: keep theirs
+        if not _of_this_job(
+            summary, overrides_of(config.hydra.overrides.task)
+        ):  # a resumed sweep refused to mix runs: keep theirs
             return
         if summary.get("status") != "failed":  # train() records its own failures with more detail
             error = str(job_return._return_value).strip().splitlines() or ["unknown error"]  # no public accessor
@@ -201,8 +209,9 @@ def report_sweep(sweep_dir: Path, kind: str = "job") -> None:
     best = best_row(rows)
     if best is not None:
         shown = " ".join(f"{k}={best[k]}" for k in varying)
+        settings = f" ({shown})" if shown else ""
         lines.append(
-            f"best {kind}: job {best['job']}{f' ({shown})' if shown else ''}: best_val_loss {format_cell(best['best_val_loss'])} "
+            f"best {kind}: job {best['job']}{settings}: best_val_loss {format_cell(best['best_val_loss'])} "
             f"at step {best['best_step']}, in {sweep_dir / best['dir']}"
         )
     print("\n".join(lines), flush=True)

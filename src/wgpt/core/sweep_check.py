@@ -106,9 +106,13 @@ def planned_jobs(config: DictConfig, loader) -> tuple[list[tuple[str, list[str]]
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
         swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
         return [
-            (f"sweep job {num} of {len(jobs)}: " + (" ".join(o for o in job if o.partition("=")[0] in swept) or "its overrides"), job)
+            (
+                f"sweep job {num} of {len(jobs)}: "
+                + (" ".join(o for o in job if o.partition("=")[0] in swept) or "its overrides"),
+                job,
+            )
             for num, job in enumerate(jobs)
-        ], True  # fmt: skip
+        ], True
     space: dict[str, list[str]] = {}  # key -> the values to check; one value: fixed
     for override in overrides:
         key = override.get_key_element()

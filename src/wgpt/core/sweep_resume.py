@@ -1,6 +1,7 @@
 """A stopped sweep resumed in its own dir (``python train.py resume=<sweep dir>``): its command
 line rebuilt from what it recorded, its job dirs checked against the jobs it is about to run,
 and the jobs that finished before kept as they are."""
+
 from __future__ import annotations
 
 import logging
@@ -39,20 +40,28 @@ def check_resume(config: DictConfig, jobs: list[list[str]] | None) -> None:
     again = f"resume a sweep with the overrides it ran with (python train.py resume={sweep_dir} repeats them)"
     for num, job_dir, overrides in ran if jobs is not None else []:
         if num >= len(jobs):
-            raise SweepError(f"Error: resume: {job_dir} is job {num}, but this sweep has {len(jobs)} job{'s' if len(jobs) > 1 else ''}: {again}")
+            raise SweepError(
+                f"Error: resume: {job_dir} is job {num}, "
+                f"but this sweep has {len(jobs)} job{'s' if len(jobs) > 1 else ''}: {again}"
+            )
         differ = job_difference(overrides, jobs[num])
         if differ is not None:
-            raise SweepError(f"Error: resume: job {num} ({job_dir}) ran with {differ[0]}, this sweep's job {num} has {differ[1]}: {again}")
+            raise SweepError(
+                f"Error: resume: job {num} ({job_dir}) ran with {differ[0]}, "
+                f"this sweep's job {num} has {differ[1]}: {again}"
+            )
     if rank_tag():
         return
     states: dict[str, list[str]] = {"kept (completed)": [], "continued from recent.ckpt": [], "started again": []}
     for num, job_dir, _ in ran:
         summary = read_run_summary(job_dir) or {}
         state = (
-            "kept (completed)" if summary.get("status") in FINISHED
-            else "continued from recent.ckpt" if (job_dir / "checkpoints" / "recent.ckpt").is_file()
+            "kept (completed)"
+            if summary.get("status") in FINISHED
+            else "continued from recent.ckpt"
+            if (job_dir / "checkpoints" / "recent.ckpt").is_file()
             else "started again"
-        )  # fmt: skip
+        )
         states[state].append(str(num))
     started = len(jobs) - len(ran) if jobs is not None else None
     told = [f"job{'s' if len(nums) > 1 else ''} {', '.join(nums)} {state}" for state, nums in states.items() if nums]
@@ -120,7 +129,9 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
     if all(_is_hydra(a) for a in overrides):  # no task overrides given: the sweep's own
         added += [o for o in overrides_of(recorded.task) if split_override(o)[0] != "resume"]
     yours = {split_override(a)[0] for a in overrides if _is_hydra(a)}
-    added += [o for o in overrides_of(recorded.hydra) if split_override(o)[0] not in ("hydra.mode", "hydra.sweep.dir", *yours)]
+    added += [
+        o for o in overrides_of(recorded.hydra) if split_override(o)[0] not in ("hydra.mode", "hydra.sweep.dir", *yours)
+    ]
     args = ["resume=auto" if a.startswith("resume=") else a for a in args]
     return [argv[0], *([] if multirun else ["-m"]), *args, *added, f'hydra.sweep.dir="{sweep_dir}"']
 

@@ -102,7 +102,9 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         plugins=[SafeCheckpointIO()],
     )
     overrides = overrides_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
-    trainer.callbacks.append(RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path, overrides=overrides))  # not optional: sweeps read it
+    trainer.callbacks.append(
+        RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path, overrides=overrides)
+    )  # not optional: sweeps read it
     if in_sweep() and spawns_ranks(trainer):
         return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0], ckpt_path)
 
@@ -111,8 +113,13 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         total, non_embedding = parameter_counts(model)
         log.info(
             "Model %s: %.2fM parameters (%.2fM besides the embeddings), tokenizer %s (%d tokens); run directory %s",
-            cfg.model.name, total / 1e6, non_embedding / 1e6, tokenizer.name, len(tokenizer), run_dir,
-        )  # fmt: skip
+            cfg.model.name,
+            total / 1e6,
+            non_embedding / 1e6,
+            tokenizer.name,
+            len(tokenizer),
+            run_dir,
+        )
         log_config(trainer.loggers, cfg)
         if continued_at is not None:
             # Lightning's CSV logger would start metrics.csv afresh: keep the rows of the steps the

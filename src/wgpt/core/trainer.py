@@ -37,8 +37,12 @@ log = logging.getLogger("wgpt")
 # accepts beyond Lightning's.
 WGPT_TRAINER_KEYS = {"max_devices", "val_every_n_steps", "activation_checkpointing"}
 # lightning.Trainer arguments that wgpt sets itself, from other groups.
-SET_BY_WGPT = {"logger": "the logger group (logger=...)", "callbacks": "the callbacks group",
-               "plugins": "wgpt (its safe checkpoint IO)", "val_check_interval": "trainer.val_every_n_steps"}
+SET_BY_WGPT = {
+    "logger": "the logger group (logger=...)",
+    "callbacks": "the callbacks group",
+    "plugins": "wgpt (its safe checkpoint IO)",
+    "val_check_interval": "trainer.val_every_n_steps",
+}
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
 
 
@@ -53,9 +57,16 @@ def _count_from(low: int, optional: bool = False) -> Callable[[Any], bool]:
 # Values that Lightning's types admit but Lightning itself rejects, some only once fit() starts
 # (after the model is built and the data read): refused here with the config, in one line.
 LIGHTNING_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{key: (_batches, "a number of batches (0 or more) or a fraction in [0.0, 1.0]")
-       for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
-                   "overfit_batches")},
+    **{
+        key: (_batches, "a number of batches (0 or more) or a fraction in [0.0, 1.0]")
+        for key in (
+            "limit_train_batches",
+            "limit_val_batches",
+            "limit_test_batches",
+            "limit_predict_batches",
+            "overfit_batches",
+        )
+    },
     "num_sanity_val_steps": (_count_from(-1), "-1 (every batch), 0 (none) or a number of batches"),
     "check_val_every_n_epoch": (_count_from(1, optional=True), "null or a number of epochs, at least 1"),
     "reload_dataloaders_every_n_epochs": (_count_from(0), "0 (never) or a number of epochs"),
@@ -64,7 +75,7 @@ LIGHTNING_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "fast_dev_run": (lambda v: isinstance(v, bool) or _count_from(0)(v), "true, false or a number of batches"),
     "gradient_clip_algorithm": (lambda v: v in (None, "norm", "value"), "norm, value or null"),
     "deterministic": (lambda v: v in (None, True, False, "warn"), "true, false, warn or null"),
-}  # fmt: skip
+}
 
 
 def check_trainer(trainer: DictConfig) -> None:
@@ -96,7 +107,9 @@ def check_trainer(trainer: DictConfig) -> None:
         if isinstance(value, str) and value not in ("auto", "gpu", *names):
             close = difflib.get_close_matches(value, list(names), n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise WgptError(f"trainer.{name}={value} is not one Lightning knows: {hint}(choices: auto, {', '.join(sorted(names))})")
+            raise WgptError(
+                f"trainer.{name}={value} is not one Lightning knows: {hint}(choices: auto, {', '.join(sorted(names))})"
+            )
     check_devices(str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto"))
 
 
@@ -121,7 +134,9 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
     launched = external_launch()
     given = trainer_cfg.get("devices", "auto")
     if wants_gpu and cuda and not launched and "LOCAL_RANK" not in os.environ and isinstance(given, (int, list, tuple)):
-        ids = list(range(torch.cuda.device_count() if given == -1 else given)) if isinstance(given, int) else list(given)
+        ids = (
+            list(range(torch.cuda.device_count() if given == -1 else given)) if isinstance(given, int) else list(given)
+        )
         check_fits_devices(model, ids, sharded)  # the GPUs the user named: is there room on each?
     if cfg.get("devices", "auto") == "auto":
         if launched:
@@ -133,26 +148,33 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
             cfg["accelerator"], cfg["devices"] = "gpu", [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
         elif wants_gpu:
             try:
-                cfg["devices"] = get_best_devices(model, max_gpus=max_devices or torch.cuda.device_count(), sharded=sharded)
+                cfg["devices"] = get_best_devices(
+                    model, max_gpus=max_devices or torch.cuda.device_count(), sharded=sharded
+                )
                 cfg["accelerator"] = "gpu"
                 os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
                 log.info(
                     "Using GPU(s) %s: the most free memory; training needs ~%.1f GiB on each (weights, gradients "
-                    "and AdamW state%s; activations not counted)", cfg["devices"],
+                    "and AdamW state%s; activations not counted)",
+                    cfg["devices"],
                     training_memory_gib(model, shards=len(cfg["devices"]) if sharded else 1),
                     f", sharded {len(cfg['devices'])} way(s)" if sharded else "",
-                )  # fmt: skip
+                )
             except NvmlUnavailable as e:
                 if accelerator != "auto":
                     cfg["devices"] = min(max_devices or torch.cuda.device_count(), torch.cuda.device_count())
                     log.info("%s: using the first %d GPU(s)", e, cfg["devices"])
                 else:
                     cfg["accelerator"], cfg["devices"] = "cpu", 1
-                    log.warning("%s, so GPUs cannot be chosen: training on CPU (set trainer.accelerator=gpu to use them)", e)
+                    log.warning(
+                        "%s, so GPUs cannot be chosen: training on CPU (set trainer.accelerator=gpu to use them)", e
+                    )
         elif accelerator == "auto" and not torch.backends.mps.is_available():
             cfg["accelerator"], cfg["devices"] = "cpu", 1
             log.info("No CUDA GPU found: training on CPU")
-    on_cpu = cfg.get("accelerator") == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available())
+    on_cpu = cfg.get("accelerator") == "cpu" or (
+        accelerator == "auto" and not cuda and not torch.backends.mps.is_available()
+    )
     precision = str(cfg.get("precision", "auto"))
     if precision == "auto":
         if on_cpu:
@@ -176,8 +198,10 @@ def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str,
         shards = device_count(cfg.get("devices", "auto"), on_cpu) * int(cfg.get("num_nodes", 1))
         log.info(
             "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over %d rank(s); ~%.1f GiB of weights, "
-            "gradients and AdamW state per rank (activations not counted)", shards, training_memory_gib(model, shards),
-        )  # fmt: skip
+            "gradients and AdamW state per rank (activations not counted)",
+            shards,
+            training_memory_gib(model, shards),
+        )
     return cfg
 
 

@@ -46,7 +46,11 @@ NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "model.max_seq_len": (int, at_least_one, "a whole number of tokens, at least 1"),
     "data.batch_size": (int, at_least_one, "a whole number of sequences per device, at least 1"),
     "data.seq_len": (int, at_least_one, "a whole number of tokens, at least 1 and at most model.max_seq_len"),
-    "data.stride_ratio": (float, lambda v: 0 < v <= 1, "a ratio in (0, 1]: 1 for disjoint windows, 0.5 for half-overlapping"),
+    "data.stride_ratio": (
+        float,
+        lambda v: 0 < v <= 1,
+        "a ratio in (0, 1]: 1 for disjoint windows, 0.5 for half-overlapping",
+    ),
     "data.num_workers": (int, non_negative, "0 (load in the main process) or more worker processes"),
     "trainer.max_steps": (int, steps_or_unlimited, "-1 (no limit) or a number of optimizer steps, at least 1"),
     "trainer.max_epochs": (int, steps_or_unlimited, "-1 (no limit) or a number of epochs, at least 1"),
@@ -57,7 +61,11 @@ NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "trainer.num_nodes": (int, at_least_one, "a number of machines, at least 1"),
     "callbacks.recent.every_n_train_steps": (int, at_least_one, "a number of optimizer steps, at least 1"),
     "seed": (int, lambda v: True, "a whole number"),
-    "tokenizer.vocab_size": (int, lambda v: 259 <= v <= 2**20, "a number of tokens from 259 (256 bytes + 3 specials) up, e.g. 4096"),
+    "tokenizer.vocab_size": (
+        int,
+        lambda v: 259 <= v <= 2**20,
+        "a number of tokens from 259 (256 bytes + 3 specials) up, e.g. 4096",
+    ),
 }
 
 
@@ -82,7 +90,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.trainer.get("strategy") == FSDP:
         model_blocks(model, "trainer.strategy=fsdp shards the model block by block")
         rules = cfg.optim.get("param_groups") or {}
-        targets = [cfg.optim.get("_target_", "")] + [(r.get("optimizer") or {}).get("_target_", "") for r in rules.values() if r]
+        targets = [cfg.optim.get("_target_", "")] + [
+            (r.get("optimizer") or {}).get("_target_", "") for r in rules.values() if r
+        ]
         muon = next((t for t in targets if "muon" in str(t).lower()), None)
         if muon:
             raise WgptError(
@@ -102,7 +112,9 @@ def check_values(cfg: DictConfig) -> None:
         if value is not _ABSENT and not (value is None and key.startswith("trainer.max_")):
             check_number(key, value, kind, test, give)
     betas = cfg.optim.get("betas")
-    if betas is not None and not (isinstance(betas, ListConfig) and len(betas) == 2 and all(is_kind(float, b) and 0 <= b < 1 for b in betas)):
+    if betas is not None and not (
+        isinstance(betas, ListConfig) and len(betas) == 2 and all(is_kind(float, b) and 0 <= b < 1 for b in betas)
+    ):
         raise WgptError(f"optim.betas={betas} must be two numbers in [0, 1): e.g. optim.betas=[0.9,0.95]")
     for key in BOOLEANS:
         value = OmegaConf.select(cfg, key, default=None)
@@ -112,7 +124,9 @@ def check_values(cfg: DictConfig) -> None:
         raise WgptError(f"compile={cfg.compile} is not one of auto, true, false: auto compiles on CUDA GPUs only")
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None:
-        check_number("trainer.gradient_clip_val", clip, float, non_negative, "0 or null (no clipping) or a norm above 0")
+        check_number(
+            "trainer.gradient_clip_val", clip, float, non_negative, "0 or null (no clipping) or a norm above 0"
+        )
     if cfg.get("resume") not in (None, "auto"):
         raise WgptError(f"resume={cfg.resume} is not an option: use resume=auto, or ckpt_path=<file>")
     if cfg.data.seq_len > cfg.model.max_seq_len:
@@ -125,7 +139,9 @@ def check_values(cfg: DictConfig) -> None:
         check_readable("data.path", Path(str(path)).expanduser(), "point it at a file or directory of your corpus")
     data_dir = OmegaConf.select(cfg, "paths.data_dir", default=None)
     if data_dir is not None:
-        check_creatable("paths.data_dir", Path(str(data_dir)), "give a directory you can write (paths.data_dir, or WGPT_DATA_DIR)")
+        check_creatable(
+            "paths.data_dir", Path(str(data_dir)), "give a directory you can write (paths.data_dir, or WGPT_DATA_DIR)"
+        )
 
 
 _ABSENT = object()

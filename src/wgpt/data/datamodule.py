@@ -70,10 +70,18 @@ class DatasetLightningWrapper(L.LightningDataModule):
         if weights is not None and set(weights) != set(self.datasets):
             raise WgptError(f"data.weights names {sorted(weights)}, but the datasets are {sorted(self.datasets)}")
         if weights is not None:
-            bad = {name: w for name, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0}
+            bad = {
+                name: w
+                for name, w in weights.items()
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0
+            }
             if bad or not any(weights.values()):
                 shown = "{" + ",".join(f"{k}:{v}" for k, v in weights.items()) + "}"
-                raise WgptError(f"data.weights={shown} must be numbers of 0 or more, at least one above 0: e.g. data.weights={{{','.join(f'{k}:1' for k in weights)}}}")
+                example = "{" + ",".join(f"{k}:1" for k in weights) + "}"
+                raise WgptError(
+                    f"data.weights={shown} must be numbers of 0 or more, at least one above 0: "
+                    f"e.g. data.weights={example}"
+                )
         self.weights = [weights[name] for name in self.datasets] if weights is not None else None
         self.splits: dict[str, dict[str, DiskDataset]] = {}
         tokenizer = R50k() if tokenizer is None else tokenizer
@@ -111,7 +119,11 @@ class DatasetLightningWrapper(L.LightningDataModule):
         """Every split of ``name`` intact and at least one window long (``get_splits``' checks),
         with what to do about a split that is too short."""
         infos = {split: BinInfo.read(bin_path(name, split, self.data_dir, self.tokenizer.name)) for split in SPLITS}
-        short = {split: info.num_tokens for split, info in infos.items() if info is not None and info.num_tokens <= self.seq_len}
+        short = {
+            split: info.num_tokens
+            for split, info in infos.items()
+            if info is not None and info.num_tokens <= self.seq_len
+        }
         if short:
             split = min(short, key=short.get)  # what suffices for the shortest suffices for all
             raise WgptError(

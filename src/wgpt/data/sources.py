@@ -23,7 +23,14 @@ from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 
-LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+LOCAL_FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 
 
 def hub(
@@ -58,7 +65,11 @@ def hub(
             for ours, theirs in splits.items()
         }
     except ConnectionError as e:  # offline mode without a cached copy, or the network gone since the check
-        reason = "HF_HUB_OFFLINE is set, and the datasets cache holds no copy" if _offline() else str(e).split("\n")[0] or type(e).__name__
+        reason = (
+            "HF_HUB_OFFLINE is set, and the datasets cache holds no copy"
+            if _offline()
+            else str(e).split("\n")[0] or type(e).__name__
+        )
         raise HubUnreachable(_endpoint(), path, reason) from e
     except datasets.exceptions.DatasetNotFoundError as e:
         raise WgptError(
@@ -100,7 +111,9 @@ def local(
     if builder == "text" and len(files) < sum(int(n) for n in carve.values()) + 1:
         return _split_inside(files, list(carve), split_share, path, streaming)
     options = {"sample_by": "document"} if builder == "text" else {}
-    data = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=streaming, **options)
+    data = datasets.load_dataset(
+        builder, data_files=[str(f) for f in files], split="train", streaming=streaming, **options
+    )
     carved = _carve(data, carve, rest="train")
     return {split: _text_column(ds, text_field, path) for split, ds in carved.items()}
 
@@ -131,14 +144,22 @@ def _split_inside(files: list[Path], carved: list[str], share: float, path: str,
         )
     log.info(
         "data.path=%s holds %d document%s, fewer than the carve takes: its text is split inside instead, "
-        "%s of it each to %s (cut at line ends), the rest to train", path, len(files), "s" * (len(files) > 1),
-        f"{share:.0%}", " and ".join(carved),
-    )  # fmt: skip
+        "%s of it each to %s (cut at line ends), the rest to train",
+        path,
+        len(files),
+        "s" * (len(files) > 1),
+        f"{share:.0%}",
+        " and ".join(carved),
+    )
     features = datasets.Features({"text": datasets.Value("string")})
     make = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
     # Not streaming, datasets caches what the generator gave under a hash of its arguments: the
     # files' modification times make an edited file a new dataset.
-    files_kw = {"files": tuple(map(str, files)), "sizes": tuple(sizes), "stamps": tuple(f.stat().st_mtime_ns for f in files)}
+    files_kw = {
+        "files": tuple(map(str, files)),
+        "sizes": tuple(sizes),
+        "stamps": tuple(f.stat().st_mtime_ns for f in files),
+    }
     return {
         name: make(_pieces, features=features, gen_kwargs={**files_kw, "start": start, "end": end})
         for name, start, end in zip(names, cuts, cuts[1:])
@@ -219,7 +240,9 @@ def _offline() -> bool:
     """HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set: datasets reads only its cache."""
     import datasets
 
-    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False))
+    return bool(
+        getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    )
 
 
 def _check_hub_reachable(path: str) -> None:
@@ -258,7 +281,11 @@ def too_small_fix(load, name: str, split: str, tokens: int, needed: int) -> str:
     carve = dict(keywords.get("carve") or {"validation": 1, "test": 1})
     if LOCAL_FORMATS[files[0].suffix] == "text" and len(files) < sum(int(n) for n in carve.values()) + 1:
         total = sum(f.stat().st_size for f in files)
-        share = keywords.get("split_share", 0.05) if split != "train" else 1 - len(carve) * keywords.get("split_share", 0.05)
+        share = (
+            keywords.get("split_share", 0.05)
+            if split != "train"
+            else 1 - len(carve) * keywords.get("split_share", 0.05)
+        )
         need = -(-total * needed // max(tokens, 1))  # its share grows with the text
         return (
             f"data.path={path} ({total:,} bytes) is split inside, {share:.0%} of it to {split}: give it about "
@@ -271,7 +298,9 @@ def too_small_fix(load, name: str, split: str, tokens: int, needed: int) -> str:
 
 def _local_files(path: Path) -> list[Path]:
     if not path.exists():
-        raise WgptError(f"data.path={path} does not exist: point it at a file or directory of .txt, .jsonl or .parquet files")
+        raise WgptError(
+            f"data.path={path} does not exist: point it at a file or directory of .txt, .jsonl or .parquet files"
+        )
     candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     files = [p for p in candidates if p.suffix in LOCAL_FORMATS and not p.name.startswith(".")]
     if not files:
@@ -322,6 +351,8 @@ def describe(load: Callable) -> str:
     """A readable record of where a split came from, kept in each bin's sidecar."""
     if isinstance(load, functools.partial):
         plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
-        args = ", ".join([*(repr(plain(v)) for v in load.args), *(f"{k}={plain(v)!r}" for k, v in load.keywords.items())])
+        args = ", ".join(
+            [*(repr(plain(v)) for v in load.args), *(f"{k}={plain(v)!r}" for k, v in load.keywords.items())]
+        )
         return f"{load.func.__module__}.{load.func.__qualname__}({args})"
     return f"{getattr(load, '__module__', '')}.{getattr(load, '__qualname__', repr(load))}"

@@ -11,7 +11,10 @@ SPLITS = ("train", "validation", "test")
 
 
 def get_splits(
-    dataset_name: str, seq_len: int, stride_ratio: float = 0.5, data_dir: str | Path | None = None,
+    dataset_name: str,
+    seq_len: int,
+    stride_ratio: float = 0.5,
+    data_dir: str | Path | None = None,
     tokenizer: TokenizerBase | None = None,
 ) -> dict[str, DiskDataset]:
     """``{"train": DiskDataset, "validation": DiskDataset, "test": DiskDataset}`` for ``dataset_name``

@@ -30,7 +30,6 @@ def tokenizer_spec(cfg: DictConfig):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-
     if cfg.get("tokenizer") is None:
         return R50k()
     try:
@@ -47,9 +46,15 @@ class R50k:
     name = R50K
     vocab_size = 50259
 
-    def load(self, datasets: Mapping[str, Callable | None] | None = None, data_dir: str | Path | None = None,
-             train: bool = False, force: bool = False) -> Tokenizer:  # fmt: skip
+    def load(
+        self,
+        datasets: Mapping[str, Callable | None] | None = None,
+        data_dir: str | Path | None = None,
+        train: bool = False,
+        force: bool = False,
+    ) -> Tokenizer:
         return r50k_tokenizer()
+
 
 log = logging.getLogger("wgpt")
 
@@ -66,7 +71,10 @@ class ByteLevelBPE:
                 f"(256 bytes + {len(SPECIAL_TOKENS)} specials) to {MAX_VOCAB}, e.g. 4096"
             )
         if isinstance(max_train_chars, bool) or not isinstance(max_train_chars, int) or max_train_chars < 1:
-            raise WgptError(f"tokenizer.max_train_chars={max_train_chars} is out of range: give a number of characters, e.g. 200000000")
+            raise WgptError(
+                f"tokenizer.max_train_chars={max_train_chars} is out of range: "
+                "give a number of characters, e.g. 200000000"
+            )
         self.vocab_size, self.train_on, self.max_train_chars = vocab_size, train_on, max_train_chars
         self.name = f"bpe{vocab_size}"
 
@@ -75,7 +83,10 @@ class ByteLevelBPE:
         if self.train_on is None:
             return next(iter(datasets))
         if self.train_on not in datasets:
-            raise WgptError(f"tokenizer.train_on={self.train_on} is not a dataset of this data config: pick one of {sorted(datasets)}")
+            raise WgptError(
+                f"tokenizer.train_on={self.train_on} is not a dataset of this data config: "
+                f"pick one of {sorted(datasets)}"
+            )
         return self.train_on
 
     def path(self, datasets: Mapping[str, Callable | None], data_dir: str | Path | None = None) -> Path:
@@ -83,9 +94,12 @@ class ByteLevelBPE:
         return Path(data_dir or default_data_dir()) / self.dataset(datasets) / "tokenizers" / f"{self.name}.json"
 
     def load(
-        self, datasets: Mapping[str, Callable | None], data_dir: str | Path | None = None,
-        train: bool = False, force: bool = False,
-    ) -> BPETokenizer:  # fmt: skip
+        self,
+        datasets: Mapping[str, Callable | None],
+        data_dir: str | Path | None = None,
+        train: bool = False,
+        force: bool = False,
+    ) -> BPETokenizer:
         """The trained tokenizer; trained first (``train``) when missing, stale or ``force``d.
 
         A lock file makes concurrent callers (the ranks of a launch, nodes on a shared file
@@ -118,21 +132,44 @@ class ByteLevelBPE:
 
     def _train(self, name: str, load: Callable, path: Path, recipe: dict) -> BPETokenizer:
 
-        log.info("Training tokenizer %s on the train split of '%s' (at most %d characters)", self.name, name, self.max_train_chars)
+        log.info(
+            "Training tokenizer %s on the train split of '%s' (at most %d characters)",
+            self.name,
+            name,
+            self.max_train_chars,
+        )
         start, seen = time.perf_counter(), [0, 0]  # characters, documents
         json_text = train_bpe(_limited_texts(load()["train"], self.max_train_chars, seen), self.vocab_size)
         tokenizer = BPETokenizer(json_text, self.name)
         if seen[0] == 0:
-            raise WgptError(f"the train split of '{name}' holds no text to train tokenizer {self.name} on: check the data")
+            raise WgptError(
+                f"the train split of '{name}' holds no text to train tokenizer {self.name} on: check the data"
+            )
         atomic_write_text(path, json_text)
-        meta = {**recipe, "sha256": content_hash(json_text), "fingerprint": tokenizer.fingerprint,
-                "trained_on_chars": seen[0], "trained_on_documents": seen[1], "tokens": len(tokenizer)}  # fmt: skip
+        meta = {
+            **recipe,
+            "sha256": content_hash(json_text),
+            "fingerprint": tokenizer.fingerprint,
+            "trained_on_chars": seen[0],
+            "trained_on_documents": seen[1],
+            "tokens": len(tokenizer),
+        }
         atomic_write_text(_meta_path(path), json.dumps(meta, indent=2) + "\n")
-        log.info("  %s: %d tokens from %d documents (%d characters) in %.1f s, %s",
-                 self.name, len(tokenizer), seen[1], seen[0], time.perf_counter() - start, path)  # fmt: skip
+        log.info(
+            "  %s: %d tokens from %d documents (%d characters) in %.1f s, %s",
+            self.name,
+            len(tokenizer),
+            seen[1],
+            seen[0],
+            time.perf_counter() - start,
+            path,
+        )
         if len(tokenizer) < self.vocab_size:
-            log.warning("  %s has only %d tokens: the train split supports no more merges (the model's vocabulary follows)",
-                        self.name, len(tokenizer))  # fmt: skip
+            log.warning(
+                "  %s has only %d tokens: the train split supports no more merges (the model's vocabulary follows)",
+                self.name,
+                len(tokenizer),
+            )
         return tokenizer
 
 
@@ -150,7 +187,9 @@ def _stale_reason(path: Path, recipe: dict) -> str | None:
     except ValueError as e:
         raise WgptError(f"{meta_path} is damaged ({e}): delete {path} and {meta_path.name} and train again") from None
     if content_hash(path.read_text(encoding="utf-8")) != meta.get("sha256"):
-        raise WgptError(f"{path} does not match the sha256 in {meta_path.name} (changed on disk?): delete both and train again")
+        raise WgptError(
+            f"{path} does not match the sha256 in {meta_path.name} (changed on disk?): delete both and train again"
+        )
     for key, wanted in recipe.items():
         if meta.get(key) != wanted:
             return f"{path} was trained with {key}={meta.get(key)!r}, not {wanted!r}"

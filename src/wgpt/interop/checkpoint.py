@@ -34,11 +34,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     path = Path(path)
     if path.is_dir():
         hint = "; to start a new run from its weights, give init_from=<dir>" if (path / "config.json").is_file() else ""
-        raise WgptError(f"ckpt_path={path} is a directory: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/){hint}")
+        raise WgptError(
+            f"ckpt_path={path} is a directory: "
+            f"give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/){hint}"
+        )
     if not path.is_file():
-        raise WgptError(f"ckpt_path={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)")
+        raise WgptError(
+            f"ckpt_path={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)"
+        )
     if not zipfile.is_zipfile(path):  # what torch.save writes; anything else would fail obscurely
-        raise WgptError(f"ckpt_path={path} is not a checkpoint (not the zip archive torch.save writes): was it cut short, or is it another file?")
+        raise WgptError(
+            f"ckpt_path={path} is not a checkpoint (not the zip archive torch.save writes): "
+            "was it cut short, or is it another file?"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -65,7 +73,9 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
-            raise WgptError(f"{source} has no weight {name}, which this model needs: it was made for another architecture")
+            raise WgptError(
+                f"{source} has no weight {name}, which this model needs: it was made for another architecture"
+            )
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise WgptError(
                 f"{source} does not fit this model: {name} is {list(state[name].shape)} there and "
@@ -96,9 +106,10 @@ def newest_recent(runs_dir: str | Path, exclude: str | Path | None = None) -> Pa
     """The most recently written ``*/checkpoints/recent.ckpt`` in ``runs_dir``, skipping the run
     dir ``exclude`` (the run that asks)."""
     candidates = [
-        p for p in Path(runs_dir).glob("*/checkpoints/recent.ckpt")
+        p
+        for p in Path(runs_dir).glob("*/checkpoints/recent.ckpt")
         if exclude is None or p.parent.parent.resolve() != Path(exclude).resolve()
-    ]  # fmt: skip
+    ]
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -122,7 +133,12 @@ def save_weights(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     tensors, aliases, seen = {}, {}, {}
     for name, tensor in model_state(checkpoint).items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tuple(tensor.stride()),
+        )
         if key in seen:  # safetensors refuses shared memory: one copy, the rest by name
             aliases[name] = seen[key]
             continue
@@ -162,7 +178,6 @@ def load_weights(path: str | Path, key: str = "ckpt_path"):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-
     path, source = Path(path), f"{key}={path}"
     try:
         with safe_open(str(path), "pt") as f:
@@ -171,7 +186,10 @@ def load_weights(path: str | Path, key: str = "ckpt_path"):
     except (SafetensorError, OSError) as e:
         raise WgptError(f"{source} is not a readable safetensors file ({e}): was it cut short?") from None
     if "wgpt_model_config" not in metadata:
-        raise WgptError(f"{source} is not a wgpt weights file (no wgpt_model_config metadata): give a run's best-<start>.safetensors, a .ckpt or a Hugging Face directory")
+        raise WgptError(
+            f"{source} is not a wgpt weights file (no wgpt_model_config metadata): "
+            "give a run's best-<start>.safetensors, a .ckpt or a Hugging Face directory"
+        )
     try:
         config = json.loads(metadata["wgpt_model_config"])
         record = json.loads(metadata.get("wgpt_tokenizer", "null"))
@@ -180,8 +198,11 @@ def load_weights(path: str | Path, key: str = "ckpt_path"):
         raise WgptError(f"{source}: its wgpt metadata is damaged ({e})") from None
     for alias, name in aliases.items():
         state[alias] = state[name]
-    checkpoint = {"state_dict": {f"model.{k}": v for k, v in state.items()},
-                  "model_class": metadata.get("wgpt_model_class"), "model_config": config}  # fmt: skip
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "model_class": metadata.get("wgpt_model_class"),
+        "model_config": config,
+    }
     model = model_from_checkpoint(checkpoint, source=source)
     tokenizer = tokenizer_from_record(record, source=source)
     step = metadata.get("wgpt_global_step")

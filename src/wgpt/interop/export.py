@@ -30,7 +30,6 @@ def export(
     source or the current directory."""
     from safetensors.torch import save_file
 
-
     out = Path(out).expanduser().resolve()
     source_path = Path(source).expanduser().resolve()
     _check_out(out, source_path, overwrite)  # before the (slow) load
@@ -45,26 +44,38 @@ def export(
     weights = to_hf(loaded.model.state_dict(), config, family)
     if dtype is not None:
         weights = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in weights.items()}
-    dtype = str(weights["lm_head.weight" if "lm_head.weight" in weights else next(iter(weights))].dtype).removeprefix("torch.")
+    dtype = str(weights["lm_head.weight" if "lm_head.weight" in weights else next(iter(weights))].dtype).removeprefix(
+        "torch."
+    )
     files = {
         "config.json": json.dumps(hf_config(config, family, tokenizer, dtype), indent=2) + "\n",
         "generation_config.json": json.dumps(generation_config(config, tokenizer), indent=2) + "\n",
         **tokenizer_files(tokenizer, config["max_seq_len"]),
-        WGPT_FILE: json.dumps({
-            "format": "wgpt-export", "version": 1, "architecture": ARCHITECTURES[family],
-            "model_class": model_class, "model_config": config, "tokenizer": tokenizer.record(),
-            "source": str(source_path), "global_step": loaded.global_step,
-        }, indent=2) + "\n",
-    }  # fmt: skip
+        WGPT_FILE: json.dumps(
+            {
+                "format": "wgpt-export",
+                "version": 1,
+                "architecture": ARCHITECTURES[family],
+                "model_class": model_class,
+                "model_config": config,
+                "tokenizer": tokenizer.record(),
+                "source": str(source_path),
+                "global_step": loaded.global_step,
+            },
+            indent=2,
+        )
+        + "\n",
+    }
     with replaced_atomically(out) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         readable_as_usual(tmp / WEIGHTS_FILE)
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
     size = (out / WEIGHTS_FILE).stat().st_size
+    n_params = sum(v.numel() for v in weights.values())
     print(
-        f"Exported {config.get('name', 'model')} (step {loaded.global_step}, {sum(v.numel() for v in weights.values()) / 1e6:.2f}M "
-        f"parameters, vocab_size {config['vocab_size']}, tokenizer {tokenizer.name}) as {ARCHITECTURES[family]} to {out} "
+        f"Exported {config.get('name', 'model')} (step {loaded.global_step}, {n_params / 1e6:.2f}M parameters, "
+        f"vocab_size {config['vocab_size']}, tokenizer {tokenizer.name}) as {ARCHITECTURES[family]} to {out} "
         f"({size / 2**20:.1f} MiB): load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})"
     )
     return out

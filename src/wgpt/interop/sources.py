@@ -20,10 +20,11 @@ def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
 
     path = Path(path).expanduser().resolve()
     if not path.exists():
-        raise WgptError(f"{key}={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)")
+        raise WgptError(
+            f"{key}={path} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)"
+        )
     if path.is_dir():
         if (path / "config.json").is_file():
-
             tokenizer = tokenizer_from_hf_dir(read_hf_dir(path, key))
             model, d = model_from_hf_dir(path, tokenizer, key)
             return LoadedModel(model, tokenizer, path, "hf", (d.wgpt or {}).get("global_step"), None)
@@ -46,10 +47,12 @@ def source_tokenizer(path: str | Path, key: str = "ckpt_path"):
     reading its weights."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
-        raise WgptError(f"{key}={path} does not exist: give a .ckpt or .safetensors file, a run dir or a Hugging Face model directory")
+        raise WgptError(
+            f"{key}={path} does not exist: "
+            "give a .ckpt or .safetensors file, a run dir or a Hugging Face model directory"
+        )
     if path.is_dir():
         if (path / "config.json").is_file():
-
             return tokenizer_from_hf_dir(read_hf_dir(path, key))
         if not (path / "checkpoints").is_dir():
             raise _not_a_model_dir(path, key)
@@ -72,7 +75,8 @@ def source_tokenizer(path: str | Path, key: str = "ckpt_path"):
 
 def _not_a_model_dir(path: Path, key: str) -> WgptError:
     return WgptError(
-        f"{key}={path} is a directory but neither a run dir (checkpoints/) nor a Hugging Face model directory (config.json): "
+        f"{key}={path} is a directory but neither a run dir (checkpoints/) "
+        "nor a Hugging Face model directory (config.json): "
         "give one of those, a .ckpt or a .safetensors file"
     )
 
@@ -85,7 +89,10 @@ def run_checkpoint(run_dir: str | Path, key: str = "ckpt_path") -> Path:
     candidates = [*by_time("best-*.ckpt")[-1:], checkpoints / "recent.ckpt", *by_time(f"best-*{WEIGHTS_SUFFIX}")[-1:]]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise WgptError(f"{key}={run_dir} is a run dir without checkpoints (checkpoints/ holds no best-*.ckpt or recent.ckpt): it stopped before its first save")
+        raise WgptError(
+            f"{key}={run_dir} is a run dir without checkpoints (checkpoints/ holds no best-*.ckpt or recent.ckpt): "
+            "it stopped before its first save"
+        )
     return found
 
 
@@ -108,4 +115,6 @@ def peek_model(path: str | Path, key: str = "ckpt_path") -> tuple[str, dict] | N
             return None  # load_model_source says what is wrong with it
     checkpoint = load_checkpoint(path, mmap=True)
     config = checkpoint.get("model_config")
-    return str(checkpoint.get("model_class") or "wgpt.models.transformer.Transformer"), config if isinstance(config, dict) else {}
+    return str(checkpoint.get("model_class") or "wgpt.models.transformer.Transformer"), config if isinstance(
+        config, dict
+    ) else {}

@@ -144,7 +144,9 @@ class ModelLightningWrapper(L.LightningModule):
         trainer, step = self.trainer, self.global_step + 1  # the step about to be taken
         every = trainer.log_every_n_steps
         last = 0 < trainer.max_steps <= step or (
-            trainer.is_last_batch and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+            trainer.is_last_batch
+            and trainer.max_epochs is not None
+            and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
         )
         if every and (step % every == 0 or last):
             self.log("train_loss", step_loss)
@@ -210,14 +212,22 @@ class ModelLightningWrapper(L.LightningModule):
         if val_loss < self.best["val_loss"]:
             train_loss = train_sum / train_count if train_count else math.nan
             self.best = {
-                "train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpb": val_bpb,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_ppl": perplexity(val_loss),
+                "val_bpb": val_bpb,
                 "step": self.global_step,
-            }  # fmt: skip
+            }
         if self.trainer.is_global_zero:
             log.info(
                 "step %d | val_loss %.4f | val_ppl %.2f | val_bpb %.4f | best val_loss %.4f (step %d)",
-                self.global_step, val_loss, perplexity(val_loss), val_bpb, self.best["val_loss"], self.best["step"],
-            )  # fmt: skip
+                self.global_step,
+                val_loss,
+                perplexity(val_loss),
+                val_bpb,
+                self.best["val_loss"],
+                self.best["step"],
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
@@ -246,7 +256,9 @@ class ModelLightningWrapper(L.LightningModule):
     def configure_optimizers(self):
         # A fused AdamW unscales float16 gradients inside step(), after clipping would have seen
         # them still scaled. bf16 and float32 have no scaling, so nothing stands in the way there.
-        fp16_clipping = getattr(self.trainer.precision_plugin, "scaler", None) is not None and bool(self.trainer.gradient_clip_val)
+        fp16_clipping = getattr(self.trainer.precision_plugin, "scaler", None) is not None and bool(
+            self.trainer.gradient_clip_val
+        )
         if self.fused and fp16_clipping:
             raise WgptError(
                 "optim.fused=true cannot be combined with float16 (precision 16-mixed) and gradient clipping: "

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 CHUNK_ELEMENTS = 2**26
 
 
-def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def next_token_loss(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy of ``model``'s next-token predictions for ``inputs`` (B, T) against ``targets``
     (B, T): the model's own ``loss(inputs, targets, reduction)`` where it has one (wgpt's
     transformers: without whole-batch logits), else cross-entropy over ``model(inputs)``."""

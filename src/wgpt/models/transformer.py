@@ -127,9 +127,19 @@ class GatedMLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(
-        self, d_embed: int, n_heads: int, n_kv_heads: int, hidden: int, norm: Norm, norm_eps: float,
-        activation: Activation, gated: bool, bias: bool, dropout: float, sdpa: bool,
-    ):  # fmt: skip
+        self,
+        d_embed: int,
+        n_heads: int,
+        n_kv_heads: int,
+        hidden: int,
+        norm: Norm,
+        norm_eps: float,
+        activation: Activation,
+        gated: bool,
+        bias: bool,
+        dropout: float,
+        sdpa: bool,
+    ):
         super().__init__()
         self.attn_norm = make_norm(norm, d_embed, norm_eps, bias)
         self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, dropout, sdpa)
@@ -183,7 +193,6 @@ class Transformer(nn.Module):
         __init__.__qualname__ = f"{cls.__qualname__}.__init__"
         cls.__init__ = __init__
 
-
     def __init__(
         self,
         *,
@@ -209,11 +218,26 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         self.config = dict(
-            name=name, vocab_size=vocab_size, d_embed=d_embed, n_layers=n_layers, n_heads=n_heads,
-            n_kv_heads=n_kv_heads, max_seq_len=max_seq_len, norm=norm, norm_eps=norm_eps,
-            activation=activation, gated=gated, multiple_of=multiple_of, ffn_dim_multiplier=ffn_dim_multiplier,
-            pos=pos, rope_theta=rope_theta, bias=bias, dropout=dropout, tie_embeddings=tie_embeddings, sdpa=sdpa,
-        )  # fmt: skip
+            name=name,
+            vocab_size=vocab_size,
+            d_embed=d_embed,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            max_seq_len=max_seq_len,
+            norm=norm,
+            norm_eps=norm_eps,
+            activation=activation,
+            gated=gated,
+            multiple_of=multiple_of,
+            ffn_dim_multiplier=ffn_dim_multiplier,
+            pos=pos,
+            rope_theta=rope_theta,
+            bias=bias,
+            dropout=dropout,
+            tie_embeddings=tie_embeddings,
+            sdpa=sdpa,
+        )
         check_knobs(self.config)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         hidden = mlp_hidden_size(d_embed, gated, multiple_of, ffn_dim_multiplier)
@@ -279,9 +303,14 @@ class Transformer(nn.Module):
         weight = self.lm_head.weight
         attn = self.blocks[0].attn
         return KVCache(
-            len(self.blocks), batch_size, attn.n_kv_heads, max_len or self.max_seq_len, attn.head_dim,
-            device=device or weight.device, dtype=dtype or weight.dtype,
-        )  # fmt: skip
+            len(self.blocks),
+            batch_size,
+            attn.n_kv_heads,
+            max_len or self.max_seq_len,
+            attn.head_dim,
+            device=device or weight.device,
+            dtype=dtype or weight.dtype,
+        )
 
 
 def check_knobs(config: dict) -> None:

@@ -74,16 +74,20 @@ class OptimizerFactory:
     not stand in the way); an optimizer class that takes ``fused`` gets it unless the config sets it.
     """
 
-    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], rules: Mapping[str, Mapping[str, Any]] | None = None):
+    def __init__(
+        self, optimizer: Callable[..., torch.optim.Optimizer], rules: Mapping[str, Mapping[str, Any]] | None = None
+    ):
         self.optimizer, self.rules = optimizer, dict(rules or {})
 
-    def __call__(self, model: nn.Module, fused: bool = False, kinds: Mapping[str, str] | None = None) -> torch.optim.Optimizer:
+    def __call__(
+        self, model: nn.Module, fused: bool = False, kinds: Mapping[str, str] | None = None
+    ) -> torch.optim.Optimizer:
         """``kinds``: ``parameter_kinds`` of the model as built (FSDP may have wrapped it since:
         names are matched without its ``_fsdp_wrapped_module.`` parts)."""
         kinds = dict(kinds) if kinds is not None else parameter_kinds(model)
         params = {
             name.replace("_fsdp_wrapped_module.", ""): p for name, p in model.named_parameters() if p.requires_grad
-        }  # fmt: skip
+        }
         taken: dict[str, list[str]] = {name: [] for name in self.rules}
         default: list[str] = []
         for name, p in params.items():
@@ -99,11 +103,15 @@ class OptimizerFactory:
             if not names:
                 if spec.get("optimizer") is not None:
                     raise WgptError(
-                        f"optim.param_groups.{rule} matches no parameter of this model (kinds {list(spec.get('kinds') or [])}, "
-                        f"names {list(spec.get('names') or [])}, after the rules before it), so its optimizer would "
-                        "train nothing: use another optim"
+                        f"optim.param_groups.{rule} matches no parameter of this model "
+                        f"(kinds {list(spec.get('kinds') or [])}, names {list(spec.get('names') or [])}, "
+                        "after the rules before it), so its optimizer would train nothing: use another optim"
                     )
-                log.warning("optim.param_groups.%s matches no parameter of this model (after the rules before it): it does nothing", rule)
+                log.warning(
+                    "optim.param_groups.%s matches no parameter of this model (after the rules before it): "
+                    "it does nothing",
+                    rule,
+                )
                 continue
             owner = rule if spec.get("optimizer") is not None else ""
             factories.setdefault(owner, spec.get("optimizer"))
@@ -143,7 +151,9 @@ def _build(factory: Callable, groups: list[dict], fused: bool) -> torch.optim.Op
         return factory(groups)
     except (ValueError, TypeError, RuntimeError) as e:  # e.g. Muon given a parameter that is not 2-D
         name = f"{target.__module__}.{target.__qualname__}"
-        raise WgptError(f"optim: {name} refused its parameters ({str(e).strip().splitlines()[0]}): check optim.param_groups") from None
+        raise WgptError(
+            f"optim: {name} refused its parameters ({str(e).strip().splitlines()[0]}): check optim.param_groups"
+        ) from None
 
 
 def default_optimizer(lr: float) -> OptimizerFactory:
@@ -168,7 +178,10 @@ class CombinedOptimizer(torch.optim.Optimizer):
         self.defaults = {}
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
         self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = OrderedDict(), OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = (
+            OrderedDict(),
+            OrderedDict(),
+        )
         self._zero_grad_profile_name = "Optimizer.zero_grad#CombinedOptimizer.zero_grad"
 
     @property
@@ -191,7 +204,10 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return loss
 
     def add_param_group(self, param_group: dict) -> None:
-        raise WgptError("a combined optimizer (optim=muon, or a param_groups rule with an optimizer) cannot take new parameter groups")
+        raise WgptError(
+            "a combined optimizer (optim=muon, or a param_groups rule with an optimizer) "
+            "cannot take new parameter groups"
+        )
 
     def __getstate__(self) -> dict:
         return self.__dict__
@@ -209,7 +225,10 @@ class CombinedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         states = state_dict["optimizers"]
         if len(states) != len(self.optimizers):
-            raise WgptError(f"the checkpoint holds {len(states)} optimizer states, this run has {len(self.optimizers)}: use its optim config")
+            raise WgptError(
+                f"the checkpoint holds {len(states)} optimizer states, this run has {len(self.optimizers)}: "
+                "use its optim config"
+            )
         for optimizer, state in zip(self.optimizers, states):
             optimizer.load_state_dict(state)
 
@@ -290,7 +309,9 @@ def check_optim(optim: DictConfig) -> None:
         if not kinds and not rule.get("names"):
             raise WgptError(f"{key} selects nothing: give it kinds (from {', '.join(KINDS)}) and/or names (patterns)")
         if rule.get("lr_scale") is not None:
-            check_number(f"{key}.lr_scale", rule.lr_scale, float, lambda v: v >= 0, "a factor of the learning rate, 0 or more")
+            check_number(
+                f"{key}.lr_scale", rule.lr_scale, float, lambda v: v >= 0, "a factor of the learning rate, 0 or more"
+            )
         # Its optimizer arguments: those of its own optimizer, else the default one's.
         owner = rule.optimizer if rule.get("optimizer") is not None else optim
         extra = OmegaConf.create({"_target_": owner._target_, **{k: rule[k] for k in rule if k not in RULE_KEYS}})

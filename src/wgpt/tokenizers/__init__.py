@@ -26,10 +26,11 @@ def tokenizer_from_record(record: Mapping[str, Any] | None, source: str = "the c
     if record is None or record.get("name") == R50K:
         tokenizer = r50k_tokenizer()
     elif "json" in record:
-
         tokenizer = BPETokenizer(record["json"], record["name"])
     else:
-        raise WgptError(f"{source} names tokenizer {record.get('name')!r} but does not hold it: it was not made by wgpt")
+        raise WgptError(
+            f"{source} names tokenizer {record.get('name')!r} but does not hold it: it was not made by wgpt"
+        )
     if record is not None and record.get("fingerprint") != tokenizer.fingerprint:
         raise WgptError(
             f"{source} records tokenizer {record.get('fingerprint')}, but rebuilding it gives {tokenizer.fingerprint}: "

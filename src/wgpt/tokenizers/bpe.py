@@ -67,7 +67,9 @@ class BPETokenizer(TokenizerBase):
     def encode_documents(self, texts: list[str]) -> np.ndarray:
         eos = np.array([self.eos_token_id], dtype=np.uint32)
         encodings = self.model.encode_batch_fast(list(texts), add_special_tokens=False)
-        return np.concatenate([part for e in encodings for part in (np.array(e.ids, dtype=np.uint32), eos)] or [eos[:0]])
+        return np.concatenate(
+            [part for e in encodings for part in (np.array(e.ids, dtype=np.uint32), eos)] or [eos[:0]]
+        )
 
     def _decode_one(self, ids: list[int]) -> str:
         return self.model.decode(ids, skip_special_tokens=False)
@@ -109,14 +111,18 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
     from tokenizers import Tokenizer as HFTokenizer
 
     tokenizer = HFTokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),  # r50k's word split: no merges across words
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),  # r50k's word split: no merges across words
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer.to_str()

@@ -34,9 +34,12 @@ class Evaluator:
     default r50k), which gives the bytes each target spells; see ``evaluate``."""
 
     def __init__(
-        self, model: nn.Module, device: str | torch.device = "cpu", top_k: Sequence[int] = (1, 5),
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        top_k: Sequence[int] = (1, 5),
         tokenizer: TokenizerBase | None = None,
-    ):  # fmt: skip
+    ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.top_k = sorted(set(top_k))
@@ -85,14 +88,26 @@ def format_results(results: dict[str, dict[str, dict[str, float]]], top_k: Seque
     rows = [columns]
     for dataset, splits in results.items():
         for split, m in splits.items():
-            rows.append([dataset, split, f"{m['loss']:.4f}", f"{m['ppl']:.2f}", f"{m['bpb']:.4f}", *(f"{m[f'top{k}_acc']:.4f}" for k in sorted(top_k)), str(m["tokens"])])  # fmt: skip
+            rows.append(
+                [
+                    dataset,
+                    split,
+                    f"{m['loss']:.4f}",
+                    f"{m['ppl']:.2f}",
+                    f"{m['bpb']:.4f}",
+                    *(f"{m[f'top{k}_acc']:.4f}" for k in sorted(top_k)),
+                    str(m["tokens"]),
+                ]
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def save_results(path: Path, record: dict[str, Any]) -> None:
     """Write (temp + rename) the evaluation record as JSON."""
-    atomic_write_text(path, json.dumps({**record, "date": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
+    atomic_write_text(
+        path, json.dumps({**record, "date": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n"
+    )
 
 
 def evaluation_data(cfg: DictConfig, run_dir: Path | None, model_config: dict) -> DictConfig:
@@ -103,8 +118,14 @@ def evaluation_data(cfg: DictConfig, run_dir: Path | None, model_config: dict) -
     saved = OmegaConf.load(saved_path) if saved_path is not None and saved_path.is_file() else OmegaConf.create()
     if cfg.get("data") is None and "data" not in saved:
         if saved_path is None:
-            raise WgptError(f"no data= given and ckpt_path={cfg.ckpt_path} is a Hugging Face directory, which holds no run config: name the data, e.g. data=shakespeare")
-        raise WgptError(f"no data= given and the checkpoint's run config {saved_path} is missing: name the data, e.g. data=shakespeare")
+            raise WgptError(
+                f"no data= given and ckpt_path={cfg.ckpt_path} is a Hugging Face directory, "
+                "which holds no run config: name the data, e.g. data=shakespeare"
+            )
+        raise WgptError(
+            f"no data= given and the checkpoint's run config {saved_path} is missing: "
+            "name the data, e.g. data=shakespeare"
+        )
     root = OmegaConf.merge(saved, {"paths": cfg.paths, "seed": cfg.seed, "model": model_config})
     if cfg.get("data") is not None:
         root.data = cfg.data
@@ -152,10 +173,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     # Beside the checkpoint's run (eval-<checkpoint name>.json), or inside the Hugging Face directory.
     out = (loaded.run_dir or ckpt_path) / f"eval-{ckpt_path.stem if loaded.run_dir else 'hf'}.json"
     record = {
-        "checkpoint": str(ckpt_path), "global_step": loaded.global_step, "model": model.config,
+        "checkpoint": str(ckpt_path),
+        "global_step": loaded.global_step,
+        "model": model.config,
         "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint, "vocab_size": len(tokenizer)},
-        "batch_size": batch_size, "max_batches": cfg.max_batches, "results": results,
-    }  # fmt: skip
+        "batch_size": batch_size,
+        "max_batches": cfg.max_batches,
+        "results": results,
+    }
     save_results(out, record)
     at_step = f" at step {loaded.global_step}" if loaded.global_step is not None else ""
     print(f"{model.config.get('name', 'model')}{at_step} ({ckpt_path}):")

@@ -215,9 +215,14 @@ def generate_from_config(cfg: DictConfig) -> list[str]:
         generator.manual_seed(seed)
     start = time.perf_counter()
     outputs = generate(
-        model, ids, **settings, eos_token_id=tokenizer.eos_token_id, use_cache=use_cache,
-        generator=generator, vocab_size=len(tokenizer),
-    )  # fmt: skip
+        model,
+        ids,
+        **settings,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=use_cache,
+        generator=generator,
+        vocab_size=len(tokenizer),
+    )
     seconds = time.perf_counter() - start
 
     texts = [prompt + tokenizer.decode(new) for prompt, new in zip(prompts, outputs)]

@@ -146,12 +146,11 @@ def _number(cell: Any) -> float:
 
 def plot_summary(
     rows: Sequence[dict[str, Any]], labels: Sequence[str], colours: Sequence, title: str, metric: str = "val_loss"
-):  # fmt: skip
+):
     """Horizontal bars: the best ``metric`` (val_loss or val_bpb, see ``SUMMARY_METRICS``) of each
     sweep job, in job (trial) order, with its value and step; a job without one says how it ended.
     The best job's bar is outlined and named under the title. Returns a matplotlib Figure."""
     from matplotlib.figure import Figure
-
 
     column, axis_label = SUMMARY_METRICS[metric]
     best = [_number(row.get(column)) for row in rows]
@@ -249,10 +248,14 @@ def plot(
     if rows:
         # A job that left no metrics.csv (failed at start) is labelled from the summary's own columns.
         summary_labels = [
-            _job(row) + (label_of.get(row["path"]) or " ".join(o for o in row.get("overrides", "").split() if not _is_noise(o))
-                         or row.get("dir", "?"))
+            _job(row)
+            + (
+                label_of.get(row["path"])
+                or " ".join(o for o in row.get("overrides", "").split() if not _is_noise(o))
+                or row.get("dir", "?")
+            )
             for row in rows
-        ]  # fmt: skip
+        ]
         summary_colours = [colours.get(row["path"], "0.6") for row in rows]
         ranked_by = summary_metric(metrics)
         heading = f"{SUMMARY_METRICS[ranked_by][1]} per sweep job"
@@ -273,14 +276,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="the PNG to write (default: <DIR>/loss.png for one DIR, ./loss.png for several)")
     parser.add_argument(
-        "--metric", action="append", metavar="NAME[,NAME...]",
+        "--metric",
+        action="append",
+        metavar="NAME[,NAME...]",
         help="metrics.csv columns to draw, repeatable (default: train_loss,val_loss); train_X and val_X share a "
         "panel; a sweep's summary ranks by whichever of val_loss and val_bpb comes first",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--x", choices=["auto", "tokens", "steps"], default="auto",
+        "--x",
+        choices=["auto", "tokens", "steps"],
+        default="auto",
         help="x axis: tokens trained on (comparable across batch sizes), or optimizer steps; auto: tokens where known",
-    )  # fmt: skip
+    )
     return parser.parse_args(argv)
 
 

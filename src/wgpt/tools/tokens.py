@@ -3,8 +3,9 @@
 Overrides are those of the training config (conf/train.yaml), so the tokenizer shown is the one
 a run with them would train on: ``tokenizer=bpe tokenizer.vocab_size=4096 data=shakespeare``
 (trained first where the data config allows, as train.py would), or the one stored with a
-model, ``ckpt_path=<.ckpt, .safetensors, run dir or Hugging Face directory>``. Arguments of the form ``key=value`` are overrides, the
-others the text (after ``--``, everything is text); with no text, stdin is read.
+model, ``ckpt_path=<.ckpt, .safetensors, run dir or Hugging Face directory>``. Arguments of the
+form ``key=value`` are overrides, the others the text (after ``--``, everything is text); with no
+text, stdin is read.
 
 Prints the text token by token (alternating background colours on a terminal; on a pipe, or
 with NO_COLOR set, pieces separated by ``│``), with spaces, tabs and newlines made visible

@@ -109,7 +109,11 @@ def check_arguments(node: DictConfig, key: str, own: Sequence[str] = ()) -> None
             if takes_any:
                 continue
             close = difflib.get_close_matches(str(name), list(params), n=1)
-            hint = f" (did you mean {key}.{close[0]}?)" if close else f" (it takes: {', '.join(p for p in params if p != 'self')})"
+            hint = (
+                f" (did you mean {key}.{close[0]}?)"
+                if close
+                else f" (it takes: {', '.join(p for p in params if p != 'self')})"
+            )
             raise WgptError(f"{key}.{name} is not a setting of {target}{hint}: fix the key in the command or the YAML")
         check_type(f"{key}.{name}", node[name], hints.get(name))
 

@@ -49,7 +49,9 @@ def exclusive(lock_path: Path, new_dirs: list[Path]) -> Iterator[None]:
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise WgptError(f"cannot create {lock_path.parent} ({e.strerror}): give a directory you can write") from None
+            raise WgptError(
+                f"cannot create {lock_path.parent} ({e.strerror}): give a directory you can write"
+            ) from None
         new_dirs.extend(d for d in missing if d not in new_dirs)
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

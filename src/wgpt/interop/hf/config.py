@@ -52,7 +52,18 @@ LLAMA_ACTIVATIONS = {"gelu": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"
 HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
 # Knobs that fix the weights' shapes or the function they compute: an init_from directory must
 # agree on every one of them with the model it is loaded into.
-ARCHITECTURE_KNOBS = ("d_embed", "n_layers", "n_heads", "n_kv_heads", "norm", "activation", "gated", "pos", "bias", "tie_embeddings")
+ARCHITECTURE_KNOBS = (
+    "d_embed",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "norm",
+    "activation",
+    "gated",
+    "pos",
+    "bias",
+    "tie_embeddings",
+)
 
 # Every Transformer knob and how it crosses to transformers: export (``architecture``,
 # ``hf_config``) refuses a value the target class cannot express, import (``implied_config``)
@@ -86,9 +97,14 @@ KNOBS_IN_HF = {
 def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.transformer.Transformer") -> str:
     """GPT2 or LLAMA: the transformers class a wgpt model ``config`` exports as; a one-line
     WgptError naming the first knob that class cannot express."""
-    if not model_class.startswith("wgpt.models.") or model_class.rpartition(".")[2] not in ("GPT", "Llama", "Transformer"):
+    if not model_class.startswith("wgpt.models.") or model_class.rpartition(".")[2] not in (
+        "GPT",
+        "Llama",
+        "Transformer",
+    ):
         raise WgptError(
-            f"model class {model_class} is not wgpt's Transformer (GPT, Llama): only those export to Hugging Face transformers"
+            f"model class {model_class} is not wgpt's Transformer (GPT, Llama): "
+            "only those export to Hugging Face transformers"
         )
     if config["pos"] == "learned":
         family, name = GPT2, "GPT2LMHeadModel (learned positions)"
@@ -96,7 +112,11 @@ def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.tran
             ("norm", config["norm"] != "layernorm", "it has LayerNorm only"),
             ("gated", config["gated"], "its MLP is not gated"),
             ("bias", not config["bias"], "it has biases in every layer"),
-            ("n_kv_heads", config["n_kv_heads"] not in (None, config["n_heads"]), "it has a key/value head per query head"),
+            (
+                "n_kv_heads",
+                config["n_kv_heads"] not in (None, config["n_heads"]),
+                "it has a key/value head per query head",
+            ),
         ]
         fix = "train with pos=rotary for a Llama-shaped export, or with GPT-2's settings"
     else:
@@ -108,7 +128,10 @@ def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.tran
         fix = "train with pos=learned for a GPT-2-shaped export, or with Llama's settings"
     for knob, bad, why in wrong:
         if bad:
-            raise WgptError(f"model.{knob}={shown_value(config[knob])} has no {name} equivalent ({why}): it cannot be exported; {fix}")
+            raise WgptError(
+                f"model.{knob}={shown_value(config[knob])} has no {name} equivalent ({why}): "
+                f"it cannot be exported; {fix}"
+            )
     return family
 
 
@@ -119,33 +142,64 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "f
     c = config
     # Documents are separated by end-of-text in training, and generate.py begins an empty prompt
     # with it: it is also the model's beginning of text, as in GPT-2.
-    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    ids = {
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if family == GPT2:
         return {
-            "architectures": [ARCHITECTURES[GPT2]], "model_type": GPT2, "vocab_size": c["vocab_size"],
-            "n_positions": c["max_seq_len"], "n_embd": c["d_embed"], "n_layer": c["n_layers"], "n_head": c["n_heads"],
-            "n_inner": 4 * c["d_embed"], "activation_function": GPT2_ACTIVATIONS[c["activation"]],
-            "resid_pdrop": c["dropout"], "embd_pdrop": c["dropout"], "attn_pdrop": c["dropout"],
-            "layer_norm_epsilon": c["norm_eps"], "initializer_range": 0.02, "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-            "tie_word_embeddings": c["tie_embeddings"], "use_cache": True, "dtype": dtype, **ids,
-        }  # fmt: skip
+            "architectures": [ARCHITECTURES[GPT2]],
+            "model_type": GPT2,
+            "vocab_size": c["vocab_size"],
+            "n_positions": c["max_seq_len"],
+            "n_embd": c["d_embed"],
+            "n_layer": c["n_layers"],
+            "n_head": c["n_heads"],
+            "n_inner": 4 * c["d_embed"],
+            "activation_function": GPT2_ACTIVATIONS[c["activation"]],
+            "resid_pdrop": c["dropout"],
+            "embd_pdrop": c["dropout"],
+            "attn_pdrop": c["dropout"],
+            "layer_norm_epsilon": c["norm_eps"],
+            "initializer_range": 0.02,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": c["tie_embeddings"],
+            "use_cache": True,
+            "dtype": dtype,
+            **ids,
+        }
     n_kv_heads = c["n_kv_heads"] or c["n_heads"]
     return {
-        "architectures": [ARCHITECTURES[LLAMA]], "model_type": LLAMA, "vocab_size": c["vocab_size"],
-        "hidden_size": c["d_embed"], "num_hidden_layers": c["n_layers"], "num_attention_heads": c["n_heads"],
-        "num_key_value_heads": n_kv_heads, "head_dim": c["d_embed"] // c["n_heads"],
+        "architectures": [ARCHITECTURES[LLAMA]],
+        "model_type": LLAMA,
+        "vocab_size": c["vocab_size"],
+        "hidden_size": c["d_embed"],
+        "num_hidden_layers": c["n_layers"],
+        "num_attention_heads": c["n_heads"],
+        "num_key_value_heads": n_kv_heads,
+        "head_dim": c["d_embed"] // c["n_heads"],
         "intermediate_size": mlp_hidden_size(c["d_embed"], True, c["multiple_of"], c["ffn_dim_multiplier"]),
-        "hidden_act": LLAMA_ACTIVATIONS[c["activation"]], "max_position_embeddings": c["max_seq_len"],
+        "hidden_act": LLAMA_ACTIVATIONS[c["activation"]],
+        "max_position_embeddings": c["max_seq_len"],
         "rms_norm_eps": c["norm_eps"],
         # Both spellings: transformers 5 reads rope_parameters, 4.x rope_theta.
-        "rope_theta": c["rope_theta"], "rope_parameters": {"rope_type": "default", "rope_theta": c["rope_theta"]},
-        "attention_bias": c["bias"], "mlp_bias": c["bias"],
+        "rope_theta": c["rope_theta"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": c["rope_theta"]},
+        "attention_bias": c["bias"],
+        "mlp_bias": c["bias"],
         # HF Llama drops out attention weights only; wgpt's residual and embedding dropout is
         # for training, so inference is the same either way.
-        "attention_dropout": c["dropout"], "tie_word_embeddings": c["tie_embeddings"], "initializer_range": 0.02,
-        "pretraining_tp": 1, "use_cache": True, "dtype": dtype, **ids,
-    }  # fmt: skip
+        "attention_dropout": c["dropout"],
+        "tie_word_embeddings": c["tie_embeddings"],
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "dtype": dtype,
+        **ids,
+    }
 
 
 def generation_config(config: Mapping[str, Any], tokenizer) -> dict[str, Any]:
@@ -153,9 +207,11 @@ def generation_config(config: Mapping[str, Any], tokenizer) -> dict[str, Any]:
     the vocabulary (ids past the tokenizer's) are never drawn, as in generate.py."""
     padding = list(range(len(tokenizer), config["vocab_size"]))
     return {
-        "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id, **({"suppress_tokens": padding} if padding else {}),
-    }  # fmt: skip
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **({"suppress_tokens": padding} if padding else {}),
+    }
 
 
 # Import.
@@ -183,7 +239,10 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
     c, source = d.config, d.source
 
     def refuse(setting: str, why: str):
-        raise WgptError(f"{source}: config.json has {setting}, which wgpt's Transformer has no equivalent of ({why}): it cannot be loaded")
+        raise WgptError(
+            f"{source}: config.json has {setting}, which wgpt's Transformer has no equivalent of ({why}): "
+            "it cannot be loaded"
+        )
 
     def get(name: str, default=None):
         value = c.get(name, default)
@@ -193,27 +252,52 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
         act = get("activation_function", "gelu_new")
         d_embed = c.get("n_embd", c.get("hidden_size"))
         if act not in HF_ACTIVATIONS:
-            refuse(f"activation_function={act}", "wgpt's gelu is the tanh approximation, gelu_new; silu and relu are the others")
+            refuse(
+                f"activation_function={act}",
+                "wgpt's gelu is the tanh approximation, gelu_new; silu and relu are the others",
+            )
         if get("n_inner") not in (None, 4 * d_embed):
             refuse(f"n_inner={c['n_inner']}", f"GPT-2-shaped MLPs are 4 x n_embd = {4 * d_embed} wide")
-        for name, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+        for name, want in (
+            ("scale_attn_weights", True),
+            ("scale_attn_by_inverse_layer_idx", False),
+            ("add_cross_attention", False),
+        ):
             if get(name, want) != want:
                 refuse(f"{name}={c[name]}", "attention here is plain scaled dot-product self-attention")
         config = dict(
-            d_embed=d_embed, n_layers=c.get("n_layer", c.get("num_hidden_layers")),
-            n_heads=c.get("n_head", c.get("num_attention_heads")), n_kv_heads=None,
-            max_seq_len=c.get("n_positions", c.get("max_position_embeddings", 1024)), norm="layernorm",
-            norm_eps=get("layer_norm_epsilon", 1e-5), activation=HF_ACTIVATIONS[act], gated=False, multiple_of=256,
-            ffn_dim_multiplier=None, pos="learned", rope_theta=10000.0, bias=True,
+            d_embed=d_embed,
+            n_layers=c.get("n_layer", c.get("num_hidden_layers")),
+            n_heads=c.get("n_head", c.get("num_attention_heads")),
+            n_kv_heads=None,
+            max_seq_len=c.get("n_positions", c.get("max_position_embeddings", 1024)),
+            norm="layernorm",
+            norm_eps=get("layer_norm_epsilon", 1e-5),
+            activation=HF_ACTIVATIONS[act],
+            gated=False,
+            multiple_of=256,
+            ffn_dim_multiplier=None,
+            pos="learned",
+            rope_theta=10000.0,
+            bias=True,
             tie_embeddings=get("tie_word_embeddings", True),
-        )  # fmt: skip
+        )
     else:
         act = get("hidden_act", "silu")
         d_embed, n_heads = c.get("hidden_size"), c.get("num_attention_heads")
         if act not in HF_ACTIVATIONS:
-            refuse(f"hidden_act={act}", "wgpt's gated MLP takes silu, gelu (tanh approximation, gelu_pytorch_tanh) or relu")
-        if isinstance(d_embed, int) and isinstance(n_heads, int) and get("head_dim", d_embed // n_heads) != d_embed // n_heads:
-            refuse(f"head_dim={c['head_dim']}", f"wgpt's heads are hidden_size / num_attention_heads = {d_embed // n_heads} wide")
+            refuse(
+                f"hidden_act={act}", "wgpt's gated MLP takes silu, gelu (tanh approximation, gelu_pytorch_tanh) or relu"
+            )
+        if (
+            isinstance(d_embed, int)
+            and isinstance(n_heads, int)
+            and get("head_dim", d_embed // n_heads) != d_embed // n_heads
+        ):
+            refuse(
+                f"head_dim={c['head_dim']}",
+                f"wgpt's heads are hidden_size / num_attention_heads = {d_embed // n_heads} wide",
+            )
         rope = get("rope_parameters") or get("rope_scaling") or {}
         if not isinstance(rope, dict):
             refuse(f"rope_parameters={rope}", "wgpt's rotary positions are the plain ones, rope_type=default")
@@ -221,17 +305,29 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
         if rope_type != "default":
             refuse(f"rope type {rope_type}", "wgpt's rotary positions are the plain ones, rope_type=default")
         if bool(get("attention_bias", False)) != bool(get("mlp_bias", False)):
-            refuse(f"attention_bias={get('attention_bias', False)}, mlp_bias={get('mlp_bias', False)}", "wgpt's bias knob is for every linear layer")
+            refuse(
+                f"attention_bias={get('attention_bias', False)}, mlp_bias={get('mlp_bias', False)}",
+                "wgpt's bias knob is for every linear layer",
+            )
         width = get("intermediate_size")
         hint = (d.wgpt or {}).get("model_config") or {}
         mlp = _mlp_knobs(d_embed, width, hint.get("multiple_of", 256), hint.get("ffn_dim_multiplier"))
         config = dict(
-            d_embed=d_embed, n_layers=c.get("num_hidden_layers"), n_heads=n_heads,
-            n_kv_heads=get("num_key_value_heads", n_heads), max_seq_len=get("max_position_embeddings", 2048),
-            norm="rmsnorm", norm_eps=get("rms_norm_eps", 1e-6), activation=HF_ACTIVATIONS[act], gated=True, **mlp,
-            pos="rotary", rope_theta=float(rope.get("rope_theta") or get("rope_theta", 10000.0)),
-            bias=bool(get("attention_bias", False)), tie_embeddings=get("tie_word_embeddings", False),
-        )  # fmt: skip
+            d_embed=d_embed,
+            n_layers=c.get("num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=get("num_key_value_heads", n_heads),
+            max_seq_len=get("max_position_embeddings", 2048),
+            norm="rmsnorm",
+            norm_eps=get("rms_norm_eps", 1e-6),
+            activation=HF_ACTIVATIONS[act],
+            gated=True,
+            **mlp,
+            pos="rotary",
+            rope_theta=float(rope.get("rope_theta") or get("rope_theta", 10000.0)),
+            bias=bool(get("attention_bias", False)),
+            tie_embeddings=get("tie_word_embeddings", False),
+        )
     name = ((d.wgpt or {}).get("model_config") or {}).get("name") or d.path.name
     config = dict(vocab_size=c.get("vocab_size"), **config, dropout=0.0, sdpa=True, name=name)
     return MODEL_CLASSES[d.family], config

@@ -51,4 +51,9 @@ def start_from(model: nn.Module, d: HFDir) -> None:
     load_hf_weights(model, d.path, key=d.key)
     step = (d.wgpt or {}).get("global_step")
     made_at = f", step {step} of the run that made it" if step is not None else ""
-    log.info("init_from: the weights of %s (%s%s); this run starts at step 0 with a fresh optimizer", d.path, ARCHITECTURES[d.family], made_at)
+    log.info(
+        "init_from: the weights of %s (%s%s); this run starts at step 0 with a fresh optimizer",
+        d.path,
+        ARCHITECTURES[d.family],
+        made_at,
+    )

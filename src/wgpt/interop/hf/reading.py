@@ -34,12 +34,20 @@ def read_hf_dir(path: str | Path, key: str = "init_from") -> HFDir:
     path = Path(path).expanduser().resolve()
     source = f"{key}={path}"
     if not path.exists():
-        raise WgptError(f"{source} does not exist: give a Hugging Face model directory (config.json, model.safetensors), e.g. one export.py wrote")
+        raise WgptError(
+            f"{source} does not exist: "
+            "give a Hugging Face model directory (config.json, model.safetensors), e.g. one export.py wrote"
+        )
     if not path.is_dir():
-        raise WgptError(f"{source} is a file: give the Hugging Face model directory (config.json, model.safetensors) it is part of")
+        raise WgptError(
+            f"{source} is a file: give the Hugging Face model directory (config.json, model.safetensors) it is part of"
+        )
     config_path = path / "config.json"
     if not config_path.is_file():
-        raise WgptError(f"{source} has no config.json: it is not a Hugging Face model directory (give one that export.py or save_pretrained wrote)")
+        raise WgptError(
+            f"{source} has no config.json: it is not a Hugging Face model directory "
+            "(give one that export.py or save_pretrained wrote)"
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -49,7 +57,8 @@ def read_hf_dir(path: str | Path, key: str = "init_from") -> HFDir:
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise WgptError(
-            f"{source} holds a model_type={model_type} model: wgpt loads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM) only"
+            f"{source} holds a model_type={model_type} model: "
+            "wgpt loads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM) only"
         )
     if (path / INDEX_FILE).is_file():
         try:
@@ -64,7 +73,8 @@ def read_hf_dir(path: str | Path, key: str = "init_from") -> HFDir:
         pickled = next((p.name for p in path.glob("pytorch_model*.bin")), None)
         if pickled:
             raise WgptError(
-                f"{source} holds {pickled}, not {missing.name}: wgpt reads safetensors only (a .bin is a pickle, which could run code); "
+                f"{source} holds {pickled}, not {missing.name}: "
+                "wgpt reads safetensors only (a .bin is a pickle, which could run code); "
                 "convert it where you trust it: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)"
             )
         raise WgptError(f"{source} has no {missing.name}: the directory is incomplete (export it again)")
@@ -73,7 +83,9 @@ def read_hf_dir(path: str | Path, key: str = "init_from") -> HFDir:
         try:
             wgpt = json.loads((path / WGPT_FILE).read_text(encoding="utf-8"))
         except ValueError as e:
-            raise WgptError(f"{source}: {WGPT_FILE} is not JSON ({e}): the directory is damaged (export it again)") from None
+            raise WgptError(
+                f"{source}: {WGPT_FILE} is not JSON ({e}): the directory is damaged (export it again)"
+            ) from None
     return HFDir(path, key, config, model_type, files, wgpt)
 
 
@@ -92,8 +104,11 @@ def load_hf_weights(model: nn.Module, path: str | Path, tokenizer=None, key: str
     state = pad_vocab(state, model.config["vocab_size"], implied["tie_embeddings"], d.source)
     check_fits(model, state, d.source)
     model.load_state_dict(state)
-    changed = [f"{k}={shown_value(implied[k])} there, {shown_value(model.config[k])} here" for k in ("norm_eps", "rope_theta", "max_seq_len")
-               if k in implied and implied[k] != model.config[k] and not (k == "rope_theta" and implied["pos"] == "learned")]  # fmt: skip
+    changed = [
+        f"{k}={shown_value(implied[k])} there, {shown_value(model.config[k])} here"
+        for k in ("norm_eps", "rope_theta", "max_seq_len")
+        if k in implied and implied[k] != model.config[k] and not (k == "rope_theta" and implied["pos"] == "learned")
+    ]
     if changed:
         log.info("%s: kept this model's %s", d.source, "; ".join(changed))
     return d
@@ -104,7 +119,6 @@ def model_from_hf_dir(path: str | Path, tokenizer=None, key: str = "ckpt_path") 
     export's own class and config, else the config its config.json implies; the vocabulary
     padded for ``tokenizer`` (when given)."""
     import importlib
-
 
     d = read_hf_dir(path, key)
     model_class, config = implied_config(d)

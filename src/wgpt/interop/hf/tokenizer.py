@@ -26,9 +26,13 @@ def tokenizer_files(tokenizer, max_seq_len: int) -> dict[str, str]:
     end, _, pad = SPECIAL_TOKENS
     specials = {"bos_token": end, "eos_token": end, "pad_token": pad}  # end-of-text begins text too (see hf_config)
     config = {
-        "tokenizer_class": "PreTrainedTokenizerFast", **specials, "model_max_length": max_seq_len,
-        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-    }  # fmt: skip
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "model_max_length": max_seq_len,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
     return {
         "tokenizer.json": tokenizer_json(tokenizer),
         "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
@@ -58,7 +62,6 @@ def _r50k_json() -> str:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-
     ranks = load_ranks()
     vocab = {_spell(token): rank for token, rank in ranks.items()}
     merges = []
@@ -67,10 +70,12 @@ def _r50k_json() -> str:
             first, second = _last_merge(token, rank, ranks)
             merges.append((_spell(first), _spell(second)))
     tokenizer = HFTokenizer(models.BPE(vocab, merges, ignore_merges=True))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     assert tokenizer.token_to_id(SPECIAL_TOKENS[0]) == len(ranks)  # the ids wgpt gives them
@@ -126,20 +131,26 @@ def check_hf_tokenizer(d: HFDir, tokenizer) -> None:
     if record is not None:
         if record.get("fingerprint") != tokenizer.fingerprint:
             raise WgptError(
-                f"{d.source} was trained with tokenizer {record.get('name')} ({record.get('fingerprint')}), this run uses "
-                f"{tokenizer.name} ({tokenizer.fingerprint}): train with {tokenizer_config(record.get('name'))} on the data it was trained on"
+                f"{d.source} was trained with tokenizer {record.get('name')} ({record.get('fingerprint')}), "
+                f"this run uses {tokenizer.name} ({tokenizer.fingerprint}): "
+                f"train with {tokenizer_config(record.get('name'))} on the data it was trained on"
             )
         return
     theirs = _dir_vocab(d)
     if theirs is None:
-        log.warning("%s has no tokenizer files: its ids are taken to mean what they mean to tokenizer %s", d.source, tokenizer.name)
+        log.warning(
+            "%s has no tokenizer files: its ids are taken to mean what they mean to tokenizer %s",
+            d.source,
+            tokenizer.name,
+        )
         return
     ours = ordinary_vocab(tokenizer)
     if theirs != ours:
         wrong = next((t for t, i in theirs.items() if ours.get(t) != i), None)
         raise WgptError(
             f"{d.source} has a tokenizer whose ids are not those of this run's {tokenizer.name} "
-            f"({len(theirs)} tokens there, {len(ours)} here; e.g. {wrong!r} is {theirs.get(wrong)} there, {ours.get(wrong)} here): "
+            f"({len(theirs)} tokens there, {len(ours)} here; "
+            f"e.g. {wrong!r} is {theirs.get(wrong)} there, {ours.get(wrong)} here): "
             "start from a model of the same tokenizer (r50k is GPT-2's)"
         )
 
@@ -199,5 +210,6 @@ def tokenizer_from_hf_dir(d: HFDir):
         text = (d.path / "tokenizer.json").read_text(encoding="utf-8")
         return BPETokenizer(text, f"bpe{len(_json_vocab(data) or {}) + len(SPECIAL_TOKENS)}")
     raise WgptError(
-        f"{d.source} has a tokenizer that is neither r50k (GPT-2's) nor a wgpt BPE: wgpt can only run models of its own tokenizers"
+        f"{d.source} has a tokenizer that is neither r50k (GPT-2's) nor a wgpt BPE: "
+        "wgpt can only run models of its own tokenizers"
     )

@@ -25,14 +25,19 @@ def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: 
             h = f"transformer.h.{i}."
             t = lambda w: w.t()  # noqa: E731  (Conv1D keeps weights as (in, out))
             out |= {
-                h + "ln_1.weight": ours["attn_norm.weight"], h + "ln_1.bias": ours["attn_norm.bias"],
+                h + "ln_1.weight": ours["attn_norm.weight"],
+                h + "ln_1.bias": ours["attn_norm.bias"],
                 h + "attn.c_attn.weight": t(torch.cat([ours["attn.wq.weight"], ours["attn.wkv.weight"]])),
                 h + "attn.c_attn.bias": torch.cat([ours["attn.wq.bias"], ours["attn.wkv.bias"]]),
-                h + "attn.c_proj.weight": t(ours["attn.proj.weight"]), h + "attn.c_proj.bias": ours["attn.proj.bias"],
-                h + "ln_2.weight": ours["mlp_norm.weight"], h + "ln_2.bias": ours["mlp_norm.bias"],
-                h + "mlp.c_fc.weight": t(ours["mlp.fc.weight"]), h + "mlp.c_fc.bias": ours["mlp.fc.bias"],
-                h + "mlp.c_proj.weight": t(ours["mlp.proj.weight"]), h + "mlp.c_proj.bias": ours["mlp.proj.bias"],
-            }  # fmt: skip
+                h + "attn.c_proj.weight": t(ours["attn.proj.weight"]),
+                h + "attn.c_proj.bias": ours["attn.proj.bias"],
+                h + "ln_2.weight": ours["mlp_norm.weight"],
+                h + "ln_2.bias": ours["mlp_norm.bias"],
+                h + "mlp.c_fc.weight": t(ours["mlp.fc.weight"]),
+                h + "mlp.c_fc.bias": ours["mlp.fc.bias"],
+                h + "mlp.c_proj.weight": t(ours["mlp.proj.weight"]),
+                h + "mlp.c_proj.bias": ours["mlp.proj.bias"],
+            }
             continue
         h = f"model.layers.{i}."
         for suffix in ("weight", "bias") if config["bias"] else ("weight",):
@@ -40,16 +45,22 @@ def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: 
             gate, up = ours[f"mlp.gate_up.{suffix}"].chunk(2)
             out |= {
                 h + f"self_attn.q_proj.{suffix}": _halves(ours[f"attn.wq.{suffix}"], H),
-                h + f"self_attn.k_proj.{suffix}": _halves(k, K), h + f"self_attn.v_proj.{suffix}": v,
+                h + f"self_attn.k_proj.{suffix}": _halves(k, K),
+                h + f"self_attn.v_proj.{suffix}": v,
                 h + f"self_attn.o_proj.{suffix}": ours[f"attn.proj.{suffix}"],
-                h + f"mlp.gate_proj.{suffix}": gate, h + f"mlp.up_proj.{suffix}": up,
+                h + f"mlp.gate_proj.{suffix}": gate,
+                h + f"mlp.up_proj.{suffix}": up,
                 h + f"mlp.down_proj.{suffix}": ours[f"mlp.proj.{suffix}"],
-            }  # fmt: skip
+            }
         out[h + "input_layernorm.weight"] = ours["attn_norm.weight"]
         out[h + "post_attention_layernorm.weight"] = ours["mlp_norm.weight"]
     if family == GPT2:
-        out |= {"transformer.wte.weight": state["wte.weight"], "transformer.wpe.weight": state["wpe.weight"],
-                "transformer.ln_f.weight": state["final_norm.weight"], "transformer.ln_f.bias": state["final_norm.bias"]}  # fmt: skip
+        out |= {
+            "transformer.wte.weight": state["wte.weight"],
+            "transformer.wpe.weight": state["wpe.weight"],
+            "transformer.ln_f.weight": state["final_norm.weight"],
+            "transformer.ln_f.bias": state["final_norm.bias"],
+        }
     else:
         out |= {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["final_norm.weight"]}
     if not config["tie_embeddings"]:
@@ -69,7 +80,9 @@ def _pairs(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, 2, -1, *shape[1:]).transpose(1, 2).reshape(shape)
 
 
-def from_hf(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: str, source: str) -> dict[str, torch.Tensor]:
+def from_hf(
+    weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: str, source: str
+) -> dict[str, torch.Tensor]:
     """The transformers class's weights -> wgpt's names and layout (``config``: the implied one)."""
     prefix = "transformer." if family == GPT2 else "model."
     w = {}
@@ -82,7 +95,10 @@ def from_hf(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], fami
 
     def take(name: str) -> torch.Tensor:
         if name not in w:
-            raise WgptError(f"{source} has no weight {name}, which its config.json says a {ARCHITECTURES[family]} has: the directory is damaged")
+            raise WgptError(
+                f"{source} has no weight {name}, which its config.json says a {ARCHITECTURES[family]} has: "
+                "the directory is damaged"
+            )
         used.add(name)
         return w[name]
 
@@ -94,30 +110,45 @@ def from_hf(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], fami
             qkv, qkv_bias = take(h + "attn.c_attn.weight").t(), take(h + "attn.c_attn.bias")
             C = config["d_embed"]
             out |= {
-                p + "attn_norm.weight": take(h + "ln_1.weight"), p + "attn_norm.bias": take(h + "ln_1.bias"),
-                p + "attn.wq.weight": qkv[:C], p + "attn.wkv.weight": qkv[C:],
-                p + "attn.wq.bias": qkv_bias[:C], p + "attn.wkv.bias": qkv_bias[C:],
-                p + "attn.proj.weight": take(h + "attn.c_proj.weight").t(), p + "attn.proj.bias": take(h + "attn.c_proj.bias"),
-                p + "mlp_norm.weight": take(h + "ln_2.weight"), p + "mlp_norm.bias": take(h + "ln_2.bias"),
-                p + "mlp.fc.weight": take(h + "mlp.c_fc.weight").t(), p + "mlp.fc.bias": take(h + "mlp.c_fc.bias"),
-                p + "mlp.proj.weight": take(h + "mlp.c_proj.weight").t(), p + "mlp.proj.bias": take(h + "mlp.c_proj.bias"),
-            }  # fmt: skip
+                p + "attn_norm.weight": take(h + "ln_1.weight"),
+                p + "attn_norm.bias": take(h + "ln_1.bias"),
+                p + "attn.wq.weight": qkv[:C],
+                p + "attn.wkv.weight": qkv[C:],
+                p + "attn.wq.bias": qkv_bias[:C],
+                p + "attn.wkv.bias": qkv_bias[C:],
+                p + "attn.proj.weight": take(h + "attn.c_proj.weight").t(),
+                p + "attn.proj.bias": take(h + "attn.c_proj.bias"),
+                p + "mlp_norm.weight": take(h + "ln_2.weight"),
+                p + "mlp_norm.bias": take(h + "ln_2.bias"),
+                p + "mlp.fc.weight": take(h + "mlp.c_fc.weight").t(),
+                p + "mlp.fc.bias": take(h + "mlp.c_fc.bias"),
+                p + "mlp.proj.weight": take(h + "mlp.c_proj.weight").t(),
+                p + "mlp.proj.bias": take(h + "mlp.c_proj.bias"),
+            }
             continue
         h = f"model.layers.{i}."
         for suffix in ("weight", "bias") if config["bias"] else ("weight",):
             a, m = h + "self_attn.", h + "mlp."
             out |= {
                 p + f"attn.wq.{suffix}": _pairs(take(a + f"q_proj.{suffix}"), H),
-                p + f"attn.wkv.{suffix}": torch.cat([_pairs(take(a + f"k_proj.{suffix}"), K), take(a + f"v_proj.{suffix}")]),
+                p + f"attn.wkv.{suffix}": torch.cat(
+                    [_pairs(take(a + f"k_proj.{suffix}"), K), take(a + f"v_proj.{suffix}")]
+                ),
                 p + f"attn.proj.{suffix}": take(a + f"o_proj.{suffix}"),
-                p + f"mlp.gate_up.{suffix}": torch.cat([take(m + f"gate_proj.{suffix}"), take(m + f"up_proj.{suffix}")]),
+                p + f"mlp.gate_up.{suffix}": torch.cat(
+                    [take(m + f"gate_proj.{suffix}"), take(m + f"up_proj.{suffix}")]
+                ),
                 p + f"mlp.proj.{suffix}": take(m + f"down_proj.{suffix}"),
-            }  # fmt: skip
+            }
         out[p + "attn_norm.weight"] = take(h + "input_layernorm.weight")
         out[p + "mlp_norm.weight"] = take(h + "post_attention_layernorm.weight")
     if family == GPT2:
-        out |= {"wte.weight": take("transformer.wte.weight"), "wpe.weight": take("transformer.wpe.weight"),
-                "final_norm.weight": take("transformer.ln_f.weight"), "final_norm.bias": take("transformer.ln_f.bias")}  # fmt: skip
+        out |= {
+            "wte.weight": take("transformer.wte.weight"),
+            "wpe.weight": take("transformer.wpe.weight"),
+            "final_norm.weight": take("transformer.ln_f.weight"),
+            "final_norm.bias": take("transformer.ln_f.bias"),
+        }
     else:
         out |= {"wte.weight": take("model.embed_tokens.weight"), "final_norm.weight": take("model.norm.weight")}
     if config["tie_embeddings"]:
@@ -127,7 +158,10 @@ def from_hf(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], fami
         out["lm_head.weight"] = take("lm_head.weight")
     extra = next((name for name in w if name not in used), None)
     if extra is not None:
-        raise WgptError(f"{source} has a weight {extra} that a {ARCHITECTURES[family]} of its config.json lacks: the directory is damaged")
+        raise WgptError(
+            f"{source} has a weight {extra} that a {ARCHITECTURES[family]} of its config.json lacks: "
+            "the directory is damaged"
+        )
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -141,7 +175,9 @@ def read_weights(d: HFDir) -> dict[str, torch.Tensor]:
         try:
             weights |= load_file(str(file))
         except (SafetensorError, OSError) as e:
-            raise WgptError(f"{d.source}: {file.name} is not a readable safetensors file ({e}): the directory is damaged") from None
+            raise WgptError(
+                f"{d.source}: {file.name} is not a readable safetensors file ({e}): the directory is damaged"
+            ) from None
     return weights
 
 
@@ -157,5 +193,12 @@ def pad_vocab(state: dict[str, torch.Tensor], vocab_size: int, tied: bool, sourc
         state[name] = torch.cat([w, w.float().mean(0, keepdim=True).to(w.dtype).expand(vocab_size - rows, -1)])
     if tied:
         state["lm_head.weight"] = state["wte.weight"]
-    log.info("%s: %d vocabulary rows padded to %d (ids %d-%d start as the mean of the others)", source, rows, vocab_size, rows, vocab_size - 1)
+    log.info(
+        "%s: %d vocabulary rows padded to %d (ids %d-%d start as the mean of the others)",
+        source,
+        rows,
+        vocab_size,
+        rows,
+        vocab_size - 1,
+    )
     return state
