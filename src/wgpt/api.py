@@ -13,8 +13,6 @@ Mistakes raise a WgptError (one line, as the command line prints it) instead of 
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +25,7 @@ from wgpt.data.tokenizer import tokenizer_spec
 from wgpt.interop.sources import load_model_source
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
+from wgpt.util.environment import environment
 from wgpt.util.errors import WgptError
 
 
@@ -39,7 +38,7 @@ def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> Dict
     if isinstance(overrides, str):
         raise WgptError(f"overrides={overrides!r} is one string: give a list, e.g. overrides=[{overrides!r}]")
     try:
-        with _environment(**{FULL_ERROR: "1"}):  # Hydra's errors raised here, not printed and exited on
+        with environment(**{FULL_ERROR: "1"}):  # Hydra's errors raised here, not printed and exited on
             cfg = compose_train_config([f"model={model}", *overrides])
             check_values(cfg)
     except (HydraException, OmegaConfBaseException) as e:
@@ -70,17 +69,3 @@ def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:
     saved = loaded.run_dir / ".hydra" / "config.yaml" if loaded.run_dir is not None else None
     config = OmegaConf.load(saved) if saved is not None and saved.is_file() else None
     return loaded.model, loaded.tokenizer, config
-
-
-@contextmanager
-def _environment(**variables: str):
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -22,7 +22,7 @@ from wgpt.util.files import atomic_write_text
 
 # Overrides that say how a sweep was started or where its files are, not what its jobs train: a
 # resumed sweep adds resume=auto, and may find its data elsewhere.
-NOISE = ("resume", "start_datetime", "paths")
+LAUNCH_OVERRIDES = ("resume", "start_datetime", "paths")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
@@ -40,7 +40,7 @@ def overrides_of(node) -> list[str]:
 def job_identity(overrides: Sequence[str]) -> dict[str, str]:
     """What a job trains, from its overrides: key -> value, without those that only say how the
     sweep was started (a resumed sweep adds ``resume=auto``)."""
-    return {key: value for key, value in map(split_override, overrides) if key.split(".")[0] not in NOISE}
+    return {key: value for key, value in map(split_override, overrides) if key.split(".")[0] not in LAUNCH_OVERRIDES}
 
 
 def _same(a: str | None, b: str | None) -> bool:

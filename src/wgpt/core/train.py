@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +33,7 @@ from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
 from wgpt.optim import optimizer_factory, optimizer_layout
 from wgpt.parallel.sharding import is_sharded
+from wgpt.util.environment import environment
 from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
@@ -161,18 +160,3 @@ def _run_sweep_job_alone(cfg: DictConfig, run_dir: Path, script: str, ckpt_path:
         reason = summary.get("error") or f"exit code {code}"
         raise WgptError(f"this job's DDP launch failed ({reason}): see {run_dir / 'train.log'}")
     return objective(summary["best_val_loss"])
-
-
-@contextmanager
-def environment(**variables: str):
-    """Set environment variables for the duration of the block, then restore them."""
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -13,11 +13,10 @@ from wgpt.tokenizers import tokenizer_from_record
 from wgpt.util.errors import WgptError
 
 
-def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
-    """The model and tokenizer at ``path``: a training checkpoint (.ckpt), a weights file
-    (.safetensors), a Hugging Face model directory, or a run dir (its newest best checkpoint,
-    else its recent one). One-line WgptErrors for anything else."""
-
+def find_source(path: str | Path, key: str = "ckpt_path") -> tuple[str, Path]:
+    """(kind, path) of a model source: ``hf`` (a Hugging Face model directory), ``weights`` (a
+    .safetensors file) or ``checkpoint`` (a .ckpt file); a run dir stands for its checkpoint
+    (``run_checkpoint``). One-line WgptErrors for a path that is none of these."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise WgptError(
@@ -25,14 +24,24 @@ def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
         )
     if path.is_dir():
         if (path / "config.json").is_file():
-            tokenizer = tokenizer_from_hf_dir(read_hf_dir(path, key))
-            model, d = model_from_hf_dir(path, tokenizer, key)
-            return LoadedModel(model, tokenizer, path, "hf", (d.wgpt or {}).get("global_step"), None)
-        if (path / "checkpoints").is_dir():
-            return load_model_source(run_checkpoint(path, key), key)
-        raise _not_a_model_dir(path, key)
+            return "hf", path
+        if not (path / "checkpoints").is_dir():
+            raise _not_a_model_dir(path, key)
+        path = run_checkpoint(path, key)
+    return ("weights" if path.suffix == WEIGHTS_SUFFIX else "checkpoint"), path
+
+
+def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
+    """The model and tokenizer at ``path``: a training checkpoint (.ckpt), a weights file
+    (.safetensors), a Hugging Face model directory, or a run dir (its newest best checkpoint,
+    else its recent one). One-line WgptErrors for anything else."""
+    kind, path = find_source(path, key)
+    if kind == "hf":
+        tokenizer = tokenizer_from_hf_dir(read_hf_dir(path, key))
+        model, d = model_from_hf_dir(path, tokenizer, key)
+        return LoadedModel(model, tokenizer, path, "hf", (d.wgpt or {}).get("global_step"), None)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if path.suffix == WEIGHTS_SUFFIX and path.is_file():
+    if kind == "weights":
         model, tokenizer, step = load_weights(path, key)
         return LoadedModel(model, tokenizer, path, "weights", step, run_dir)
     source = f"{key}={path}"
@@ -45,32 +54,29 @@ def load_model_source(path: str | Path, key: str = "ckpt_path") -> LoadedModel:
 def source_tokenizer(path: str | Path, key: str = "ckpt_path"):
     """The tokenizer of the model at ``path`` (any source ``load_model_source`` reads), without
     reading its weights."""
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
-        raise WgptError(
-            f"{key}={path} does not exist: "
-            "give a .ckpt or .safetensors file, a run dir or a Hugging Face model directory"
-        )
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return tokenizer_from_hf_dir(read_hf_dir(path, key))
-        if not (path / "checkpoints").is_dir():
-            raise _not_a_model_dir(path, key)
-        path = run_checkpoint(path, key)
+    kind, path = find_source(path, key)
+    if kind == "hf":
+        return tokenizer_from_hf_dir(read_hf_dir(path, key))
     source = f"{key}={path}"
-    if path.suffix == WEIGHTS_SUFFIX:
-        from safetensors import SafetensorError, safe_open
-
+    if kind == "weights":
         try:
-            with safe_open(str(path), "pt") as f:
-                record = json.loads((f.metadata() or {}).get("wgpt_tokenizer", "null"))
-        except (SafetensorError, OSError, ValueError) as e:
+            record = json.loads(_weights_metadata(path, source).get("wgpt_tokenizer", "null"))
+        except ValueError as e:
             raise WgptError(f"{source} is not a readable wgpt weights file ({e})") from None
     else:
         record = load_checkpoint(path, mmap=True).get("tokenizer")  # reads no weights
-    # Imported last: a wrong path is reported before the seconds that wgpt.data's imports take.
-
     return tokenizer_from_record(record, source=source)
+
+
+def _weights_metadata(path: Path, source: str) -> dict[str, str]:
+    """The metadata wgpt writes into a .safetensors file (model class and config, tokenizer)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise WgptError(f"{source} is not a readable wgpt weights file ({e})") from None
 
 
 def _not_a_model_dir(path: Path, key: str) -> WgptError:
@@ -98,23 +104,18 @@ def run_checkpoint(run_dir: str | Path, key: str = "ckpt_path") -> Path:
 
 def peek_model(path: str | Path, key: str = "ckpt_path") -> tuple[str, dict] | None:
     """(model class, model config) of the checkpoint or weights file ``load_model_source`` would
-    read, without reading its weights; None for a Hugging Face directory or what is not found."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path).expanduser().resolve()
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        path = run_checkpoint(path, key)
-    if not path.is_file():
-        return None
-    if path.suffix == WEIGHTS_SUFFIX:
-        try:
-            with safe_open(str(path), "pt") as f:
-                metadata = f.metadata() or {}
+    read, without reading its weights; None for a Hugging Face directory or what is not found
+    (``load_model_source`` says what is wrong with it)."""
+    try:
+        kind, path = find_source(path, key)
+        if kind == "weights":
+            metadata = _weights_metadata(path, f"{key}={path}")
             return metadata.get("wgpt_model_class", ""), json.loads(metadata["wgpt_model_config"])
-        except (SafetensorError, OSError, KeyError, ValueError):
-            return None  # load_model_source says what is wrong with it
+    except (WgptError, KeyError, ValueError):
+        return None
+    if kind == "hf":
+        return None
     checkpoint = load_checkpoint(path, mmap=True)
     config = checkpoint.get("model_config")
-    return str(checkpoint.get("model_class") or "wgpt.models.transformer.Transformer"), config if isinstance(
-        config, dict
-    ) else {}
+    model_class = str(checkpoint.get("model_class") or "wgpt.models.transformer.Transformer")
+    return model_class, config if isinstance(config, dict) else {}

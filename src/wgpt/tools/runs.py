@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from wgpt.core.sweep import LAUNCH_OVERRIDES
 from wgpt.util.errors import WgptError
 
 # Overrides that say where or how a run was launched, not what was trained: never in a label.
-NOISE = ("start_datetime", "resume", "hydra", "paths", "logger", "trainer.enable_progress_bar", "data.num_workers")
+# A sweep's own list (what does not tell its jobs apart), and what only changes how a run shows.
+NOISE = (*LAUNCH_OVERRIDES, "hydra", "logger", "trainer.enable_progress_bar", "data.num_workers")
 SWEEP_DIR = "outputs/multirun/<time>"
 
 
