@@ -159,3 +159,19 @@ def test_the_check_sees_a_cycle():
     """The cycle finder itself: a graph with a cycle is caught, a DAG is not."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_private_name_crosses_modules():
+    """A ``_name`` is its module's own: another module that needs it gets a public name."""
+    crossing = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wgpt") and node.level == 0:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                crossing += [f"{module}: from {node.module} import {name}" for name in private]
+    assert not crossing, "private names imported across modules:\n" + "\n".join(crossing)
+
+
+def test_no_file_over_400_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these modules by job: {long}"

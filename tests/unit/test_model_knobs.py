@@ -21,7 +21,9 @@ PRESETS = sorted((ROOT / "conf" / "model").glob("*.yaml"))
 
 def test_gpt_and_llama_declare_no_knob_of_their_own():
     for cls in (GPT, Llama):
-        assert cls.__init__.__doc__ == f"{cls.__name__}: the Transformer with {cls.__name__}.DEFAULTS."  # made, not written
+        assert (
+            cls.__init__.__doc__ == f"{cls.__name__}: the Transformer with {cls.__name__}.DEFAULTS."
+        )  # made, not written
         assert set(cls.DEFAULTS) <= set(KNOBS)
         signature = inspect.signature(cls)
         assert list(signature.parameters) == KNOBS  # every knob, in the Transformer's order

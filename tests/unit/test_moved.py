@@ -22,9 +22,8 @@ def test_every_old_module_and_moved_name_resolves(old):
 
 def test_an_old_module_reads_through_to_its_new_home():
     from wgpt.errors import WgptError
-    from wgpt.module import ModelLightningWrapper
-
     from wgpt.lightning.module import ModelLightningWrapper as moved
+    from wgpt.module import ModelLightningWrapper
     from wgpt.util.errors import WgptError as error
 
     assert ModelLightningWrapper is moved and WgptError is error

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from wgpt.core.report import one_line_errors
 from wgpt.core.sweep import best_row
-from wgpt.tools.runs import SWEEP_DIR, Run, _is_noise, load_runs, run_labels
+from wgpt.tools.runs import SWEEP_DIR, Run, is_noise, load_runs, run_labels
 from wgpt.util.errors import WgptError
 from wgpt.util.files import written_atomically
 
@@ -251,7 +251,7 @@ def plot(
             _job(row)
             + (
                 label_of.get(row["path"])
-                or " ".join(o for o in row.get("overrides", "").split() if not _is_noise(o))
+                or " ".join(o for o in row.get("overrides", "").split() if not is_noise(o))
                 or row.get("dir", "?")
             )
             for row in rows

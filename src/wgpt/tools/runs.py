@@ -62,10 +62,10 @@ def read_overrides(run_dir: Path) -> list[str]:
         return []
     from omegaconf import OmegaConf
 
-    return [o for o in map(str, OmegaConf.load(path)) if not _is_noise(o)]
+    return [o for o in map(str, OmegaConf.load(path)) if not is_noise(o)]
 
 
-def _is_noise(override: str) -> bool:
+def is_noise(override: str) -> bool:
     key = override.partition("=")[0].lstrip("+~")
     return any(key == n or key.startswith((f"{n}.", f"{n}/")) for n in NOISE)
 
