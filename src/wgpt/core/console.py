@@ -90,7 +90,7 @@ def lightning_through_job_logging() -> None:
             warnings_logger.addFilter(_OneRecordPerWarning())
 
 
-# wgpt.train imports this module after Lightning and before building anything that logs.
+# wgpt.core.train imports this module after Lightning and before building anything that logs.
 lightning_through_job_logging()
 
 

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizers trained on a dataset's train split (``tokenizer=bpe``).
+"""Byte-level BPE tokenizers (``tokenizer=bpe``), and their training from texts.
 
 A 1M-parameter model with r50k's 50k-token output layer is mostly that layer; a BPE of a few
 thousand tokens trained on the corpus itself gives it the capacity back (templateGPT's small
@@ -6,7 +6,8 @@ tokenizers). Training uses Hugging Face ``tokenizers`` (Rust, seconds for Shakes
 r50k split pattern, the 256 byte symbols as the alphabet (any text round-trips) and the seed's 3
 special tokens (ids 0-2), which text never produces: a corpus that spells one gets plain tokens.
 
-A trained tokenizer is stored beside the bins of the dataset it learned from,
+``wgpt.data.tokenizer.ByteLevelBPE`` trains one on a dataset's train split and stores it beside
+the bins of the dataset it learned from,
 ``<data_dir>/<dataset>/tokenizers/bpe<V>.json``, with ``bpe<V>.meta.json`` (its sha256, the
 source and limits it was trained from). Its fingerprint ``bpe<V>-<sha256 prefix>`` is recorded in
 every bin and checkpoint made with it; its bins go to ``<data_dir>/<name>/tokenized-bpe<V>/``.

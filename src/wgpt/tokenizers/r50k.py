@@ -1,12 +1,10 @@
-"""Tokenizers: the seed's ``Tokenizer`` (GPT-2's r50k_base merges with Llama-3-style special
-tokens) and the specs the ``tokenizer`` config group instantiates.
+"""The seed's ``Tokenizer``: GPT-2's r50k_base merges with Llama-3-style special tokens.
 
 Every tokenizer has the seed's API (``encode``/``decode``/``len``, ``eos_token_id``, ...) plus what
-wgpt's machinery reads: ``name`` (which folder its bins live in), ``fingerprint`` (the identity
-recorded in every bin and checkpoint), ``token_bytes()`` (for bits per byte) and ``record()`` (what a
-checkpoint keeps to rebuild it). A spec (``R50k`` here, ``ByteLevelBPE`` in bpe.py) knows its
-vocabulary size from the config alone, so the model is checked before any tokenizer is trained,
-and ``load`` gives the tokenizer itself.
+wgpt's machinery reads (see base.py): ``name`` (which folder its bins live in), ``fingerprint``
+(the identity recorded in every bin and checkpoint), ``token_bytes()`` (for bits per byte) and
+``record()`` (what a checkpoint keeps to rebuild it). The ``tokenizer`` config group's specs, which
+know a vocabulary size from the config alone, live in ``wgpt.data.tokenizer``.
 
 The r50k merge ranks ship inside the package (``assets/r50k_base.tiktoken``) and are checked
 against their sha256, so nothing is downloaded: this works on offline cluster nodes and CI.
