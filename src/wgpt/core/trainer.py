@@ -114,95 +114,108 @@ def check_trainer(trainer: DictConfig) -> None:
 
 
 def resolve_hardware(trainer_cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """Trainer arguments with ``devices: auto`` and a GPU-only precision made concrete.
-
-    ``devices: auto`` takes, in order: the ranks torchrun or srun started (their count per node
-    and nodes); the GPUs rank 0 chose (in ranks Lightning started); the best ``max_devices``
-    GPUs by free memory; one CPU process when there is no GPU or NVML cannot query them. On a
-    ``precision: auto`` is bf16-mixed on GPUs that have bfloat16 (Ampere and newer), the seed's
-    16-mixed on older ones, and ``cpu_precision()`` on a CPU. On a CPU, float16 (the seed's
-    precision 16) also becomes ``cpu_precision()``; an explicit bf16 or 32 request is kept. Each
-    choice is logged in one line.
-    """
+    """Trainer arguments with ``devices: auto``, ``precision: auto`` (or a GPU-only precision on a
+    CPU) and ``strategy: fsdp`` made concrete for this machine, each choice logged in one line."""
     cfg = dict(trainer_cfg)
     max_devices = cfg.pop("max_devices", None)
     accelerator = str(cfg.get("accelerator", "auto"))
-    cuda = torch.cuda.is_available()
     check_devices(accelerator, cfg.get("devices", "auto"))
     sharded = cfg.get("strategy") == FSDP
-    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
-    launched = external_launch()
-    given = trainer_cfg.get("devices", "auto")
-    if wants_gpu and cuda and not launched and "LOCAL_RANK" not in os.environ and isinstance(given, (int, list, tuple)):
-        ids = (
-            list(range(torch.cuda.device_count() if given == -1 else given)) if isinstance(given, int) else list(given)
-        )
-        check_fits_devices(model, ids, sharded)  # the GPUs the user named: is there room on each?
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    check_named_gpus(trainer_cfg.get("devices", "auto"), model, wants_gpu, sharded)
     if cfg.get("devices", "auto") == "auto":
-        if launched:
-            cfg["devices"], cfg["num_nodes"] = launched
-            log.info("%d processes per node on %d nodes, as the launcher started them", *launched)
-        elif wants_gpu and "LOCAL_RANK" in os.environ and "WGPT_GPU_IDS" in os.environ:
-            # A DDP rank that Lightning started: take rank 0's choice. Choosing again would see
-            # rank 0's memory in use and could put two ranks on one GPU.
-            cfg["accelerator"], cfg["devices"] = "gpu", [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]
-        elif wants_gpu:
-            try:
-                cfg["devices"] = get_best_devices(
-                    model, max_gpus=max_devices or torch.cuda.device_count(), sharded=sharded
-                )
-                cfg["accelerator"] = "gpu"
-                os.environ["WGPT_GPU_IDS"] = ",".join(map(str, cfg["devices"]))
-                log.info(
-                    "Using GPU(s) %s: the most free memory; training needs ~%.1f GiB on each (weights, gradients "
-                    "and AdamW state%s; activations not counted)",
-                    cfg["devices"],
-                    training_memory_gib(model, shards=len(cfg["devices"]) if sharded else 1),
-                    f", sharded {len(cfg['devices'])} way(s)" if sharded else "",
-                )
-            except NvmlUnavailable as e:
-                if accelerator != "auto":
-                    cfg["devices"] = min(max_devices or torch.cuda.device_count(), torch.cuda.device_count())
-                    log.info("%s: using the first %d GPU(s)", e, cfg["devices"])
-                else:
-                    cfg["accelerator"], cfg["devices"] = "cpu", 1
-                    log.warning(
-                        "%s, so GPUs cannot be chosen: training on CPU (set trainer.accelerator=gpu to use them)", e
-                    )
-        elif accelerator == "auto" and not torch.backends.mps.is_available():
-            cfg["accelerator"], cfg["devices"] = "cpu", 1
-            log.info("No CUDA GPU found: training on CPU")
+        cfg.update(auto_devices(model, accelerator, wants_gpu, max_devices, sharded))
     on_cpu = cfg.get("accelerator") == "cpu" or (
-        accelerator == "auto" and not cuda and not torch.backends.mps.is_available()
+        accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
     )
-    precision = str(cfg.get("precision", "auto"))
-    if precision == "auto":
-        if on_cpu:
-            cfg["precision"] = cpu_precision()
-        elif cuda:
-            # Native bf16 only (Ampere and newer): older GPUs emulate it, slower than float16.
-            cfg["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
-        else:  # Apple GPUs: float32, the setting every op there supports
-            cfg["precision"] = "32-true"
-        log.info("precision auto: %s on this %s", cfg["precision"], "CPU" if on_cpu else "GPU")
-    elif on_cpu and precision in FP16_PRECISIONS:
-        cfg["precision"] = cpu_precision()
-        log.info("precision %s is a GPU setting; this CPU run uses %s instead", precision, cfg["precision"])
+    cfg["precision"] = concrete_precision(cfg.get("precision", "auto"), on_cpu)
     if sharded:
-        check_sharded_precision(str(cfg["precision"]))
-        cfg["strategy"] = fsdp_strategy()
-        # Lightning validates under torch.inference_mode on NCCL (no_grad on gloo, so CPU runs never
-        # show it), and FSDP2 breaks when a forward under it comes first, as the sanity check's does
-        # ("Inference tensors do not track version counter"): no_grad, as Lightning's FSDP1 gets.
-        cfg["inference_mode"] = False
-        shards = device_count(cfg.get("devices", "auto"), on_cpu) * int(cfg.get("num_nodes", 1))
-        log.info(
-            "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over %d rank(s); ~%.1f GiB of weights, "
-            "gradients and AdamW state per rank (activations not counted)",
-            shards,
-            training_memory_gib(model, shards),
-        )
+        cfg.update(sharded_arguments(cfg, model, on_cpu))
     return cfg
+
+
+def check_named_gpus(devices, model: nn.Module, wants_gpu: bool, sharded: bool) -> None:
+    """GPUs the user named (a count or ids, not ``auto``): is there room on each? Not in ranks a
+    launcher started, which take what they were given."""
+    launched = external_launch() or "LOCAL_RANK" in os.environ
+    if wants_gpu and torch.cuda.is_available() and not launched and isinstance(devices, (int, list, tuple)):
+        count = torch.cuda.device_count() if devices == -1 else devices
+        check_fits_devices(model, list(range(count)) if isinstance(devices, int) else list(devices), sharded)
+
+
+def auto_devices(model: nn.Module, accelerator: str, wants_gpu: bool, max_devices, sharded: bool) -> dict[str, Any]:
+    """``devices: auto`` made concrete (with the accelerator and nodes it implies), in order: the
+    ranks torchrun or srun started (their count per node and nodes); the GPUs rank 0 chose (in
+    ranks Lightning started); the best ``max_devices`` GPUs by free memory; one CPU process when
+    there is no GPU or NVML cannot query them. {} leaves Lightning's ``auto``."""
+    launched = external_launch()
+    if launched:
+        log.info("%d processes per node on %d nodes, as the launcher started them", *launched)
+        return {"devices": launched[0], "num_nodes": launched[1]}
+    if wants_gpu and "LOCAL_RANK" in os.environ and "WGPT_GPU_IDS" in os.environ:
+        # A DDP rank that Lightning started: take rank 0's choice. Choosing again would see
+        # rank 0's memory in use and could put two ranks on one GPU.
+        return {"accelerator": "gpu", "devices": [int(i) for i in os.environ["WGPT_GPU_IDS"].split(",")]}
+    if wants_gpu:
+        count = torch.cuda.device_count()
+        try:
+            ids = get_best_devices(model, max_gpus=max_devices or count, sharded=sharded)
+        except NvmlUnavailable as e:
+            if accelerator != "auto":
+                log.info("%s: using the first %d GPU(s)", e, min(max_devices or count, count))
+                return {"devices": min(max_devices or count, count)}
+            log.warning("%s, so GPUs cannot be chosen: training on CPU (set trainer.accelerator=gpu to use them)", e)
+            return {"accelerator": "cpu", "devices": 1}
+        os.environ["WGPT_GPU_IDS"] = ",".join(map(str, ids))
+        log.info(
+            "Using GPU(s) %s: the most free memory; training needs ~%.1f GiB on each (weights, gradients "
+            "and AdamW state%s; activations not counted)",
+            ids,
+            training_memory_gib(model, shards=len(ids) if sharded else 1),
+            f", sharded {len(ids)} way(s)" if sharded else "",
+        )
+        return {"accelerator": "gpu", "devices": ids}
+    if accelerator == "auto" and not torch.backends.mps.is_available():
+        log.info("No CUDA GPU found: training on CPU")
+        return {"accelerator": "cpu", "devices": 1}
+    return {}
+
+
+def concrete_precision(precision: str | int, on_cpu: bool) -> str | int:
+    """``precision: auto`` is bf16-mixed on GPUs that have bfloat16 (Ampere and newer), the seed's
+    16-mixed on older ones, and ``cpu_precision()`` on a CPU. On a CPU, float16 (the seed's
+    precision 16) also becomes ``cpu_precision()``; an explicit bf16 or 32 request is kept."""
+    if str(precision) == "auto":
+        if on_cpu:
+            chosen = cpu_precision()
+        elif torch.cuda.is_available():
+            # Native bf16 only (Ampere and newer): older GPUs emulate it, slower than float16.
+            chosen = "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+        else:  # Apple GPUs: float32, the setting every op there supports
+            chosen = "32-true"
+        log.info("precision auto: %s on this %s", chosen, "CPU" if on_cpu else "GPU")
+        return chosen
+    if on_cpu and str(precision) in FP16_PRECISIONS:
+        chosen = cpu_precision()
+        log.info("precision %s is a GPU setting; this CPU run uses %s instead", precision, chosen)
+        return chosen
+    return precision
+
+
+def sharded_arguments(cfg: dict[str, Any], model: nn.Module, on_cpu: bool) -> dict[str, Any]:
+    """``strategy: fsdp``: wgpt's FSDP2 strategy, after checking the precision fits it."""
+    check_sharded_precision(str(cfg["precision"]))
+    shards = device_count(cfg.get("devices", "auto"), on_cpu) * int(cfg.get("num_nodes", 1))
+    log.info(
+        "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over %d rank(s); ~%.1f GiB of weights, "
+        "gradients and AdamW state per rank (activations not counted)",
+        shards,
+        training_memory_gib(model, shards),
+    )
+    # Lightning validates under torch.inference_mode on NCCL (no_grad on gloo, so CPU runs never
+    # show it), and FSDP2 breaks when a forward under it comes first, as the sanity check's does
+    # ("Inference tensors do not track version counter"): no_grad, as Lightning's FSDP1 gets.
+    return {"strategy": fsdp_strategy(), "inference_mode": False}
 
 
 def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
