@@ -105,8 +105,9 @@ def data_dir(tmp_path_factory) -> Path:
     return path
 
 
-# The one gpt2-tiny run that several tests check (tests/test_train.py the run dir, test_progress.py
-# what it printed, test_eval.py, test_generate.py and test_crash_safety.py its checkpoint):
+# The one gpt2-tiny run that several tests check (tests/e2e/test_train_cli.py the run dir,
+# test_progress_runs.py what it printed, test_eval_cli.py, test_generate_cli.py and test_crash_safety.py
+# its checkpoint):
 # `python /path/to/train.py` started from another directory, progress bar on (in a pipe).
 GPT2_TINY_RUN = ["model=gpt2-tiny", *(o for o in FAST if o != "trainer.enable_progress_bar=false")]
 
@@ -126,8 +127,8 @@ def gpt2_tiny_run(tmp_path_factory, data_dir):
     return result, run_dir
 
 
-# The one -m sweep that several tests check (test_train.py its jobs, test_loggers.py the loggers,
-# test_plot.py the plots): two models, gradient accumulation, every logger installed (W&B offline).
+# The one -m sweep that several tests check (tests/e2e/test_train_cli.py its jobs, test_loggers_cli.py
+# the loggers, test_plot_cli.py the plots): two models, gradient accumulation, every logger installed (W&B offline).
 LOGGERS = ["csv", *(name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name))]
 SWEEP = [
     "-m", "model=gpt2-tiny,llama3-tiny", "trainer.accumulate_grad_batches=2", *FAST,
@@ -167,7 +168,11 @@ def sweep(tmp_path_factory, data_dir):
 # Modules whose tests are the longest (multi-process runs, several launches each): first in the
 # order, so that the tests left at the end, which an idle worker takes over from a busy one
 # (`--dist worksteal`), are short ones and no worker waits on a long tail.
-LONGEST_FIRST = ["test_ddp", "test_crash_safety", "test_fsdp", "test_sweep_resume", "test_search", "test_process", "test_add_model", "test_generate", "test_eval"]
+# Module names (tests/e2e/<name>.py; test files have unique names across tests/unit and tests/e2e).
+LONGEST_FIRST = [
+    "test_ddp_cli", "test_crash_safety", "test_fsdp_runs", "test_sweep_resume_cli", "test_search", "test_process",
+    "test_add_model", "test_generate_cli", "test_eval_cli",
+]  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,6 +23,7 @@ class Case:
     data: str = "shared"  # shared: the session's prepared bins; "corrupt", "mismatched": a damaged copy
     skip: str | None = None
     env: dict = field(default_factory=dict)
+    gpu: bool = False  # needs a CUDA GPU: marked gpu (and skipped without one)
 
 
 CPU_CORES = os.cpu_count() or 1
@@ -135,7 +136,7 @@ CASES = {
     ),
     "more GPUs than exist": Case(
         ["trainer.accelerator=gpu", f"trainer.devices={GPUS + 1}"], [f"trainer.devices={GPUS + 1}", f"{GPUS} GPU"],
-        skip=None if GPUS else "needs a CUDA GPU",
+        skip=None if GPUS else "needs a CUDA GPU", gpu=True,
     ),
     "more devices than exist": Case(
         ["trainer.accelerator=cpu", f"trainer.devices={CPU_CORES + 1}"], [f"trainer.devices={CPU_CORES + 1}", f"{CPU_CORES} CPU cores"]
@@ -169,7 +170,9 @@ def damaged_copy(data_dir: Path, kind: str, where: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[pytest.mark.gpu] if case.gpu else []) for name, case in CASES.items()]
+)
 def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(name, data_dir, tmp_path):
     """One case through `python train.py`, in a directory of its own."""
     case = CASES[name]

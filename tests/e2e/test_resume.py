@@ -1,4 +1,5 @@
-"""Exact mid-epoch resume of the data order through Lightning checkpoints (in-process fits)."""
+"""Exact mid-epoch resume of the data order through Lightning checkpoints (in-process fits, the
+data read by loader worker processes)."""
 
 import json
 
@@ -7,10 +8,17 @@ import pytest
 import torch
 
 from record_batches import RecordBatches
-from test_module import SEQ_LEN, data_dir, tiny_module  # noqa: F401  (data_dir is a fixture)
 from lightning.pytorch.callbacks import ModelCheckpoint
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset
+
+from helpers_fit import SEQ_LEN, tiny_module, toy_bins
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    """helpers_fit's toy bins, made once for this module."""
+    return toy_bins(tmp_path_factory.mktemp("toy"))
 
 
 class StopAt(L.Callback):
@@ -45,17 +53,17 @@ def batches(out):
 
 
 @pytest.mark.parametrize("stop_at", ["mid-epoch", "epoch boundary"])
-def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(data_dir, tmp_path, stop_at):  # noqa: F811
-    per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=data_dir)) // 8  # batches of 8, one rank
+def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(toy_dir, tmp_path, stop_at):
+    per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=toy_dir)) // 8  # batches of 8, one rank
     k = per_epoch // 2 if stop_at == "mid-epoch" else per_epoch
     n = per_epoch + k + 3  # ends inside a later epoch either way
 
-    fit(data_dir, tmp_path / "full", n)
-    fit(data_dir, tmp_path / "first", n, ckpt_every=k, stop_at=k)
+    fit(toy_dir, tmp_path / "full", n)
+    fit(toy_dir, tmp_path / "first", n, ckpt_every=k, stop_at=k)
     state = torch.load(tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt", weights_only=True)["loops"]["fit_loop"]
     (position,) = state["state_dict"]["combined_loader"]
     assert position == {"seed": 0, "epoch": 0, "steps": k, "batch_size": 8, "world_size": 1, "trainer_epoch": 0}
-    fit(data_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt")
+    fit(toy_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt")
 
     full, first, resumed = batches(tmp_path / "full"), batches(tmp_path / "first"), batches(tmp_path / "resumed")
     assert [b["step"] for b in resumed] == list(range(k, n))
@@ -63,22 +71,22 @@ def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(data_dir, tmp_pat
     assert resumed[0]["epoch"] == (0 if stop_at == "mid-epoch" else 1) and resumed[-1]["epoch"] >= 1
 
 
-def test_resuming_from_the_end_of_training_checkpoint_continues_the_data(data_dir, tmp_path):  # noqa: F811
+def test_resuming_from_the_end_of_training_checkpoint_continues_the_data(toy_dir, tmp_path):
     """`recent` rewritten when training stops early (Ctrl-C, a stop callback): Lightning counts
     that epoch as done, but the data must still go on exactly where it stopped."""
     from wgpt.core.callbacks import RecentCheckpoint
 
-    per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=data_dir)) // 8
+    per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=toy_dir)) // 8
     k, n = per_epoch // 2, 2 * per_epoch + 3
-    fit(data_dir, tmp_path / "full", n)
-    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=8, num_workers=0, data_dir=data_dir)
+    fit(toy_dir, tmp_path / "full", n)
+    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=8, num_workers=0, data_dir=toy_dir)
     first = L.Trainer(
         accelerator="cpu", max_steps=n, max_epochs=-1, logger=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False,
         callbacks=[RecordBatches(tmp_path / "first" / "batches"), RecentCheckpoint(tmp_path / "ckpt", 1000), StopAt(k)],
     )  # fmt: skip
     first.fit(tiny_module(), datamodule=dm)
-    fit(data_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "ckpt" / "recent.ckpt")
+    fit(toy_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "ckpt" / "recent.ckpt")
     windows = lambda runs: [b["windows"] for b in runs]  # noqa: E731
     full, resumed = batches(tmp_path / "full"), batches(tmp_path / "resumed")
     assert windows(batches(tmp_path / "first")) + windows(resumed) == windows(full)[: k + len(resumed)]

@@ -4,13 +4,21 @@ read waits for every queued kernel): only at logging steps and validations."""
 from collections import Counter
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from test_module import data_dir, datamodule, tiny_module  # noqa: F401  (data_dir is a fixture)
 from wgpt.core.callbacks import SpeedMonitor
 from wgpt.core.progress import ProgressBar
+
+from helpers_fit import datamodule, tiny_module, toy_bins
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    """helpers_fit's toy bins, made once for this module."""
+    return toy_bins(tmp_path_factory.mktemp("toy"))
 
 
 class ScalarReads(TorchDispatchMode):
@@ -42,7 +50,7 @@ def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
     return reads.calls["reads"]
 
 
-def test_scalar_reads_happen_per_logging_step_not_per_micro_batch(tmp_path, data_dir):  # noqa: F811
-    one, four = scalar_reads(tmp_path, data_dir, accumulate=1), scalar_reads(tmp_path, data_dir, accumulate=4)
+def test_scalar_reads_happen_per_logging_step_not_per_micro_batch(tmp_path, toy_dir):
+    one, four = scalar_reads(tmp_path, toy_dir, accumulate=1), scalar_reads(tmp_path, toy_dir, accumulate=4)
     assert one == four  # 12 or 48 micro-batches: the same reads, those of the 2 logging steps
     assert four < 24  # fewer than one per two of the 48 micro-batches

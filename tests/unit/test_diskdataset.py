@@ -1,17 +1,18 @@
+"""DiskDataset and its bins: written, windowed, shuffled, refused when unfinished or foreign.
+Loader worker processes reading it: tests/e2e/test_diskdataset_workers.py."""
+
 import copy
-import pickle
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path, generate_bin
 from wgpt.data.splits import get_splits
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
 
-DOCS = [{"text": f"Document number {i}. " + "All the world's a stage. " * (i % 7 + 1)} for i in range(60)]
+from helpers_diskdataset import DOCS, toy_bins
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +23,7 @@ def tok():
 @pytest.fixture
 def toy(tmp_path, tok):
     """A 'toy' dataset with all three splits, and its expected token stream."""
-    for split in ("train", "validation", "test"):
-        generate_bin("toy", split, DOCS, tok, data_dir=tmp_path, batch_size=7)
-    expected = np.concatenate([np.array(ids) for ids in tok.encode([d["text"] for d in DOCS], eos=True)])
-    return tmp_path, expected
+    return toy_bins(tmp_path, tok)
 
 
 def test_generate_bin_writes_documents_separated_by_eos(toy, tok):
@@ -86,19 +84,6 @@ def test_seeded_shuffle_is_a_reproducible_permutation(toy):
     assert windows(a) != unshuffled
     assert sorted(windows(a)) == sorted(unshuffled)
     assert a.order.dtype == np.int32  # compact index array
-
-
-def test_pickles_without_the_memmap_for_worker_processes(toy):
-    data_dir, expected = toy
-    ds = DiskDataset("toy", "train", 8, data_dir=data_dir)
-    ds[0]  # opens the file
-    assert ds._fd is not None
-    clone = pickle.loads(pickle.dumps(ds))
-    assert clone._fd is None
-    loader = DataLoader(ds, batch_size=4, num_workers=2)
-    xs = torch.cat([x for x, _ in loader])
-    assert xs.shape == (len(ds), 8)
-    np.testing.assert_array_equal(xs[3].numpy(), expected[12:20])
 
 
 def test_whole_bin_view_is_a_memmap(toy):

@@ -1,9 +1,7 @@
-"""The Evaluator and eval.py: loss, perplexity and top-k accuracy of a checkpoint."""
+"""The Evaluator: loss, perplexity, bits per byte and top-k accuracy, token-weighted, and the refusal of
+a model smaller than its tokenizer. eval.py on a real checkpoint: tests/e2e/test_eval_cli.py."""
 
-import csv
-import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -11,16 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, run_cli
-from test_crash_safety import Payload
+from conftest import ROOT
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
 from wgpt.tools.evaluate import Evaluator, evaluate_checkpoint, format_results
 from wgpt.models import GPT
-
-
-# The run validated on the CPU: eval.py there too (on a GPU it would score in bf16, a little apart).
-CPU = ["device=cpu"]
 
 
 class NextToken(nn.Module):
@@ -54,42 +47,6 @@ def test_loss_perplexity_and_top_k_are_token_weighted():
     assert table[1].split()[:2] == ["toy", "validation"] and table[1].split()[-1] == "8"
 
 
-@pytest.fixture
-def trained(gpt2_tiny_run, tmp_path):
-    """The recent.ckpt of a copy of conftest's gpt2-tiny run dir: eval.py writes its results beside it."""
-    _, run_dir = gpt2_tiny_run
-    copy = shutil.copytree(run_dir, tmp_path / "run")
-    return copy / "checkpoints" / "recent.ckpt"
-
-
-def test_eval_py_scores_the_runs_own_data_and_saves_json(trained, data_dir):
-    # The run validated on its first 4 batches of 4 windows: so does this, and the losses agree.
-    result = run_cli(
-        "eval.py", f"ckpt_path={trained}", "batch_size=4", "max_batches=4", f"paths.data_dir={data_dir}", *CPU
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    saved = json.loads((trained.parents[1] / "eval-recent.json").read_text())
-    checkpoint = torch.load(trained, weights_only=True)
-    best = checkpoint["best_metrics"]
-    validation = saved["results"]["shakespeare"]["validation"]
-    assert validation["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
-    # Bits per byte too: as the run logged them (metrics.csv, the checkpoint, summary.json), with
-    # the tokenizer the checkpoint records.
-    assert checkpoint["tokenizer"]["name"] == saved["tokenizer"]["name"] == "r50k"
-    with open(trained.parents[1] / "metrics.csv") as f:
-        logged = [float(row["val_bpb"]) for row in csv.DictReader(f) if row.get("val_bpb")]
-    summary = json.loads((trained.parents[1] / "summary.json").read_text())
-    assert validation["bpb"] == pytest.approx(best["val_bpb"], rel=1e-4) and best["step"] == 8
-    assert validation["bpb"] == pytest.approx(logged[-1], rel=1e-4)
-    assert summary["best_val_bpb"] == summary["final_val_bpb"] == best["val_bpb"]
-    # Not a per-token loss in other units: r50k spells ~4 bytes of Shakespeare per token.
-    assert 2.5 < validation["loss"] / math.log(2) / validation["bpb"] < 6
-    assert validation["tokens"] == 4 * 4 * 128 and 0 < validation["top1_acc"] <= validation["top5_acc"] < 1
-    assert set(saved["results"]["shakespeare"]) == {"validation", "test"} and saved["global_step"] == 8
-    assert "shakespeare  validation" in result.stdout and "eval-recent.json" in result.stdout
-    assert f"{validation['bpb']:.4f}" in result.stdout.split("shakespeare  validation")[1].splitlines()[0]
-
-
 def test_a_model_smaller_than_its_tokenizer_is_refused_before_scoring(tmp_path):
     # A checkpoint of a 64-token model without a tokenizer record (r50k, as older checkpoints).
     model = GPT(vocab_size=64, d_embed=8, n_layers=1, n_heads=1, max_seq_len=16)
@@ -104,23 +61,3 @@ def test_a_model_smaller_than_its_tokenizer_is_refused_before_scoring(tmp_path):
     (line,) = str(error.value).splitlines()
     assert "vocab_size=64 is smaller than its tokenizer r50k (50259 tokens)" in line
     assert not (tmp_path / "none").exists()
-
-
-def test_eval_py_takes_other_data_and_refuses_bad_input(trained, data_dir, tmp_path):
-    result = run_cli(
-        "eval.py", f"ckpt_path={trained}", "data=shakespeare", "splits=[test]", "max_batches=1",
-        f"paths.data_dir={data_dir}", *CPU,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert set(json.loads((trained.parents[1] / "eval-recent.json").read_text())["results"]["shakespeare"]) == {"test"}
-
-    bad = run_cli("eval.py", f"ckpt_path={trained}", "splits=[valid]")
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
-        "Error: splits=['valid'] names 'valid': use validation, test or train"
-    )
-    checkpoint = torch.load(trained, weights_only=True)
-    checkpoint["model_config"] = Payload(tmp_path / "ran")
-    torch.save(checkpoint, tmp_path / "evil.ckpt")
-    evil = run_cli("eval.py", f"ckpt_path={tmp_path / 'evil.ckpt'}")
-    assert evil.returncode == 1 and "holds more than tensors and plain containers" in evil.stderr
-    assert not (tmp_path / "ran").exists()

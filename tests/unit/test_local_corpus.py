@@ -1,6 +1,6 @@
 """A corpus of one file (or too few for the carve) is split inside its text, and a preparation that
-fails leaves nothing behind: the real `datasets` loading path, prepare.py's lock, train.py and
-process.py on the command line."""
+fails leaves nothing behind: the real `datasets` loading path and prepare.py's lock, in this process.
+train.py and process.py on the command line: tests/e2e/test_local_corpus_cli.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from wgpt.data.diskdataset import BinInfo, bin_path
 from wgpt.util.files import exclusive
 from wgpt.data.prepare import ensure_prepared
@@ -20,16 +19,7 @@ from wgpt.data.sources import local
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
 
-FAST = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
-    "data.num_workers=0", "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-]  # fmt: skip
-
-
-def play(lines: int = 400) -> str:
-    """Text of many lines of different lengths, with characters of 2 and 3 UTF-8 bytes."""
-    return "".join(f"Line {i}: {'é' * (i % 7)} what light through yonder window {'—' * (i % 3)} breaks {i * 7}\n" for i in range(lines))
+from helpers_local_corpus import play
 
 
 def split_texts(name: str, data_dir: Path) -> dict[str, str]:
@@ -115,32 +105,3 @@ def test_the_lock_is_held_by_one_preparer_at_a_time_though_each_removes_it(tmp_p
     for t in threads:
         t.join()
     assert most[0] == 1 and not lock.exists()
-
-
-def test_train_and_process_on_one_file(tmp_path):
-    (tmp_path / "one.txt").write_text(play(1500))
-    env = {"WGPT_DATA_DIR": str(tmp_path / "data"), "HF_DATASETS_CACHE": str(tmp_path / "hf")}
-    common = ["data=local", f"data.path={tmp_path / 'one.txt'}", f"paths.output_root={tmp_path / 'out'}"]
-    result = run_cli("train.py", *common, *FAST, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "out" / "gpt2-tiny").iterdir()
-    log = (run_dir / "train.log").read_text()
-    assert "its text is split inside instead, 5% of it each to validation and test" in log
-    assert "step 2 | val_loss" in log
-    bins = sorted(p.name for p in (tmp_path / "data" / "local" / "tokenized").iterdir())
-    assert bins == ["test.bin", "test.json", "train.bin", "train.json", "validation.bin", "validation.json"]
-
-    result = run_cli("process.py", *common, "force=true", env=env)  # the same bins again, by process.py
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "data" / "local" / "tokenized").iterdir()) == bins
-
-
-def test_process_refusing_a_corpus_leaves_no_run_dir_or_data_dir(tmp_path):
-    (tmp_path / "tiny.txt").write_text("One line.\nTwo lines.\n")
-    result = run_cli(
-        "process.py", "data=local", f"data.path={tmp_path / 'tiny.txt'}", f"paths.output_root={tmp_path / 'out'}",
-        env={"WGPT_DATA_DIR": str(tmp_path / "data"), "HF_DATASETS_CACHE": str(tmp_path / "hf")},
-    )  # fmt: skip
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: data.path={tmp_path / 'tiny.txt'} is too small to split")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()

@@ -1,5 +1,5 @@
 """The output layer's loss without whole-batch logits (wgpt.models.loss) equals the plain one,
-values and gradients, eager in chunks and compiled together with the model."""
+values and gradients, eager in chunks. Compiled with the model: tests/e2e/test_loss_compiled.py."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ import wgpt.models.loss as loss_module
 from wgpt.models import GPT, Llama
 from wgpt.models.loss import linear_cross_entropy, next_token_loss
 
-TINY = dict(vocab_size=320, d_embed=32, n_layers=2, n_heads=4, max_seq_len=16)
+from helpers_loss import TINY
 
 
 def reference(hidden, weight, targets, reduction):
@@ -86,25 +86,6 @@ def test_models_without_a_loss_method_get_cross_entropy_of_their_logits():
 
     model, x, y = Bigram(), torch.randint(0, 50, (2, 5)), torch.randint(0, 50, (2, 5))
     torch.testing.assert_close(next_token_loss(model, x, y, "sum"), F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum"))
-
-
-def test_compiled_loss_and_gradients_equal_eager():
-    """compile=true compiles model and loss as one graph: same loss and gradients as eager."""
-    torch.manual_seed(0)
-    model = GPT(**TINY)
-    x, y = torch.randint(0, 320, (2, 16)), torch.randint(0, 320, (2, 16))
-    compiled = torch.compile(next_token_loss, dynamic=False)
-    results = []
-    for fn in (next_token_loss, compiled):
-        model.zero_grad()
-        loss = fn(model, x, y)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
-    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
-    for got, want in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    assert [n for n, _ in model.named_parameters()][0] == "wte.weight"  # weights keep their names
 
 
 def largest_tensor_bytes(fn) -> int:

@@ -1,5 +1,6 @@
 """The configurable Transformer and its two presets: sizes, each architecture knob on every preset,
-mixed settings (training, causality, cached decoding), and knobs that cannot be built."""
+mixed settings (training, causality, cached decoding), and knobs that cannot be built. Knobs through
+train.py and a checkpoint: tests/e2e/test_models_cli.py."""
 
 import functools
 import inspect
@@ -13,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import FAST, ROOT, paths, run_cli
-from wgpt.interop.checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import ROOT
 from wgpt.util.errors import WgptError
 from wgpt.tools.generate import generate
 from wgpt.models import GPT, Llama, Transformer
@@ -22,7 +22,12 @@ from wgpt.models.rotary import apply_rotary, rotary_tables
 from wgpt.models.transformer import GatedMLP, ModelConfigError
 from wgpt.models import padded_vocab_size
 
+from helpers_models import override
+
+
 PRESETS = ["gpt2-tiny", "gpt2", "llama3-tiny", "llama3"]
+
+
 SMALL = dict(vocab_size=128, d_embed=32, n_layers=2, n_heads=4, max_seq_len=16)
 
 
@@ -136,13 +141,10 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
 # Every knob flipped from the preset's value.
 FLIP_GPT2 = dict(norm="rmsnorm", activation="silu", gated=True, pos="rotary", n_kv_heads=2, bias=False, dropout=0.1,
                  tie_embeddings=False, sdpa=False)  # fmt: skip
+
+
 FLIP_LLAMA = dict(norm="layernorm", activation="relu", gated=False, pos="learned", n_kv_heads=None, bias=True,
                   dropout=0.1, tie_embeddings=False, sdpa=False)  # fmt: skip
-
-
-def override(key: str, value) -> str:
-    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
-    return f"model.{key}={text}"
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -415,19 +417,3 @@ def test_bad_knobs_are_one_line_errors_before_any_weight_exists(knobs, message):
     assert str(e.value) == message
     assert isinstance(e.value, WgptError) and isinstance(e.value, ValueError)
     assert registered == []  # raised before the first parameter was made
-
-
-def test_knobs_from_the_command_line_train_and_round_trip_through_the_checkpoint(tmp_path, data_dir):
-    flips = dict(norm="rmsnorm", pos="rotary", n_kv_heads=1, gated=True, activation="silu")
-    knobs = [override(k, v) for k, v in flips.items()]
-    result = run_cli("train.py", "model=gpt2-tiny", *knobs, *FAST, "trainer.max_steps=2", *paths(tmp_path, data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (ckpt,) = (tmp_path / "outputs" / "gpt2-tiny").glob("*/checkpoints/recent.ckpt")
-    checkpoint = load_checkpoint(ckpt)
-    assert checkpoint["model_class"] == "wgpt.models.gpt.GPT"
-    model = model_from_checkpoint(checkpoint)
-    assert {key: model.config[key] for key in flips} == flips
-    assert isinstance(model.final_norm, nn.RMSNorm) and isinstance(model.blocks[0].mlp, GatedMLP)
-    assert model.blocks[0].attn.wkv.out_features == 2 * 1 * 16
-    prompts = [[464, 3290], [40]]
-    assert generate(model, prompts, 4, temperature=0.0) == generate(model, prompts, 4, temperature=0.0, use_cache=False)

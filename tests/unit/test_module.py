@@ -1,9 +1,8 @@
-"""ModelLightningWrapper and the checkpoint callbacks inside real Lightning fits (tiny model, CPU)."""
+"""ModelLightningWrapper and the checkpoint callbacks inside real Lightning fits (tiny model, CPU,
+in this process). The longer fits: tests/e2e/test_module_fits.py."""
 
 import math
-from functools import partial
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,32 +11,19 @@ from torch.utils.data import DataLoader
 from wgpt.core.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset, generate_bin
-from wgpt.data.pdbsampler import PDBSampler
 from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.tokenizers import tokenizer_from_record
 from wgpt.models import GPT
 from wgpt.lightning.module import ModelLightningWrapper
 
-SEQ_LEN = 16
-
-
-DOCS = [{"text": f"Line {i}: now is the winter of our discontent, made glorious summer. " * 3} for i in range(40)]
+from helpers_fit import DOCS, SEQ_LEN, datamodule, tiny_module, toy_bins, trainer
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("toy")
-    tok = Tokenizer()
-    for split in ("train", "validation", "test"):
-        generate_bin("toy", split, DOCS[: 40 if split == "train" else 7], tok, data_dir=path)
-    return path
-
-
-def tiny_module(vocab_size=50304, **kwargs):
-    torch.manual_seed(0)
-    model = GPT(vocab_size=vocab_size, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN)
-    return ModelLightningWrapper(model, learning_rate=1e-2, **kwargs)
+def toy_dir(tmp_path_factory):
+    """helpers_fit's toy bins, made once for this module."""
+    return toy_bins(tmp_path_factory.mktemp("toy"))
 
 
 def text_bytes(tokenizer, targets) -> int:
@@ -47,19 +33,9 @@ def text_bytes(tokenizer, targets) -> int:
     return len(tokenizer.decode([t for t in targets.tolist() if t not in specials]).encode("utf-8"))
 
 
-def datamodule(data_dir, batch_size=4):
-    return DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=batch_size, num_workers=0, data_dir=data_dir)
-
-
-def trainer(**kwargs):
-    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0, use_distributed_sampler=False, enable_checkpointing=False)  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
-
-
-def test_validation_loss_is_the_token_weighted_mean_over_all_windows(data_dir):
+def test_validation_loss_is_the_token_weighted_mean_over_all_windows(toy_dir):
     module = tiny_module()
-    validation = DiskDataset("toy", "validation", SEQ_LEN, data_dir=data_dir)
+    validation = DiskDataset("toy", "validation", SEQ_LEN, data_dir=toy_dir)
     assert len(validation) % 4 != 0  # an uneven last batch
     (metrics,) = trainer().validate(module, DataLoader(validation, batch_size=4), verbose=False)
     with torch.no_grad():
@@ -133,12 +109,12 @@ class ScriptedValidation(ModelLightningWrapper):
         return super().training_step((inputs % 64, targets % 64), batch_idx)
 
 
-def test_best_keeps_the_lowest_validation_and_recent_the_end(data_dir, tmp_path):
+def test_best_keeps_the_lowest_validation_and_recent_the_end(toy_dir, tmp_path):
     module = ScriptedValidation([3.0, 1.0, 2.0])
     callbacks = [RecentCheckpoint(tmp_path, every_n_train_steps=2), BestCheckpoint(tmp_path, "start"), ValidateAtEnd()]
     # Validations after steps 2, 4 and 5 (the end, between two scheduled ones).
     trainer(max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks,
-            enable_checkpointing=True).fit(module, datamodule=datamodule(data_dir))  # fmt: skip
+            enable_checkpointing=True).fit(module, datamodule=datamodule(toy_dir))  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-start.ckpt", "best-start.safetensors", "recent.ckpt"]
     best = torch.load(tmp_path / "best-start.ckpt", weights_only=True)
     recent = torch.load(tmp_path / "recent.ckpt", weights_only=True)
@@ -150,25 +126,11 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(data_dir, tmp_path)
     assert recent["model_config"] == module.model.config
 
 
-def test_step_budget_spanning_epochs_stops_on_the_step_and_validates(data_dir):
+def test_step_budget_spanning_epochs_stops_on_the_step_and_validates(toy_dir):
     module = tiny_module()
-    dm = datamodule(data_dir, batch_size=16)
+    dm = datamodule(toy_dir, batch_size=16)
     fit = trainer(max_steps=40, max_epochs=-1, val_check_interval=100, check_val_every_n_epoch=None, callbacks=[ValidateAtEnd()])
     fit.fit(module, datamodule=dm)
     assert fit.num_training_batches < 40  # more than one epoch was needed
     assert fit.global_step == 40 and fit.current_epoch >= 1
     assert module.best["step"] == 40 and math.isfinite(module.best["val_loss"])
-
-
-def test_each_epoch_draws_a_new_order(data_dir):
-    seen: dict[int, list] = {}
-
-    class Record(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.setdefault(trainer.current_epoch, []).append(batch[0][:, 0].tolist())
-
-    sampler = partial(PDBSampler, seed=3)
-    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=4, num_workers=0, data_dir=data_dir, sampler=sampler)
-    trainer(max_epochs=2, limit_val_batches=0, callbacks=[Record()]).fit(tiny_module(), datamodule=dm)
-    assert seen[0] != seen[1]
-    assert sorted(x for b in seen[0] for x in b) == sorted(x for b in seen[1] for x in b)  # same windows
