@@ -2,10 +2,10 @@ import csv
 import importlib.util
 import json
 import os
-import tempfile
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -33,11 +33,20 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"wgpt-test-c
 # A model small enough to take a few seconds, on the real data path, on the CPU (also on a GPU
 # machine: these runs check CPU facts, and a GPU would compile the model first).
 FAST = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
-    "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=4",
-    "trainer.log_every_n_steps=2", "callbacks.recent.every_n_train_steps=4", "trainer.enable_progress_bar=false",
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "optim.lr=1e-2",
+    "trainer.max_steps=8",
+    "trainer.val_every_n_steps=4",
+    "trainer.limit_val_batches=4",
+    "trainer.log_every_n_steps=2",
+    "callbacks.recent.every_n_train_steps=4",
+    "trainer.enable_progress_bar=false",
     "trainer.accelerator=cpu",
-]  # fmt: skip
+]
 
 
 def paths(tmp_path: Path, data_dir: Path) -> list[str]:
@@ -95,9 +104,10 @@ def load_result(path: Path) -> subprocess.CompletedProcess:
 def data_dir(tmp_path_factory) -> Path:
     """A data directory with the Shakespeare bins prepared once per worker (tests may snapshot it:
     no other worker's run touches it)."""
+    from functools import partial
+
     from wgpt.data.datamodule import DatasetLightningWrapper
     from wgpt.data.shakespeare import load_splits
-    from functools import partial
 
     path = tmp_path_factory.mktemp("data")
     load = partial(load_splits, validation_plays=["macbeth", "twelfth-night"], test_plays=["hamlet", "the-tempest"])
@@ -131,19 +141,26 @@ def gpt2_tiny_run(tmp_path_factory, data_dir):
 # the loggers, test_plot_cli.py the plots): two models, gradient accumulation, every logger installed (W&B offline).
 LOGGERS = ["csv", *(name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name))]
 SWEEP = [
-    "-m", "model=gpt2-tiny,llama3-tiny", "trainer.accumulate_grad_batches=2", *FAST,
-    f"logger=[{','.join(LOGGERS)}]", *(["logger.wandb.offline=true"] if "wandb" in LOGGERS else []),
-]  # fmt: skip
+    "-m",
+    "model=gpt2-tiny,llama3-tiny",
+    "trainer.accumulate_grad_batches=2",
+    *FAST,
+    f"logger=[{','.join(LOGGERS)}]",
+    *(["logger.wandb.offline=true"] if "wandb" in LOGGERS else []),
+]
 
 
 def offline_wandb_env(path: Path) -> dict:
     """W&B with no network and every file it writes under path, none in ~."""
     home = path / "wandb-home"
     return {
-        "WANDB_MODE": "offline", "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(home),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_DATA_DIR": str(home / "data"),
         "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="session")
@@ -170,9 +187,16 @@ def sweep(tmp_path_factory, data_dir):
 # (`--dist worksteal`), are short ones and no worker waits on a long tail.
 # Module names (tests/e2e/<name>.py; test files have unique names across tests/unit and tests/e2e).
 LONGEST_FIRST = [
-    "test_ddp_cli", "test_crash_safety", "test_fsdp_runs", "test_sweep_resume_cli", "test_search", "test_process",
-    "test_add_model", "test_generate_cli", "test_eval_cli",
-]  # fmt: skip
+    "test_ddp_cli",
+    "test_crash_safety",
+    "test_fsdp_runs",
+    "test_sweep_resume_cli",
+    "test_search",
+    "test_process",
+    "test_add_model",
+    "test_generate_cli",
+    "test_eval_cli",
+]
 
 
 def pytest_collection_modifyitems(config, items):

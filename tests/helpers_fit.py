@@ -33,10 +33,19 @@ def tiny_module(vocab_size=50304, **kwargs):
 
 
 def datamodule(data_dir, batch_size=4):
-    return DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=batch_size, num_workers=0, data_dir=data_dir)
+    return DatasetLightningWrapper(
+        {"toy": None}, seq_len=SEQ_LEN, batch_size=batch_size, num_workers=0, data_dir=data_dir
+    )
 
 
 def trainer(**kwargs):
-    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0, use_distributed_sampler=False, enable_checkpointing=False)  # fmt: skip
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        enable_checkpointing=False,
+    )
     return L.Trainer(**{**defaults, **kwargs})

@@ -25,6 +25,14 @@ def tiny(cls, vocab_size, **knobs):
 def save_checkpoint(model, path, tokenizer, step=7):
     """A checkpoint as training writes one (the weights, what rebuilds model and tokenizer)."""
     model_class = f"{type(model).__module__}.{type(model).__qualname__}"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "model_class": model_class,
-                "model_config": model.config, "tokenizer": tokenizer.record(), "global_step": step}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "model_class": model_class,
+            "model_config": model.config,
+            "tokenizer": tokenizer.record(),
+            "global_step": step,
+        },
+        path,
+    )
     return path

@@ -57,8 +57,12 @@ def fit(bar: ProgressBar, batches: int, ckpt_path=None, callbacks=(), **trainer_
     """A real fit of the tiny model over ``batches`` batches an epoch: (trainer, EpochEnds, module)."""
     ends, module = EpochEnds(), tiny_module()
     trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_model_summary=False, callbacks=[bar, ends, *callbacks],
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **trainer_args,
-    )  # fmt: skip
+        accelerator="cpu",
+        logger=False,
+        enable_model_summary=False,
+        callbacks=[bar, ends, *callbacks],
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        **trainer_args,
+    )
     trainer.fit(module, train_dataloaders=loader(batches), ckpt_path=ckpt_path)
     return trainer, ends, module

@@ -8,7 +8,9 @@ def fake_sweep(sweep_dir: Path, jobs: list[list[str]], task: list[str]) -> None:
     """A sweep dir as Hydra leaves it: multirun.yaml, and a job dir per job with its .hydra/."""
     sweep_dir.mkdir(parents=True)
     overrides = "".join(f"    - {o}\n" for o in task)
-    (sweep_dir / "multirun.yaml").write_text(f"hydra:\n  overrides:\n    hydra:\n    - hydra.mode=MULTIRUN\n    task:\n{overrides}")
+    (sweep_dir / "multirun.yaml").write_text(
+        f"hydra:\n  overrides:\n    hydra:\n    - hydra.mode=MULTIRUN\n    task:\n{overrides}"
+    )
     for num, job in enumerate(jobs):
         hydra_dir = sweep_dir / f"{num}-gpt2-tiny" / ".hydra"
         hydra_dir.mkdir(parents=True)

@@ -20,8 +20,14 @@ class RecordBatches(L.Callback):
             raise RuntimeError("rank 1 fails on purpose")
         # A window's first 8 tokens identify it: windows start at distinct offsets of real text.
         windows = [row[:8].tolist() for row in batch[0]]
-        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "windows": windows,
-                  "lr": lr, "seed": os.environ.get("PL_GLOBAL_SEED"), "world_size": trainer.world_size}  # fmt: skip
+        record = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "windows": windows,
+            "lr": lr,
+            "seed": os.environ.get("PL_GLOBAL_SEED"),
+            "world_size": trainer.world_size,
+        }
         with open(self.path / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -53,10 +53,17 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         config_file.write_text(CONFIG_SOURCE.format(module=module).lstrip())
 
         result = run_cli(
-            "train.py", f"model={module}", "trainer.max_steps=1", "trainer.val_every_n_steps=1",
-            "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-            "data.num_workers=0", "trainer.accelerator=cpu", *paths(tmp_path, data_dir),
-        )  # fmt: skip
+            "train.py",
+            f"model={module}",
+            "trainer.max_steps=1",
+            "trainer.val_every_n_steps=1",
+            "trainer.limit_val_batches=2",
+            "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false",
+            "data.num_workers=0",
+            "trainer.accelerator=cpu",
+            *paths(tmp_path, data_dir),
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         (run_dir,) = (tmp_path / "outputs" / module).iterdir()
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -70,7 +77,12 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         assert set(checkpoint["state_dict"]) == {"model.embed.weight", "model.lm_head.weight", "model.lm_head.bias"}
 
         scored = run_cli(
-            "eval.py", f"ckpt_path={ckpt}", "max_batches=2", "splits=[validation]", f"paths.data_dir={data_dir}", "device=cpu"
+            "eval.py",
+            f"ckpt_path={ckpt}",
+            "max_batches=2",
+            "splits=[validation]",
+            f"paths.data_dir={data_dir}",
+            "device=cpu",
         )
         assert scored.returncode == 0, scored.stderr[-3000:]
         saved = json.loads((run_dir / "eval-recent.json").read_text())
@@ -83,11 +95,21 @@ def test_a_new_model_file_and_yaml_train_evaluate_and_generate(tmp_path, data_di
         assert sampled.stdout.startswith("To be") and re.search(r"generated \d+ tokens .*kv_cache=off", sampled.stderr)
 
         # Muon needs 2-D hidden weights: this model has only an embedding and an output layer.
-        refused = run_cli("train.py", f"model={module}", "optim=muon", "trainer.accelerator=cpu", f"paths.output_root={tmp_path / 'muon'}",
-                          f"paths.data_dir={data_dir}")  # fmt: skip
+        refused = run_cli(
+            "train.py",
+            f"model={module}",
+            "optim=muon",
+            "trainer.accelerator=cpu",
+            f"paths.output_root={tmp_path / 'muon'}",
+            f"paths.data_dir={data_dir}",
+        )
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
-        assert refused.stderr.strip().splitlines()[-1].startswith(
-            "Error: optim.param_groups.hidden_matrices matches no parameter of this model (kinds ['hidden_matrix']"
+        assert (
+            refused.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                "Error: optim.param_groups.hidden_matrices matches no parameter of this model (kinds ['hidden_matrix']"
+            )
         )
         assert not any((tmp_path / "muon").rglob("*.*"))  # nothing written
     finally:

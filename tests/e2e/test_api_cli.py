@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import wgpt
-from conftest import ROOT
 from wgpt.interop.checkpoint import load_checkpoint, model_from_checkpoint, write_weights_beside
 from wgpt.util.errors import WgptError
+
+from conftest import ROOT
 
 
 def test_importing_wgpt_stays_cheap():
@@ -22,7 +23,7 @@ def test_importing_wgpt_stays_cheap():
     assert result.stdout.strip() == "[]"
     assert wgpt.__all__ == ["load_config", "load_model_from_config", "load_run"]
     with pytest.raises(AttributeError, match="no attribute 'load_modle'"):
-        wgpt.load_modle
+        wgpt.load_modle  # noqa: B018  (the attribute access is the test)
 
 
 def test_load_run_gives_model_tokenizer_and_config_of_a_run(gpt2_tiny_run, tmp_path):

@@ -16,6 +16,7 @@ import shutil
 import pytest
 import torch
 import yaml
+
 from conftest import ROOT, paths, run_cli
 
 FIXTURE = ROOT / "tests" / "fixtures" / "compat-run"
@@ -38,8 +39,12 @@ def run(tmp_path):
 
 def test_train_py_resumes_the_fixture_to_a_larger_budget(run, tmp_path):
     ckpt = run / "checkpoints" / "recent.ckpt"
-    result = run_cli("train.py", f"ckpt_path={ckpt}", *fixture_overrides(**{"trainer.max_steps": "12"}),
-                     *paths(tmp_path, tmp_path / "data"))  # fmt: skip
+    result = run_cli(
+        "train.py",
+        f"ckpt_path={ckpt}",
+        *fixture_overrides(**{"trainer.max_steps": "12"}),
+        *paths(tmp_path, tmp_path / "data"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (new_run,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()  # a resumed run gets a new dir
     summary = json.loads((new_run / "summary.json").read_text())
@@ -75,8 +80,9 @@ def test_generate_py_continues_a_prompt_greedily_as_the_model_does(run):
     import wgpt
 
     ckpt, prompt = run / "checkpoints" / "recent.ckpt", "ROMEO:"
-    result = run_cli("generate.py", f"ckpt_path={ckpt}", f"prompt={prompt}", "max_new_tokens=5", "temperature=0",
-                     "device=cpu")  # fmt: skip
+    result = run_cli(
+        "generate.py", f"ckpt_path={ckpt}", f"prompt={prompt}", "max_new_tokens=5", "temperature=0", "device=cpu"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     model, tokenizer, _ = wgpt.load_run(ckpt)

@@ -11,10 +11,17 @@ import pytest
 from conftest import ROOT, paths, run_cli
 
 TINY = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
-    "trainer.accelerator=cpu", "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_steps=4",
+    "trainer.val_every_n_steps=2",
+    "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false",
-]  # fmt: skip
+]
 # Epochs of 2 batches, shorter than the logging interval: Lightning warns about it (a useful warning, kept).
 WARNS = ["+trainer.limit_train_batches=2", "trainer.log_every_n_steps=50"]
 LOG_LINE = re.compile(r"^\[[\d\- :,]+\](\[rank \d+\])?\[(?P<name>[\w.]+)\]\[(?P<level>[A-Z]+)\] - (?P<message>.*)$")
@@ -23,7 +30,11 @@ STARTUP = ["GPU available: ", "TPU available: "]  # Lightning's, in every run
 
 def lightning_lines(log: str) -> list[str]:
     """train.log's lines from Lightning's loggers (and Python warnings, Lightning's among them)."""
-    return [line for line in log.splitlines() if (m := LOG_LINE.match(line)) and m["name"].startswith(("lightning", "py.warnings"))]
+    return [
+        line
+        for line in log.splitlines()
+        if (m := LOG_LINE.match(line)) and m["name"].startswith(("lightning", "py.warnings"))
+    ]
 
 
 def console(result) -> list[str]:
@@ -63,7 +74,9 @@ def test_lightning_messages_print_once_in_the_log_format_and_stay_in_train_log(s
     assert "Trainable params" not in result.stdout and "model summary" not in log
     assert "Model gpt2-tiny: " in log and " parameters (" in log
     tree = ("config", "├", "│", "└", " ")  # the config tree, the only lines outside the log format
-    assert not [p for p in console(result) if p and not LOG_LINE.match(p) and not p.startswith(tree)], "\n".join(console(result))
+    assert not [p for p in console(result) if p and not LOG_LINE.match(p) and not p.startswith(tree)], "\n".join(
+        console(result)
+    )
     assert result.stderr.strip() == "", result.stderr  # everything went through logging, to stdout
 
 
@@ -72,7 +85,9 @@ def test_warnings_go_through_the_log_format_into_train_log(single_run):
     (warning,) = [line for line in lightning_lines((run_dir / "train.log").read_text()) if "logging interval" in line]
     assert "][py.warnings][WARNING] - " in warning and "Set a lower value for log_every_n_steps" in warning
     assert console(result).count(warning) == 1
-    assert "LeafSpec" not in result.stdout + result.stderr  # Lightning's use of a deprecated torch API: not the user's to fix
+    assert (
+        "LeafSpec" not in result.stdout + result.stderr
+    )  # Lightning's use of a deprecated torch API: not the user's to fix
 
 
 def test_no_warning_that_the_run_dir_is_not_empty(single_run):
@@ -96,9 +111,14 @@ def test_each_sweep_job_prints_lightning_messages_once(tmp_path, data_dir):
 
 def test_ddp_ranks_print_lightning_messages_once_tagged_by_rank(tmp_path, data_dir):
     result = run_cli(
-        "train.py", *TINY, "trainer.max_steps=2", "trainer.devices=2", "trainer.strategy=ddp", *paths(tmp_path, data_dir),
+        "train.py",
+        *TINY,
+        "trainer.max_steps=2",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        *paths(tmp_path, data_dir),
         timeout=600,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
     lines = lightning_lines((run_dir / "train.log").read_text())
@@ -123,7 +143,9 @@ def test_hydra_verbose_still_prints_lightning_messages_once(tmp_path, data_dir):
 @pytest.mark.parametrize("option", ["disabled", "none", "stdout"])
 def test_other_job_logging_options_compose_and_train(option, tmp_path, data_dir):
     """hydra/job_logging options other than the default replace what conf/train.yaml extends."""
-    result = run_cli("train.py", *TINY, "trainer.max_steps=2", f"hydra/job_logging={option}", *paths(tmp_path, data_dir))
+    result = run_cli(
+        "train.py", *TINY, "trainer.max_steps=2", f"hydra/job_logging={option}", *paths(tmp_path, data_dir)
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
     assert '"status": "completed"' in (run_dir / "summary.json").read_text()

@@ -16,10 +16,19 @@ import torch
 from conftest import ROOT, run_cli
 
 TINY = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.dropout=0.1", "data.batch_size=4",
-    "data.num_workers=2", "trainer.max_steps=12", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4", "trainer.accelerator=cpu",
-]  # fmt: skip
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.dropout=0.1",
+    "data.batch_size=4",
+    "data.num_workers=2",
+    "trainer.max_steps=12",
+    "trainer.val_every_n_steps=4",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "callbacks.recent.every_n_train_steps=4",
+    "trainer.accelerator=cpu",
+]
 TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
 
 
@@ -45,10 +54,21 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     # open (and the test waiting) until they notice, seconds later.
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.run(
-            [sys.executable, "train.py", *TINY, *paths(out, data_dir), "+callbacks.kill._target_=record_batches.KillAt",
-             "+callbacks.kill.step=6", "start_datetime=2020-01-01_00-00-00"],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH}, stdout=log, stderr=log, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "train.py",
+                *TINY,
+                *paths(out, data_dir),
+                "+callbacks.kill._target_=record_batches.KillAt",
+                "+callbacks.kill.step=6",
+                "start_datetime=2020-01-01_00-00-00",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH},
+            stdout=log,
+            stderr=log,
+            timeout=300,
+        )
     assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
     assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4
@@ -75,12 +95,23 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
 def test_ctrl_c_or_sigterm_saves_recent_before_exiting(tmp_path, data_dir, stop):
     args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
     process = subprocess.Popen(
-        [sys.executable, "train.py", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1",
-         "callbacks.recent.every_n_train_steps=100000", *paths(tmp_path, data_dir)],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            "trainer.max_steps=100000",
+            "trainer.log_every_n_steps=1",
+            "callbacks.recent.every_n_train_steps=100000",
+            *paths(tmp_path, data_dir),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         # As from a terminal: a shell's background job (`pytest &`) would start it with Ctrl-C ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 240
         for line in process.stdout:
@@ -147,7 +178,9 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path, data
     result = run_cli("train.py", *TINY, f"ckpt_path={evil}", *paths(tmp_path / "out2", data_dir))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"Error: ckpt_path={evil} holds more than tensors and plain containers") and "refused" in last
+    assert (
+        last.startswith(f"Error: ckpt_path={evil} holds more than tensors and plain containers") and "refused" in last
+    )
     assert not marker.exists()
     assert not list((tmp_path / "out2").glob("*/*/checkpoints"))  # stopped before any training
 

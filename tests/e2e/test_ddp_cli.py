@@ -2,8 +2,8 @@
 
 import csv
 import json
-import re
 import random
+import re
 import socket
 import time
 from collections import defaultdict
@@ -11,13 +11,20 @@ from pathlib import Path
 
 from conftest import ROOT, run_cli
 
-
 # A model that takes seconds, two ranks on CPU, ranks recording what they train on.
 TINY = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "data.batch_size=4", "data.num_workers=0",
-    "trainer.accelerator=cpu", "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "+callbacks.record._target_=record_batches.RecordBatches",
-]  # fmt: skip
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_steps=4",
+    "trainer.val_every_n_steps=2",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "+callbacks.record._target_=record_batches.RecordBatches",
+]
 
 
 RECORD_ENV = {"PYTHONPATH": str(ROOT / "tests")}
@@ -48,15 +55,32 @@ def test_ddp_ranks_see_disjoint_windows_and_the_same_steps(tmp_path):
     corpus(tmp_path / "beta", "beta", n=10)
     source = "{_target_:wgpt.data.sources.local,_partial_:true,path:%s,carve:{validation:1,test:1}}"
     result = run_cli(
-        "train.py", "data=local", f"data.path={tmp_path / 'alpha'}", "~data.datasets.local",
-        f"+data.datasets.alpha={source % (tmp_path / 'alpha')}", f"+data.datasets.beta={source % (tmp_path / 'beta')}",
-        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=2",
-        "trainer.max_steps=-1", "trainer.val_every_n_steps=50", "trainer.enable_progress_bar=false",
-        "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
-        "data.num_workers=0", f"paths.data_dir={tmp_path / 'data'}", f"paths.output_root={tmp_path / 'out'}",
-        "+callbacks.record._target_=record_batches.RecordBatches", f"+callbacks.record.path={tmp_path / 'seen'}",
-        env={"PYTHONPATH": str(ROOT / "tests"), "HF_DATASETS_CACHE": str(tmp_path / "hf")}, timeout=600,
-    )  # fmt: skip
+        "train.py",
+        "data=local",
+        f"data.path={tmp_path / 'alpha'}",
+        "~data.datasets.local",
+        f"+data.datasets.alpha={source % (tmp_path / 'alpha')}",
+        f"+data.datasets.beta={source % (tmp_path / 'beta')}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "trainer.val_every_n_steps=50",
+        "trainer.enable_progress_bar=false",
+        "model.d_embed=32",
+        "model.n_layers=1",
+        "model.n_heads=2",
+        "model.max_seq_len=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_root={tmp_path / 'out'}",
+        "+callbacks.record._target_=record_batches.RecordBatches",
+        f"+callbacks.record.path={tmp_path / 'seen'}",
+        env={"PYTHONPATH": str(ROOT / "tests"), "HF_DATASETS_CACHE": str(tmp_path / "hf")},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     seen = {r: [json.loads(line) for line in open(tmp_path / "seen" / f"rank{r}.jsonl")] for r in (0, 1)}
     assert [b["step"] for b in seen[0]] == [b["step"] for b in seen[1]]  # same number of steps, in step
@@ -100,30 +124,48 @@ def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
     """-m over 2 learning rates, each job 2 ranks: job 1's rank 1 crashes, the sweep still ends with its table."""
     started = time.monotonic()
     result = run_cli(
-        "train.py", "-m", "optim.lr=0.01,0.03", "trainer.devices=2", "trainer.strategy=ddp", *TINY,
-        "+callbacks.record.path=${paths.output_dir}/seen", "+callbacks.record.fail_on_rank_1_at_lr=0.03",
-        f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}", env=RECORD_ENV, timeout=600,
-    )  # fmt: skip
+        "train.py",
+        "-m",
+        "optim.lr=0.01,0.03",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        *TINY,
+        "+callbacks.record.path=${paths.output_dir}/seen",
+        "+callbacks.record.fail_on_rank_1_at_lr=0.03",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_root={tmp_path / 'out'}",
+        env=RECORD_ENV,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stderr[-3000:]  # Hydra ends a sweep with a failed job in failure
     assert time.monotonic() - started < 300, "a failed job must not hang the sweep"
     assert "Error: this job's DDP launch failed (" in result.stderr  # one line, no traceback
 
     (sweep_dir,) = (tmp_path / "out" / "multirun").iterdir()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["multirun"]  # no run dirs outside the sweep
-    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0-gpt2-tiny", "1-gpt2-tiny", "multirun.yaml", "summary.csv"]  # fmt: skip
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0-gpt2-tiny", "1-gpt2-tiny", "multirun.yaml", "summary.csv"]
     for job, lr in [(0, 0.01)]:
         job_dir = sweep_dir / f"{job}-gpt2-tiny"
         log = one_log_and_config(job_dir)
         assert "][rank 1][" in log
         ranks = seen(job_dir / "seen")
         assert sorted(ranks) == [0, 1]
-        assert all(r["lr"] == lr and r["world_size"] == 2 and r["seed"] == "1337" for rank in ranks.values() for r in rank)
+        assert all(
+            r["lr"] == lr and r["world_size"] == 2 and r["seed"] == "1337" for rank in ranks.values() for r in rank
+        )
         assert f"optim.lr={lr}" in (job_dir / ".hydra" / "overrides.yaml").read_text()
-        assert {p.name for p in (job_dir / "checkpoints").iterdir()} == {"recent.ckpt", f"best-{sweep_dir.name}.ckpt", f"best-{sweep_dir.name}.safetensors"}
+        assert {p.name for p in (job_dir / "checkpoints").iterdir()} == {
+            "recent.ckpt",
+            f"best-{sweep_dir.name}.ckpt",
+            f"best-{sweep_dir.name}.safetensors",
+        }
 
     with open(sweep_dir / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("0", "0.01", "completed"), ("1", "0.03", "failed")]  # fmt: skip
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
+        ("0", "0.01", "completed"),
+        ("1", "0.03", "failed"),
+    ]
     assert all(float(r["best_val_loss"]) <= float(r["final_val_loss"]) < 11 for r in rows[:1])
     assert "rank 1 fails on purpose" in (sweep_dir / "1-gpt2-tiny" / "train.log").read_text()
     assert "Sweep summary" in result.stdout and "failed" in result.stdout
@@ -131,10 +173,18 @@ def test_sweep_jobs_are_ddp_launches_of_their_own(tmp_path, data_dir):
 
 def test_torchrun_gives_one_run_dir(tmp_path, data_dir):
     result = run_cli(
-        "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py", *TINY,
-        f"+callbacks.record.path={tmp_path / 'seen'}", f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}",
-        env=RECORD_ENV, timeout=600,
-    )  # fmt: skip
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "train.py",
+        *TINY,
+        f"+callbacks.record.path={tmp_path / 'seen'}",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_root={tmp_path / 'out'}",
+        env=RECORD_ENV,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "out" / "gpt2-tiny").iterdir()
     log = one_log_and_config(run_dir)
@@ -148,9 +198,16 @@ def test_a_sweep_through_submitit_runs_its_jobs_in_submitits_processes(tmp_path,
     """hydra/launcher=submitit_local: the code path of conf/hydra/launcher/slurm.yaml (jobs
     unpickled in fresh processes), on this machine."""
     result = run_cli(
-        "train.py", "-m", "hydra/launcher=submitit_local", "optim.lr=0.01", *TINY, "~callbacks.record",
-        f"paths.data_dir={data_dir}", f"paths.output_root={tmp_path / 'out'}", timeout=600,
-    )  # fmt: skip
+        "train.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "optim.lr=0.01",
+        *TINY,
+        "~callbacks.record",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_root={tmp_path / 'out'}",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "out" / "multirun").iterdir()
     assert (sweep_dir / ".submitit").is_dir() and (sweep_dir / "0-gpt2-tiny" / "checkpoints" / "recent.ckpt").exists()

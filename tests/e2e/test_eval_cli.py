@@ -8,10 +8,9 @@ import shutil
 
 import pytest
 import torch
-
-from conftest import run_cli
 from test_crash_safety import Payload
 
+from conftest import run_cli
 
 # The run validated on the CPU: eval.py there too (on a GPU it would score in bf16, a little apart).
 CPU = ["device=cpu"]
@@ -55,9 +54,14 @@ def test_eval_py_scores_the_runs_own_data_and_saves_json(trained, data_dir):
 
 def test_eval_py_takes_other_data_and_refuses_bad_input(trained, data_dir, tmp_path):
     result = run_cli(
-        "eval.py", f"ckpt_path={trained}", "data=shakespeare", "splits=[test]", "max_batches=1",
-        f"paths.data_dir={data_dir}", *CPU,
-    )  # fmt: skip
+        "eval.py",
+        f"ckpt_path={trained}",
+        "data=shakespeare",
+        "splits=[test]",
+        "max_batches=1",
+        f"paths.data_dir={data_dir}",
+        *CPU,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert set(json.loads((trained.parents[1] / "eval-recent.json").read_text())["results"]["shakespeare"]) == {"test"}
 

@@ -11,37 +11,60 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
 from wgpt.optim.scheduler import warmup_cosine
 
+from conftest import ROOT, run_cli
 
 TINY = [  # tests of CPU behaviour: pinned to the CPU, also on a GPU machine
-    "trainer.accelerator=cpu", "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
-    "data.num_workers=0", "optim.lr=1e-2", "trainer.max_steps=8", "trainer.val_every_n_steps=8",
-    "trainer.limit_val_batches=4", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "optim.lr=1e-2",
+    "trainer.max_steps=8",
+    "trainer.val_every_n_steps=8",
+    "trainer.limit_val_batches=4",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
     "+callbacks.probe._target_=probes.FastPathProbe",
-]  # fmt: skip
+]
 
 
 FAST = [  # every switch on, clipping tight enough to act
-    "+optim.fused=true", "trainer.gradient_clip_val=0.05", "model.sdpa=true",
-    "trainer.accumulate_grad_batches=2", "optim/scheduler=warmup_cosine", "optim.scheduler.warmup_steps=3",
+    "+optim.fused=true",
+    "trainer.gradient_clip_val=0.05",
+    "model.sdpa=true",
+    "trainer.accumulate_grad_batches=2",
+    "optim/scheduler=warmup_cosine",
+    "optim.scheduler.warmup_steps=3",
     "trainer.precision=bf16-mixed",
-]  # fmt: skip
+]
 
 
 PLAIN = [  # every switch off
-    "+optim.fused=false", "~optim.param_groups.vectors", "trainer.gradient_clip_val=null", "model.sdpa=false",
-    "trainer.accumulate_grad_batches=1", "trainer.precision=32-true",
-]  # fmt: skip
+    "+optim.fused=false",
+    "~optim.param_groups.vectors",
+    "trainer.gradient_clip_val=null",
+    "model.sdpa=false",
+    "trainer.accumulate_grad_batches=1",
+    "trainer.precision=32-true",
+]
 
 
 def train(tmp_path, data_dir, *overrides):
     out = tmp_path / "outputs"
     result = run_cli(
-        "train.py", *TINY, *overrides, f"paths.output_root={out}", f"paths.data_dir={data_dir}",
-        f"+callbacks.probe.path={tmp_path / 'probe.json'}", env={"PYTHONPATH": str(ROOT / "tests")},
-    )  # fmt: skip
+        "train.py",
+        *TINY,
+        *overrides,
+        f"paths.output_root={out}",
+        f"paths.data_dir={data_dir}",
+        f"+callbacks.probe.path={tmp_path / 'probe.json'}",
+        env={"PYTHONPATH": str(ROOT / "tests")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (out / "gpt2-tiny").iterdir()
     with open(run_dir / "metrics.csv") as f:

@@ -16,14 +16,24 @@ import torch
 
 from conftest import ROOT, run_cli
 
-
 # Two blocks (FSDP shards each), dropout on (activation checkpointing must replay its masks).
 TINY = [
-    "model.d_embed=32", "model.n_layers=2", "model.n_heads=2", "model.dropout=0.1", "data.batch_size=4",
-    "data.num_workers=0", "trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "callbacks.recent.every_n_train_steps=4", "trainer.accelerator=cpu",
-    "trainer.devices=2", "trainer.strategy=fsdp", "trainer.activation_checkpointing=true",
-]  # fmt: skip
+    "model.d_embed=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.dropout=0.1",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=8",
+    "trainer.val_every_n_steps=4",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "callbacks.recent.every_n_train_steps=4",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy=fsdp",
+    "trainer.activation_checkpointing=true",
+]
 
 
 TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
@@ -50,10 +60,21 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     out = tmp_path / "crash"
     with open(tmp_path / "killed.log", "w") as output:  # not pipes: orphaned ranks would hold them open
         killed = subprocess.run(
-            [sys.executable, "train.py", *TINY, *paths(out, data_dir), "+callbacks.kill._target_=record_batches.KillAt",
-             "+callbacks.kill.step=6", "start_datetime=2020-01-01_00-00-01"],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH}, stdout=output, stderr=output, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "train.py",
+                *TINY,
+                *paths(out, data_dir),
+                "+callbacks.kill._target_=record_batches.KillAt",
+                "+callbacks.kill.step=6",
+                "start_datetime=2020-01-01_00-00-01",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH},
+            stdout=output,
+            stderr=output,
+            timeout=300,
+        )
     assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-01" / "checkpoints" / "recent.ckpt"
     assert torch.load(first, weights_only=True)["global_step"] == 4
@@ -91,7 +112,10 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     assert evaluated.returncode == 0 and "shakespeare" in evaluated.stdout, evaluated.stderr[-3000:]
     generated = run_cli("generate.py", f"ckpt_path={ckpt}", "prompt=ROMEO:", "max_new_tokens=5")
     assert generated.returncode == 0 and generated.stdout.strip().startswith("ROMEO:"), generated.stderr[-3000:]
-    ddp = [a for a in TINY if not a.startswith(("trainer.strategy", "trainer.max_steps"))] + ["trainer.strategy=ddp", "trainer.max_steps=10"]
+    ddp = [a for a in TINY if not a.startswith(("trainer.strategy", "trainer.max_steps"))] + [
+        "trainer.strategy=ddp",
+        "trainer.max_steps=10",
+    ]
     continued = run_cli("train.py", *ddp, f"ckpt_path={ckpt}", *paths(tmp_path / "ddp", data_dir))
     assert continued.returncode == 0, continued.stderr[-3000:]
     assert f"Resuming from {ckpt} (step 8)" in continued.stderr + continued.stdout
@@ -100,11 +124,22 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
 def test_ctrl_c_stops_every_sharded_rank_at_one_step_and_saves_recent(tmp_path, data_dir):
     args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
     process = subprocess.Popen(
-        [sys.executable, "train.py", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1",
-         "callbacks.recent.every_n_train_steps=100000", *paths(tmp_path, data_dir)],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            "trainer.max_steps=100000",
+            "trainer.log_every_n_steps=1",
+            "callbacks.recent.every_n_train_steps=100000",
+            *paths(tmp_path, data_dir),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 240
         for line in process.stdout:
@@ -162,8 +197,14 @@ def test_compiled_sharded_blocks_are_whole_graphs_that_match_eager(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["trainer.strategy=fsdp", "optim=muon"], "torch.optim.Muon orthogonalizes whole weight matrices, which trainer.strategy=fsdp splits"),
-        (["trainer.strategy=fsdp", "trainer.precision=64-true"], "trainer.precision=64-true is not supported with trainer.strategy=fsdp"),
+        (
+            ["trainer.strategy=fsdp", "optim=muon"],
+            "torch.optim.Muon orthogonalizes whole weight matrices, which trainer.strategy=fsdp splits",
+        ),
+        (
+            ["trainer.strategy=fsdp", "trainer.precision=64-true"],
+            "trainer.precision=64-true is not supported with trainer.strategy=fsdp",
+        ),
         (["trainer.activation_checkpointing=yes"], "trainer.activation_checkpointing=yes is not true or false"),
     ],
     ids=["muon", "precision", "not-a-bool"],

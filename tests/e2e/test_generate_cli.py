@@ -1,7 +1,6 @@
 """generate.py end to end: sampling from conftest's gpt2-tiny checkpoint, and its one-line errors.
 Decoding and sampling themselves: tests/unit/test_generate.py."""
 
-
 from conftest import ROOT, run_cli
 
 
@@ -14,7 +13,11 @@ def test_generate_py_samples_from_a_trained_checkpoint_and_writes_nothing(gpt2_t
     # On the CPU, in float32: cached and uncached decoding then agree to the token (a GPU's
     # kernels need not round the same way for both).
     args = [
-        str(ROOT / "generate.py"), f"ckpt_path={ckpt}", "prompt=[To be,Once upon a time]", "max_new_tokens=8", "device=cpu"
+        str(ROOT / "generate.py"),
+        f"ckpt_path={ckpt}",
+        "prompt=[To be,Once upon a time]",
+        "max_new_tokens=8",
+        "device=cpu",
     ]
 
     result = run_cli(*args, cwd=cwd)
@@ -35,9 +38,12 @@ def test_generate_py_errors_are_one_line(tmp_path):
     result = run_cli("generate.py", f"ckpt_path={missing}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"Error: ckpt_path={missing} does not exist: give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)"
+        f"Error: ckpt_path={missing} does not exist: "
+        "give the path of a .ckpt file (runs keep them in <run dir>/checkpoints/)"
     ]
     # Settings are checked before the checkpoint is read.
     result = run_cli("generate.py", f"ckpt_path={missing}", "temperature=-1")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["Error: temperature=-1 is out of range: give a number >= 0 (0 is greedy)"]
+    assert result.stderr.strip().splitlines() == [
+        "Error: temperature=-1 is out of range: give a number >= 0 (0 is greedy)"
+    ]

@@ -7,15 +7,14 @@ import shutil
 import pytest
 import torch
 
-from conftest import FAST, ROOT, paths, read_metrics, run_cli
-from wgpt.interop.sources import load_model_source
 from wgpt.data.tokenizer import R50k
-from wgpt.tools.generate import generate
 from wgpt.interop.hf.reading import model_from_hf_dir
+from wgpt.interop.sources import load_model_source
 from wgpt.models import GPT
+from wgpt.tools.generate import generate
 
+from conftest import FAST, ROOT, paths, read_metrics, run_cli
 from helpers_hf import bpe300, save_checkpoint, tiny
-
 
 transformers = pytest.importorskip("transformers")  # the dev extra installs it
 
@@ -69,8 +68,12 @@ def test_transformers_generate_continues_a_prompt_as_generate_py_does(exported, 
     assert ids == R50k().load().encode(prompt)  # the exported tokenizer gives wgpt's ids
     model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
-        output = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()  # fmt: skip
+        output = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=16,
+            do_sample=False,
+        )[0, len(ids) :].tolist()
     new = output[: output.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in output else output
     assert len(new) > 0 and text == prompt + tokenizer.decode(new)
     loaded = load_model_source(best)
@@ -97,7 +100,8 @@ def test_eval_py_scores_an_exported_directory_as_its_checkpoint(exported, data_d
     # A Hugging Face directory holds no run config: the data must be named.
     bad = run_cli(str(ROOT / "eval.py"), f"ckpt_path={copy}", *args, cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        f"Error: no data= given and ckpt_path={copy} is a Hugging Face directory, which holds no run config: name the data, e.g. data=shakespeare"
+        f"Error: no data= given and ckpt_path={copy} is a Hugging Face directory, which holds no run config: "
+        "name the data, e.g. data=shakespeare"
     ]
 
 
@@ -111,11 +115,21 @@ def test_train_py_init_from_an_export_starts_a_new_run_from_its_weights(exported
     run_dir, best, out, _ = exported
     # A learning rate too small to move a weight: the first validation scores the exported weights.
     settings = fast(**{"trainer.max_steps": 2, "trainer.val_every_n_steps": 2, "optim.lr": 1e-12})
-    result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *settings, f"init_from={out}", *paths(tmp_path, data_dir), cwd=tmp_path)
+    result = run_cli(
+        str(ROOT / "train.py"),
+        "model=gpt2-tiny",
+        *settings,
+        f"init_from={out}",
+        *paths(tmp_path, data_dir),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (new_run,) = (tmp_path / "outputs" / "gpt2-tiny").iterdir()
     log = (new_run / "train.log").read_text()
-    assert f"init_from: the weights of {out} (GPT2LMHeadModel, step 8 of the run that made it); this run starts at step 0" in log
+    assert (
+        f"init_from: the weights of {out} (GPT2LMHeadModel, step 8 of the run that made it); this run starts at step 0"
+        in log
+    )
     summary = json.loads((new_run / "summary.json").read_text())
     source = torch.load(best, weights_only=True)["best_metrics"]
     assert summary["global_step"] == 2 and summary["resumed_from"] is None  # a new run, not a continued one
@@ -138,10 +152,16 @@ def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exporte
     _, best, out, _ = exported
     (tmp_path / "notes").mkdir()
     cases = {
-        f"init_from={tmp_path / 'notes'}": f"Error: init_from={tmp_path / 'notes'} has no config.json: it is not a Hugging Face model directory",
-        f"init_from={out} model=llama3-tiny": f"Error: init_from={out} holds a GPT2LMHeadModel that model llama3-tiny (",
-        f"init_from={out} model.d_embed=64": f"Error: init_from={out} holds a GPT2LMHeadModel that model gpt2-tiny (d_embed=64) does not fit: "
-        "its config.json implies model.d_embed=32: add those overrides",
+        f"init_from={tmp_path / 'notes'}": (
+            f"Error: init_from={tmp_path / 'notes'} has no config.json: it is not a Hugging Face model directory"
+        ),
+        f"init_from={out} model=llama3-tiny": (
+            f"Error: init_from={out} holds a GPT2LMHeadModel that model llama3-tiny ("
+        ),
+        f"init_from={out} model.d_embed=64": (
+            f"Error: init_from={out} holds a GPT2LMHeadModel that model gpt2-tiny (d_embed=64) does not fit: "
+            "its config.json implies model.d_embed=32: add those overrides"
+        ),
         f"init_from={out} ckpt_path={best}": f"Error: init_from={out} and ckpt_path={best}: init_from starts a new run",
         f"ckpt_path={out}": f"Error: ckpt_path={out} is a directory: give the path of a .ckpt file (runs keep them in "
         "<run dir>/checkpoints/); to start a new run from its weights, give init_from=<dir>",
@@ -149,17 +169,26 @@ def test_train_py_refuses_a_bad_init_from_in_one_line_and_writes_nothing(exporte
     # The first as a user runs it; the others through wgpt.core.train.train, what train.py calls (each
     # launch costs seconds of imports), with the same config and the same check that nothing is written.
     from wgpt.core.compose import compose_train_config
-    from wgpt.util.errors import WgptError
     from wgpt.core.train import train
+    from wgpt.util.errors import WgptError
 
     for i, (args, message) in enumerate(cases.items()):
         if i == 0:
-            result = run_cli(str(ROOT / "train.py"), "model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), cwd=tmp_path)
+            result = run_cli(
+                str(ROOT / "train.py"),
+                "model=gpt2-tiny",
+                *fast(),
+                *args.split(),
+                *paths(tmp_path, data_dir),
+                cwd=tmp_path,
+            )
             assert result.returncode == 1, (args, result.stderr[-2000:])
             (line,) = result.stderr.strip().splitlines()
         else:
             run_dir = tmp_path / "outputs" / "gpt2-tiny" / "run"  # where train.py's Hydra would put it
-            cfg = compose_train_config(["model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), f"paths.output_dir={run_dir}"])
+            cfg = compose_train_config(
+                ["model=gpt2-tiny", *fast(), *args.split(), *paths(tmp_path, data_dir), f"paths.output_dir={run_dir}"]
+            )
             with pytest.raises(WgptError) as error:
                 train(cfg)
             line = f"Error: {error.value}"

@@ -3,18 +3,22 @@ refuses. The splitting itself: tests/unit/test_local_corpus.py."""
 
 from __future__ import annotations
 
-
-
 from conftest import run_cli
-
 from helpers_local_corpus import play
 
-
 FAST = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
-    "data.num_workers=0", "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-]  # fmt: skip
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=2",
+    "trainer.val_every_n_steps=2",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
 
 
 def test_train_and_process_on_one_file(tmp_path):
@@ -38,9 +42,16 @@ def test_train_and_process_on_one_file(tmp_path):
 def test_process_refusing_a_corpus_leaves_no_run_dir_or_data_dir(tmp_path):
     (tmp_path / "tiny.txt").write_text("One line.\nTwo lines.\n")
     result = run_cli(
-        "process.py", "data=local", f"data.path={tmp_path / 'tiny.txt'}", f"paths.output_root={tmp_path / 'out'}",
+        "process.py",
+        "data=local",
+        f"data.path={tmp_path / 'tiny.txt'}",
+        f"paths.output_root={tmp_path / 'out'}",
         env={"WGPT_DATA_DIR": str(tmp_path / "data"), "HF_DATASETS_CACHE": str(tmp_path / "hf")},
-    )  # fmt: skip
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: data.path={tmp_path / 'tiny.txt'} is too small to split")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: data.path={tmp_path / 'tiny.txt'} is too small to split")
+    )
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-
 from conftest import FAST, LOGGERS, paths, read_metrics, run_cli
 
 

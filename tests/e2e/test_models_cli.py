@@ -1,14 +1,13 @@
 """Architecture knobs from the command line: a real train.py run, its checkpoint rebuilt with every
 knob. The knobs themselves: tests/unit/test_models.py."""
 
-
 import torch.nn as nn
 
-from conftest import FAST, paths, run_cli
 from wgpt.interop.checkpoint import load_checkpoint, model_from_checkpoint
-from wgpt.tools.generate import generate
 from wgpt.models.transformer import GatedMLP
+from wgpt.tools.generate import generate
 
+from conftest import FAST, paths, run_cli
 from helpers_models import override
 
 

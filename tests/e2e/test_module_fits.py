@@ -26,7 +26,9 @@ def test_each_epoch_draws_a_new_order(toy_dir):
             seen.setdefault(trainer.current_epoch, []).append(batch[0][:, 0].tolist())
 
     sampler = partial(PDBSampler, seed=3)
-    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=4, num_workers=0, data_dir=toy_dir, sampler=sampler)
+    dm = DatasetLightningWrapper(
+        {"toy": None}, seq_len=SEQ_LEN, batch_size=4, num_workers=0, data_dir=toy_dir, sampler=sampler
+    )
     trainer(max_epochs=2, limit_val_batches=0, callbacks=[Record()]).fit(tiny_module(), datamodule=dm)
     assert seen[0] != seen[1]
     assert sorted(x for b in seen[0] for x in b) == sorted(x for b in seen[1] for x in b)  # same windows

@@ -49,9 +49,12 @@ def hub_without_the_dataset():
 def process(tmp_path, env: dict, *args: str):
     start = time.monotonic()
     result = run_cli(
-        "process.py", "data=slim-pajama", *args, f"paths.output_root={tmp_path / 'out'}",
+        "process.py",
+        "data=slim-pajama",
+        *args,
+        f"paths.output_root={tmp_path / 'out'}",
         env={"WGPT_DATA_DIR": str(tmp_path / "data"), "HF_DATASETS_CACHE": str(tmp_path / "hf"), **env},
-    )  # fmt: skip
+    )
     return result, time.monotonic() - start
 
 
@@ -91,6 +94,8 @@ def test_an_unreachable_hub_for_training_a_tokenizer_is_one_line(tmp_path, close
     result, seconds = process(tmp_path, {"HF_ENDPOINT": closed_endpoint}, "tokenizer=bpe")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith(f"Error: the Hugging Face hub ({closed_endpoint}) cannot be reached for DKYoon/SlimPajama-6B")
+    assert line.startswith(
+        f"Error: the Hugging Face hub ({closed_endpoint}) cannot be reached for DKYoon/SlimPajama-6B"
+    )
     assert "`python process.py data=slim-pajama tokenizer=bpe" in line and "data=local data.path=" in line
     assert not (tmp_path / "out").exists() and seconds < 20

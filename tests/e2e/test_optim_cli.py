@@ -11,19 +11,33 @@ from conftest import FAST, paths, run_cli
 def test_every_optim_option_and_an_override_train_through_train_py(tmp_path, data_dir):
     # With accumulation and clipping (trainer.gradient_clip_val: 1.0), which a combined optimizer must pass through.
     result = run_cli(
-        "train.py", "-m", "optim=adamw,sgd,adafactor,muon", "trainer.accumulate_grad_batches=2", *FAST, *paths(tmp_path, data_dir)
+        "train.py",
+        "-m",
+        "optim=adamw,sgd,adafactor,muon",
+        "trainer.accumulate_grad_batches=2",
+        *FAST,
+        *paths(tmp_path, data_dir),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = tmp_path.glob("outputs/multirun/*/summary.csv")
     rows = list(csv.DictReader(open(summary)))
-    assert [r["optim"] for r in rows] == ["adamw", "sgd", "adafactor", "muon"] and {r["status"] for r in rows} == {"completed"}
+    assert [r["optim"] for r in rows] == ["adamw", "sgd", "adafactor", "muon"] and {r["status"] for r in rows} == {
+        "completed"
+    }
     # Each checkpoint holds its optimizer's own state (Muon's run: AdamW's and Muon's).
-    state_keys = {"adamw": ["exp_avg"], "sgd": ["momentum_buffer"], "adafactor": ["row_var"], "muon": ["exp_avg", "momentum_buffer"]}
+    state_keys = {
+        "adamw": ["exp_avg"],
+        "sgd": ["momentum_buffer"],
+        "adafactor": ["row_var"],
+        "muon": ["exp_avg", "momentum_buffer"],
+    }
     for row in rows:
         (ckpt,) = tmp_path.glob(f"outputs/multirun/*/{row['dir']}/checkpoints/recent.ckpt")
         saved = torch.load(ckpt, weights_only=True)["optimizer_states"][0]
         states = saved["optimizers"] if row["optim"] == "muon" else [saved]
-        assert [key for key, state in zip(state_keys[row["optim"]], states) if key in state["state"][0]] == state_keys[row["optim"]]
+        assert [key for key, state in zip(state_keys[row["optim"]], states) if key in state["state"][0]] == state_keys[
+            row["optim"]
+        ]
 
     radam = run_cli("train.py", "optim._target_=torch.optim.RAdam", *FAST, *paths(tmp_path / "radam", data_dir))
     assert radam.returncode == 0, radam.stderr[-3000:]

@@ -8,9 +8,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from wgpt.tools.plot import plot_curves, plot_summary, read_summary, summary_metric
+from wgpt.tools.runs import load_runs, run_labels, tokens_per_step
+
 from conftest import run_cli
-from wgpt.tools.runs import load_runs, run_labels, tokens_per_step  # fmt: skip
-from wgpt.tools.plot import plot_curves, plot_summary, read_summary, summary_metric  # fmt: skip
 
 
 @pytest.fixture

@@ -10,15 +10,24 @@ import time
 
 import numpy as np
 
-from conftest import ROOT, run_cli
 from wgpt.data.diskdataset import BinInfo, bin_path
 from wgpt.tokenizers.r50k import Tokenizer
 
+from conftest import ROOT, run_cli
+
 FAST = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "data.batch_size=4",
-    "data.num_workers=0", "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-]  # fmt: skip
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=4",
+    "trainer.val_every_n_steps=2",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
 
 
 def txt_corpus(path, n=12):
@@ -49,12 +58,16 @@ def test_process_then_train_on_a_directory_of_text_files(tmp_path):
 
 def test_training_on_unprepared_data_names_the_command(tmp_path):
     result = run_cli(
-        "train.py", "data=tinystories", f"data.datasets.tinystories.path={tmp_path / 'stories'}",
-        f"paths.data_dir={tmp_path / 'data'}", f"paths.output_root={tmp_path / 'out'}",
-    )  # fmt: skip
+        "train.py",
+        "data=tinystories",
+        f"data.datasets.tinystories.path={tmp_path / 'stories'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_root={tmp_path / 'out'}",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"Error: dataset 'tinystories' is not ready (no finished bin at {tmp_path}/data/tinystories/tokenized/train.bin): "
+        f"Error: dataset 'tinystories' is not ready "
+        f"(no finished bin at {tmp_path}/data/tinystories/tokenized/train.bin): "
         f"prepare it with `python process.py data=tinystories data.datasets.tinystories.path={tmp_path / 'stories'} "
         f"paths.data_dir={tmp_path / 'data'} paths.output_root={tmp_path / 'out'}`"
     )
@@ -84,7 +97,13 @@ def test_killed_processing_never_leaves_a_bin_that_looks_finished(tmp_path):
         for _ in range(20_000):
             f.write(json.dumps({"text": " ".join(rng.choices(words, k=400))}) + "\n")
     env = {**os.environ, "WGPT_DATA_DIR": str(tmp_path / "data"), "HF_DATASETS_CACHE": str(tmp_path / "hf")}
-    cmd = [sys.executable, str(ROOT / "process.py"), "data=local", f"data.path={corpus}", f"paths.output_root={tmp_path / 'out'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "process.py"),
+        "data=local",
+        f"data.path={corpus}",
+        f"paths.output_root={tmp_path / 'out'}",
+    ]
     train_bin = bin_path("local", "train", tmp_path / "data")
     partial = train_bin.with_name("train.bin.tmp")
 
@@ -115,9 +134,15 @@ def test_process_trains_a_bpe_on_streamed_jsonl_and_its_bins_decode_back(tmp_pat
     (corpus / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     env = {"HF_DATASETS_CACHE": str(tmp_path / "hf")}
     result = run_cli(
-        "process.py", "data=local", f"data.path={corpus}", "tokenizer=bpe", "tokenizer.vocab_size=300",
-        f"paths.data_dir={tmp_path / 'data'}", f"paths.output_root={tmp_path / 'out'}", env=env,
-    )  # fmt: skip
+        "process.py",
+        "data=local",
+        f"data.path={corpus}",
+        "tokenizer=bpe",
+        "tokenizer.vocab_size=300",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_root={tmp_path / 'out'}",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tok = BPETokenizer.from_file(tmp_path / "data" / "local" / "tokenizers" / "bpe300.json")
     meta = json.loads((tmp_path / "data" / "local" / "tokenizers" / "bpe300.meta.json").read_text())

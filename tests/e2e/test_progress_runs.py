@@ -9,10 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import GPT2_TINY_RUN, ROOT
-from wgpt.core.progress import ProgressBar
 from wgpt.core.console import parameter_counts
+from wgpt.core.progress import ProgressBar
 
+from conftest import GPT2_TINY_RUN, ROOT
 from helpers_progress import fit, string_terminal
 
 

@@ -6,13 +6,13 @@ import json
 import lightning as L
 import pytest
 import torch
-
-from record_batches import RecordBatches
 from lightning.pytorch.callbacks import ModelCheckpoint
+
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset
 
 from helpers_fit import SEQ_LEN, tiny_module, toy_bins
+from record_batches import RecordBatches
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,18 @@ def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None)
     if stop_at:
         callbacks.append(StopAt(stop_at))
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=max_steps, max_epochs=-1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-        callbacks=callbacks, enable_checkpointing=bool(ckpt_every),
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+        enable_checkpointing=bool(ckpt_every),
+    )
     trainer.fit(tiny_module(), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 
@@ -81,10 +89,16 @@ def test_resuming_from_the_end_of_training_checkpoint_continues_the_data(toy_dir
     fit(toy_dir, tmp_path / "full", n)
     dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=8, num_workers=0, data_dir=toy_dir)
     first = L.Trainer(
-        accelerator="cpu", max_steps=n, max_epochs=-1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False,
+        accelerator="cpu",
+        max_steps=n,
+        max_epochs=-1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
         callbacks=[RecordBatches(tmp_path / "first" / "batches"), RecentCheckpoint(tmp_path / "ckpt", 1000), StopAt(k)],
-    )  # fmt: skip
+    )
     first.fit(tiny_module(), datamodule=dm)
     fit(toy_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "ckpt" / "recent.ckpt")
     windows = lambda runs: [b["windows"] for b in runs]  # noqa: E731

@@ -6,25 +6,31 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FAST, ROOT, paths, run_cli
 
 from wgpt.optim.scheduler import wsd
 
+from conftest import FAST, ROOT, paths, run_cli
 
 # Through train.py: the config reaches the optimizer, and bad options are one line.
 WSD = [
-    "optim/scheduler=wsd", "optim.scheduler.warmup_steps=2", "optim.scheduler.decay_fraction=0.5",
+    "optim/scheduler=wsd",
+    "optim.scheduler.warmup_steps=2",
+    "optim.scheduler.decay_fraction=0.5",
     "optim.scheduler.min_lr_ratio=0.1",
-]  # fmt: skip
+]
 
 
 def test_train_with_wsd_follows_the_schedule(tmp_path, data_dir):
     probe = tmp_path / "probe.json"
     result = run_cli(
-        "train.py", *WSD, *FAST, *paths(tmp_path, data_dir),
-        "+callbacks.probe._target_=probes.FastPathProbe", f"+callbacks.probe.path={probe}",
+        "train.py",
+        *WSD,
+        *FAST,
+        *paths(tmp_path, data_dir),
+        "+callbacks.probe._target_=probes.FastPathProbe",
+        f"+callbacks.probe.path={probe}",
         env={"PYTHONPATH": str(ROOT / "tests")},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lrs = json.loads(probe.read_text())["lr"]  # FAST: 8 steps at lr 1e-2; warmup 2, decay over the last 4
     expected = [1e-2 * wsd(s, 8, warmup_steps=2, decay_fraction=0.5, min_lr_ratio=0.1) for s in range(8)]

@@ -16,7 +16,9 @@ PLAIN = {"NO_COLOR": "", "FORCE_COLOR": "", "TTY_COMPATIBLE": ""}  # a pipe: no 
 
 def shapes(tmp_path, *overrides: str):
     """Run the CLI with a data dir of its own: nothing may be read or written there."""
-    result = run_cli("-m", "wgpt.tools.shapes", *overrides, f"paths.data_dir={tmp_path / 'data'}", env=PLAIN, timeout=120)
+    result = run_cli(
+        "-m", "wgpt.tools.shapes", *overrides, f"paths.data_dir={tmp_path / 'data'}", env=PLAIN, timeout=120
+    )
     assert not (tmp_path / "data").exists()
     return result
 

@@ -37,11 +37,19 @@ class ScalarReads(TorchDispatchMode):
 def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
     steps, every = 12, 6
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, accumulate_grad_batches=accumulate, log_every_n_steps=every,
-        limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
-        use_distributed_sampler=False, gradient_clip_val=1.0, logger=CSVLogger(tmp_path / str(accumulate)),
+        accelerator="cpu",
+        max_steps=steps,
+        accumulate_grad_batches=accumulate,
+        log_every_n_steps=every,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        gradient_clip_val=1.0,
+        logger=CSVLogger(tmp_path / str(accumulate)),
         callbacks=[SpeedMonitor(), ProgressBar()],
-    )  # fmt: skip
+    )
     reads = ScalarReads()
     with reads:
         trainer.fit(tiny_module(), datamodule=datamodule(data_dir, batch_size=2))

@@ -14,18 +14,26 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
-
 from helpers_sweep_resume import fake_sweep
-
 
 # Seconds a job: recent.ckpt every 4 steps, validation every 4, dropout on (the resumed job must
 # restore the random stream too).
 TINY = [
-    "model.d_embed=32", "model.n_layers=1", "model.n_heads=2", "model.dropout=0.1", "data.seq_len=32",
-    "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=8", "trainer.val_every_n_steps=4",
-    "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1", "callbacks.recent.every_n_train_steps=4",
-    "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-]  # fmt: skip
+    "model.d_embed=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.dropout=0.1",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=8",
+    "trainer.val_every_n_steps=4",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.recent.every_n_train_steps=4",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
 
 
 # In every run of the sweep, so that the resumed one has the very same overrides: it kills only
@@ -44,9 +52,14 @@ def killed_sweep(args: list[str], job: int, log: Path) -> subprocess.CompletedPr
     """The sweep run until job ``job`` reaches step 6, then SIGKILLed with every process it started."""
     with open(log, "w") as f:  # not pipes: a killed process group leaves no one to close them
         return subprocess.run(
-            [sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=f, timeout=300, start_new_session=True,
+            [sys.executable, "train.py", *args],
+            cwd=ROOT,
+            stdout=f,
+            stderr=f,
+            timeout=300,
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **HELPERS, "WGPT_TEST_KILL_JOB": str(job)},
-        )  # fmt: skip
+        )
 
 
 def mtimes(*paths: Path) -> dict[Path, int]:
@@ -59,19 +72,33 @@ def weights(ckpt: Path) -> dict:
 
 def test_a_sweep_killed_in_job_2_resumes_job_2_and_runs_job_3_only(tmp_path, data_dir):
     out = tmp_path / "out"
-    sweep = ["-m", "optim.lr=1e-2,2e-2,3e-2,4e-2", *TINY, *KILL, "+callbacks.kill.job=${hydra:job.num}", *paths(out, data_dir)]
+    sweep = [
+        "-m",
+        "optim.lr=1e-2,2e-2,3e-2,4e-2",
+        *TINY,
+        *KILL,
+        "+callbacks.kill.job=${hydra:job.num}",
+        *paths(out, data_dir),
+    ]
     killed = killed_sweep(sweep, job=2, log=tmp_path / "killed.log")
     assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     (sweep_dir,) = (out / "multirun").iterdir()
     jobs = [sweep_dir / f"{n}-gpt2-tiny" for n in range(4)]
     assert [j.is_dir() for j in jobs] == [True, True, True, False]
-    assert weights(jobs[2] / "checkpoints" / "recent.ckpt")["global_step"] == 4 and not (jobs[2] / "summary.json").exists()
-    finished = mtimes(jobs[0] / "checkpoints", jobs[0] / "summary.json", jobs[1] / "checkpoints", jobs[1] / "summary.json")
+    assert (
+        weights(jobs[2] / "checkpoints" / "recent.ckpt")["global_step"] == 4 and not (jobs[2] / "summary.json").exists()
+    )
+    finished = mtimes(
+        jobs[0] / "checkpoints", jobs[0] / "summary.json", jobs[1] / "checkpoints", jobs[1] / "summary.json"
+    )
 
     # The short form: the sweep dir alone, its overrides read from its multirun.yaml.
     resumed = run_cli("train.py", f"resume={sweep_dir}", env=HELPERS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resuming the sweep in {sweep_dir}: jobs 0, 1 kept (completed); job 2 continued from recent.ckpt; 1 new" in resumed.stdout
+    assert (
+        f"Resuming the sweep in {sweep_dir}: jobs 0, 1 kept (completed); job 2 continued from recent.ckpt; 1 new"
+        in resumed.stdout
+    )
     assert mtimes(*finished) == finished  # jobs 0 and 1: not trained, not rewritten
     for n in (0, 1):
         assert f"Job {n} finished in an earlier run (completed" in resumed.stdout
@@ -90,7 +117,11 @@ def test_a_sweep_killed_in_job_2_resumes_job_2_and_runs_job_3_only(tmp_path, dat
     assert a["best_metrics"] == b["best_metrics"]
     # Its dir tells one story: one best checkpoint (named after the sweep's start), each step's
     # metrics once, the earlier part's rows kept.
-    assert sorted(p.name for p in (jobs[2] / "checkpoints").iterdir()) == [f"best-{sweep_dir.name}.ckpt", f"best-{sweep_dir.name}.safetensors", "recent.ckpt"]
+    assert sorted(p.name for p in (jobs[2] / "checkpoints").iterdir()) == [
+        f"best-{sweep_dir.name}.ckpt",
+        f"best-{sweep_dir.name}.safetensors",
+        "recent.ckpt",
+    ]
     with open(jobs[2] / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(8))
@@ -117,7 +148,9 @@ def test_a_ddp_sweep_job_goes_on_in_its_own_dir(tmp_path, data_dir):
     assert weights(job / "checkpoints" / "recent.ckpt")["global_step"] == 4
 
     # The long form: the same overrides, resume=auto, the sweep dir.
-    resumed = run_cli("train.py", *sweep, *paths(out, data_dir), "resume=auto", f"hydra.sweep.dir={sweep_dir}", env=HELPERS)
+    resumed = run_cli(
+        "train.py", *sweep, *paths(out, data_dir), "resume=auto", f"hydra.sweep.dir={sweep_dir}", env=HELPERS
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 8
@@ -125,7 +158,11 @@ def test_a_ddp_sweep_job_goes_on_in_its_own_dir(tmp_path, data_dir):
     assert not any(o.startswith("ckpt_path=") for o in summary["overrides"])
     log = (job / "train.log").read_text()
     assert f"(continuing from {job / 'checkpoints' / 'recent.ckpt'})" in log and "MEMBER: 2/2" in log
-    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [f"best-{sweep_dir.name}.ckpt", f"best-{sweep_dir.name}.safetensors", "recent.ckpt"]
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [
+        f"best-{sweep_dir.name}.ckpt",
+        f"best-{sweep_dir.name}.safetensors",
+        "recent.ckpt",
+    ]
     with open(job / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(8))
@@ -139,12 +176,17 @@ def tree(path: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["optim.lr=3e-4,2e-4"], "resume: job 0 ({job0}) ran with optim.lr=0.001, this sweep's job 0 has optim.lr=0.0003"),
+        (
+            ["optim.lr=3e-4,2e-4"],
+            "resume: job 0 ({job0}) ran with optim.lr=0.001, this sweep's job 0 has optim.lr=0.0003",
+        ),
         (["optim.lr=1e-3"], "resume: {sweep}/1-gpt2-tiny is job 1, but this sweep has 1 job:"),
     ],
     ids=["other values", "fewer jobs"],
 )
-def test_resuming_with_other_overrides_than_the_sweep_ran_is_one_line_and_changes_nothing(tmp_path, data_dir, args, says):
+def test_resuming_with_other_overrides_than_the_sweep_ran_is_one_line_and_changes_nothing(
+    tmp_path, data_dir, args, says
+):
     sweep_dir = tmp_path / "multirun" / "2026-01-01_00-00-00"
     fake_sweep(sweep_dir, [["optim.lr=0.001"], ["optim.lr=0.002"]], ["optim.lr=1e-3,2e-3"])
     before = tree(tmp_path)

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
 from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
 
+from conftest import ROOT
 
 # Split characters (日本 and 🦜 are byte pieces in r50k), whitespace of every kind, an override-looking word.
 TEXT = "To be, or not\tto be:\n  that is 日本 🦜"
@@ -36,9 +36,14 @@ UNSEEN = {"·": " ", "→": "\t", "↵\n": "\n"}
 
 def tokens(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "wgpt.tools.tokens", *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **PLAIN, **(env or {})}, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "wgpt.tools.tokens", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **PLAIN, **(env or {})},
+        timeout=120,
+    )
 
 
 def parse(stdout: str) -> tuple[list[bytes], list[int], re.Match]:
@@ -84,9 +89,13 @@ def test_text_from_stdin(tmp_path):
 
 def test_a_bpe_is_trained_on_first_use_and_shown(tmp_path):
     result = tokens(
-        "tokenizer=bpe", "tokenizer.vocab_size=300", "tokenizer.max_train_chars=50000", "data=shakespeare",
-        f"paths.data_dir={tmp_path}", TEXT,
-    )  # fmt: skip
+        "tokenizer=bpe",
+        "tokenizer.vocab_size=300",
+        "tokenizer.max_train_chars=50000",
+        "data=shakespeare",
+        f"paths.data_dir={tmp_path}",
+        TEXT,
+    )
     assert result.returncode == 0, result.stderr
     assert "Training tokenizer bpe300 on the train split of 'shakespeare'" in result.stderr
     tokenizer = BPETokenizer.from_file(tmp_path / "shakespeare" / "tokenizers" / "bpe300.json")
@@ -110,17 +119,25 @@ def test_the_tokenizer_of_a_checkpoint(tmp_path):
 def test_the_tokenizer_of_a_run_dir_a_weights_file_or_a_hugging_face_export(tmp_path):
     """Every model source eval.py and generate.py read: a Hugging Face directory through the
     command, the others through the function it calls (each command costs seconds of imports)."""
-    from wgpt.interop.sources import source_tokenizer
     from wgpt.interop.checkpoint import write_weights_beside
     from wgpt.interop.export import export
+    from wgpt.interop.sources import source_tokenizer
     from wgpt.models import GPT
 
     tokenizer = BPETokenizer(train_bpe(["the cat sat on the mat", "a tokenizer of its own"] * 50, 280), "bpe280")
     model = GPT(vocab_size=320, d_embed=16, n_layers=1, n_heads=2, max_seq_len=16)
     ckpt = tmp_path / "run" / "checkpoints" / "best-x.ckpt"
     ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "model_class": "wgpt.models.gpt.GPT",
-                "model_config": model.config, "tokenizer": tokenizer.record(), "global_step": 1}, ckpt)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "model_class": "wgpt.models.gpt.GPT",
+            "model_config": model.config,
+            "tokenizer": tokenizer.record(),
+            "global_step": 1,
+        },
+        ckpt,
+    )
     weights = write_weights_beside(ckpt)
     hf_dir = export(ckpt, tmp_path / "hf")
     for source in (tmp_path / "run", weights):
@@ -142,7 +159,9 @@ def test_bad_input_is_one_line_and_exit_status_1(tmp_path):
         "tokenizer=nope": "tokenizer=nope is not an option",
         "tokenizer.vocab_size=7": "tokenizer.vocab_size is not a config key",  # r50k has no size to set
         # Not trained, and data=tinystories may not download: the command that trains it, as train.py names it.
-        "tokenizer=bpe data=tinystories": "train it with `python process.py data=tinystories tokenizer=bpe paths.data_dir=",
+        "tokenizer=bpe data=tinystories": (
+            "train it with `python process.py data=tinystories tokenizer=bpe paths.data_dir="
+        ),
     }
     for overrides, message in cases.items():
         result = tokens(*overrides.split(), f"paths.data_dir={tmp_path}", "some text")

@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from conftest import FAST, paths, read_metrics, run_cli
 from wgpt.core.devices import cpu_precision
+
+from conftest import FAST, paths, read_metrics, run_cli
 
 
 def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
@@ -24,14 +25,18 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
     log = (run_dir / "train.log").read_text()
     assert f"precision auto: {cpu_precision()} on this CPU" in log
     assert "step 2 | epoch 0 | train_loss" in log and "step 8 | val_loss" in log and "val_ppl" in log
-    assert re.search(r"step 8 \| epoch 0 \| train_loss \S+ \| lr \S+ \| [\d,]+ tokens/s \| [\d.]+ samples/s \| MFU [\d.]+%", log)
+    assert re.search(
+        r"step 8 \| epoch 0 \| train_loss \S+ \| lr \S+ \| [\d,]+ tokens/s \| [\d.]+ samples/s \| MFU [\d.]+%", log
+    )
 
     rows = read_metrics(run_dir)
     val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
     train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
     assert len(val) == 2 and len(train) == 4  # validations at steps 4 and 8 (the end); a train row every 2 steps
     assert val[-1] < val[0] < math.log(50304)  # it learns
-    assert all(math.isclose(float(r["val_ppl"]), math.exp(float(r["val_loss"])), rel_tol=1e-4) for r in rows if r["val_loss"])
+    assert all(
+        math.isclose(float(r["val_ppl"]), math.exp(float(r["val_loss"])), rel_tol=1e-4) for r in rows if r["val_loss"]
+    )
     # Speed in every train row: 128 tokens a sample (seq_len), MFU a fraction of the CPU's peak.
     speed = [r for r in rows if r["train_loss"]]
     assert all(float(r["tokens_per_sec"]) == pytest.approx(128 * float(r["samples_per_sec"])) for r in speed)
@@ -57,8 +62,11 @@ def test_llama3_tiny_trains_with_gradient_accumulation(sweep):
     val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
     assert len(val) == 2 and val[-1] < val[0]  # validation every 4 optimizer steps (8 batches), then the end
     # The log file shows the real loss, not the one divided for accumulation.
-    logged = {int(line.split("step ")[1].split(" ")[0]): float(line.split("train_loss ")[1].split(" ")[0])
-              for line in (run_dir / "train.log").read_text().splitlines() if "train_loss" in line}  # fmt: skip
+    logged = {
+        int(line.split("step ")[1].split(" ")[0]): float(line.split("train_loss ")[1].split(" ")[0])
+        for line in (run_dir / "train.log").read_text().splitlines()
+        if "train_loss" in line
+    }
     assert logged and all(loss > 5 for loss in logged.values())
     checkpoint = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 8  # optimizer steps: 16 batches
@@ -95,7 +103,12 @@ def test_on_a_gpu_machine_a_run_takes_the_gpu_and_its_checkpoint_evaluates_and_s
     assert checkpoint["global_step"] == 8
 
     scored = run_cli(
-        "eval.py", f"ckpt_path={ckpt}", "batch_size=4", "max_batches=4", "splits=[validation]", f"paths.data_dir={data_dir}"
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        "batch_size=4",
+        "max_batches=4",
+        "splits=[validation]",
+        f"paths.data_dir={data_dir}",
     )
     assert scored.returncode == 0, scored.stderr[-3000:]
     loss = json.loads((run_dir / "eval-recent.json").read_text())["results"]["shakespeare"]["validation"]["loss"]

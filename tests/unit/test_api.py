@@ -1,7 +1,6 @@
 """The Python API (wgpt.load_config, load_model_from_config): what a notebook calls, in this process.
 The cheap import and load_run on a real run: tests/e2e/test_api_cli.py."""
 
-
 import pytest
 import torch
 

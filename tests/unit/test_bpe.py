@@ -8,13 +8,13 @@ import socket
 import numpy as np
 import pytest
 
-from wgpt.tokenizers.bpe import BPETokenizer
-from wgpt.data.tokenizer import ByteLevelBPE
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.prepare import ensure_prepared, unprepared_reason
-from wgpt.tokenizers.base import SPECIAL_TOKENS
-from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.data.tokenizer import ByteLevelBPE
 from wgpt.tokenizers import tokenizer_from_record
+from wgpt.tokenizers.base import SPECIAL_TOKENS
+from wgpt.tokenizers.bpe import BPETokenizer
+from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
 
 TEXTS = [
@@ -110,7 +110,9 @@ def test_checkpoint_record_rebuilds_the_same_tokenizer(trained):
 
 def test_untrained_or_changed_tokenizer_says_how_to_train_it(tmp_path):
     spec = ByteLevelBPE(vocab_size=300)
-    with pytest.raises(WgptError, match=r"tokenizer bpe300 is not trained on 'toy' \(no finished tokenizer .*python process.py"):
+    with pytest.raises(
+        WgptError, match=r"tokenizer bpe300 is not trained on 'toy' \(no finished tokenizer .*python process.py"
+    ):
         spec.load(TOY, tmp_path)
     assert not (tmp_path / "toy").exists()  # refusing writes nothing
     spec.load(TOY, tmp_path, train=True)
@@ -126,7 +128,9 @@ def test_bad_settings_are_one_line_errors():
     for bad in (100, 2**21, 4096.5, True):
         with pytest.raises(WgptError, match=f"tokenizer.vocab_size={bad} is out of range"):
             ByteLevelBPE(vocab_size=bad)
-    with pytest.raises(WgptError, match=r"tokenizer.train_on=nope is not a dataset of this data config: pick one of \['toy'\]"):
+    with pytest.raises(
+        WgptError, match=r"tokenizer.train_on=nope is not a dataset of this data config: pick one of \['toy'\]"
+    ):
         ByteLevelBPE(train_on="nope").load(TOY)
 
 
@@ -146,7 +150,13 @@ def test_bins_of_each_tokenizer_live_apart(trained):
     np.testing.assert_array_equal(np.fromfile(path, dtype=np.uint16), expected)
     assert len(DiskDataset("toy", "train", 16, data_dir=data_dir, tokenizer=tok)) > 0
     with pytest.raises(WgptError, match="no finished bin"):  # nothing of another BPE is read as this one's
-        DiskDataset("toy", "train", 16, data_dir=data_dir, tokenizer=ByteLevelBPE(vocab_size=300).load(TOY, data_dir, train=True))
+        DiskDataset(
+            "toy",
+            "train",
+            16,
+            data_dir=data_dir,
+            tokenizer=ByteLevelBPE(vocab_size=300).load(TOY, data_dir, train=True),
+        )
 
 
 def test_a_failed_training_leaves_no_lock_or_dirs_and_a_finished_one_no_lock(tmp_path):
@@ -159,4 +169,7 @@ def test_a_failed_training_leaves_no_lock_or_dirs_and_a_finished_one_no_lock(tmp
         ByteLevelBPE(vocab_size=300).load(empty, tmp_path / "data", train=True)
     assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["toy"]
     ByteLevelBPE(vocab_size=300).load(TOY, tmp_path / "data", train=True)
-    assert sorted(p.name for p in (tmp_path / "data" / "toy" / "tokenizers").iterdir()) == ["bpe300.json", "bpe300.meta.json"]
+    assert sorted(p.name for p in (tmp_path / "data" / "toy" / "tokenizers").iterdir()) == [
+        "bpe300.json",
+        "bpe300.meta.json",
+    ]

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 from hydra.utils import get_object
+
+from conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "compat-run"
 FIXTURE_TOKENIZER = "bpe320-c6058e15bd32ce75"  # fingerprint of the BPE the fixture's run trained
@@ -25,41 +26,81 @@ FIXTURE_TOKENIZER = "bpe320-c6058e15bd32ce75"  # fingerprint of the BPE the fixt
 # default, and a function default by its name.
 REQUIRED = "<required>"
 POK = "POSITIONAL_OR_KEYWORD"
-DISK_DATASET = [("dataset_name", POK, REQUIRED), ("split", POK, REQUIRED), ("seq_len", POK, REQUIRED),
-                ("stride_ratio", POK, 0.5), ("data_dir", POK, None), ("tokenizer", POK, None)]  # fmt: skip
+DISK_DATASET = [
+    ("dataset_name", POK, REQUIRED),
+    ("split", POK, REQUIRED),
+    ("seq_len", POK, REQUIRED),
+    ("stride_ratio", POK, 0.5),
+    ("data_dir", POK, None),
+    ("tokenizer", POK, None),
+]
 SIGNATURES = {
     "Tokenizer": [],
     "DiskDataset": DISK_DATASET,
     "generate_bin": [
-        ("dataset_name", POK, REQUIRED), ("split", POK, REQUIRED), ("data", POK, REQUIRED),
-        ("tokenizer", POK, REQUIRED), ("data_dir", POK, None), ("batch_size", POK, 512), ("source", POK, ""),
-        ("max_docs", POK, None), ("max_tokens", POK, None),
+        ("dataset_name", POK, REQUIRED),
+        ("split", POK, REQUIRED),
+        ("data", POK, REQUIRED),
+        ("tokenizer", POK, REQUIRED),
+        ("data_dir", POK, None),
+        ("batch_size", POK, 512),
+        ("source", POK, ""),
+        ("max_docs", POK, None),
+        ("max_tokens", POK, None),
     ],
     "PDBSampler": [
-        ("datasets", POK, REQUIRED), ("batch_size", POK, REQUIRED), ("world_size", POK, REQUIRED),
-        ("rank", POK, REQUIRED), ("shuffle", POK, True), ("proportional_sampling", POK, True), ("seed", POK, 0),
+        ("datasets", POK, REQUIRED),
+        ("batch_size", POK, REQUIRED),
+        ("world_size", POK, REQUIRED),
+        ("rank", POK, REQUIRED),
+        ("shuffle", POK, True),
+        ("proportional_sampling", POK, True),
+        ("seed", POK, 0),
         ("weights", POK, None),
     ],
-    "get_splits": [("dataset_name", POK, REQUIRED), ("seq_len", POK, REQUIRED), ("stride_ratio", POK, 0.5),
-                   ("data_dir", POK, None), ("tokenizer", POK, None)],
+    "get_splits": [
+        ("dataset_name", POK, REQUIRED),
+        ("seq_len", POK, REQUIRED),
+        ("stride_ratio", POK, 0.5),
+        ("data_dir", POK, None),
+        ("tokenizer", POK, None),
+    ],
     "DatasetLightningWrapper": [
-        ("datasets", POK, REQUIRED), ("seq_len", POK, REQUIRED), ("batch_size", POK, 32), ("num_workers", POK, 4),
-        ("stride_ratio", POK, 0.5), ("data_dir", POK, None), ("sampler", POK, None), ("auto_prepare", POK, True),
-        ("path", POK, None), ("weights", POK, None), ("tokenizer", POK, None),
+        ("datasets", POK, REQUIRED),
+        ("seq_len", POK, REQUIRED),
+        ("batch_size", POK, 32),
+        ("num_workers", POK, 4),
+        ("stride_ratio", POK, 0.5),
+        ("data_dir", POK, None),
+        ("sampler", POK, None),
+        ("auto_prepare", POK, True),
+        ("path", POK, None),
+        ("weights", POK, None),
+        ("tokenizer", POK, None),
     ],
     "ModelLightningWrapper": [
-        ("model", POK, REQUIRED), ("optimizer", POK, None), ("learning_rate", POK, 0.0003), ("fused", POK, None),
-        ("scheduler", POK, "<function one_cycle>"), ("dataset_names", POK, None), ("start_datetime", POK, None),
-        ("compile", POK, False), ("tokenizer", POK, None), ("activation_checkpointing", POK, False),
+        ("model", POK, REQUIRED),
+        ("optimizer", POK, None),
+        ("learning_rate", POK, 0.0003),
+        ("fused", POK, None),
+        ("scheduler", POK, "<function one_cycle>"),
+        ("dataset_names", POK, None),
+        ("start_datetime", POK, None),
+        ("compile", POK, False),
+        ("tokenizer", POK, None),
+        ("activation_checkpointing", POK, False),
     ],
     "get_best_devices": [
-        ("model", POK, REQUIRED), ("max_gpus", POK, 1), ("min_vram", POK, 2.0), ("sharded", POK, False),
+        ("model", POK, REQUIRED),
+        ("max_gpus", POK, 1),
+        ("min_vram", POK, 2.0),
+        ("sharded", POK, False),
     ],
     "load_config": [("model", POK, "gpt2-tiny"), ("overrides", POK, ())],
     "load_model_from_config": [("cfg", POK, REQUIRED)],
     "load_run": [("path", POK, REQUIRED)],
     "Evaluator": [("model", POK, REQUIRED), ("device", POK, "cpu"), ("top_k", POK, (1, 5)), ("tokenizer", POK, None)],
-}  # fmt: skip
+}
 
 # Every path a user imports each name from today: the short one first, then the module it lives in.
 HOMES = {
@@ -111,10 +152,16 @@ def test_the_public_names_import_with_from_statements():
     from wgpt.module import ModelLightningWrapper
 
     pairs = [
-        (load_config, api_load_config), (load_model_from_config, api_load_model), (load_run, api_load_run),
-        (DatasetLightningWrapper, DatasetLightningWrapper_), (DiskDataset, DiskDataset_), (generate_bin, generate_bin_),
-        (PDBSampler, PDBSampler_), (get_splits, get_splits_), (Tokenizer, Tokenizer_),
-    ]  # fmt: skip
+        (load_config, api_load_config),
+        (load_model_from_config, api_load_model),
+        (load_run, api_load_run),
+        (DatasetLightningWrapper, DatasetLightningWrapper_),
+        (DiskDataset, DiskDataset_),
+        (generate_bin, generate_bin_),
+        (PDBSampler, PDBSampler_),
+        (get_splits, get_splits_),
+        (Tokenizer, Tokenizer_),
+    ]
     assert all(short is deep for short, deep in pairs)
     assert all(callable(x) for x in (get_best_devices, Evaluator, ModelLightningWrapper))
 
@@ -243,9 +290,11 @@ def test_load_run_reads_every_form_of_the_fixture(source):
 
     checkpoints = FIXTURE / "checkpoints"
     path = {
-        "run dir": FIXTURE, "best ckpt": next(checkpoints.glob("best-*.ckpt")),
-        "recent ckpt": checkpoints / "recent.ckpt", "safetensors": next(checkpoints.glob("best-*.safetensors")),
-    }[source]  # fmt: skip
+        "run dir": FIXTURE,
+        "best ckpt": next(checkpoints.glob("best-*.ckpt")),
+        "recent ckpt": checkpoints / "recent.ckpt",
+        "safetensors": next(checkpoints.glob("best-*.safetensors")),
+    }[source]
     model, tokenizer, cfg = wgpt.load_run(path)
     assert type(model).__name__ == "GPT" and not model.training
     assert tokenizer.fingerprint == FIXTURE_TOKENIZER and len(tokenizer) == 320

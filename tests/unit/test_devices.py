@@ -10,9 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from wgpt.core.devices import GIB, NvmlUnavailable, cpu_precision, get_best_devices
-from wgpt.core.trainer import resolve_hardware
+from wgpt.core.trainer import resolve_hardware, trainer_arguments
 from wgpt.util.errors import WgptError
-from wgpt.core.trainer import trainer_arguments
 
 MODEL = torch.nn.Linear(4, 4)  # needs far less than min_vram
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallbacks")
@@ -121,13 +120,17 @@ def test_auto_takes_the_best_gpus_up_to_max_devices(gpus, monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("WGPT_GPU_IDS", raising=False)
-    args = resolve_hardware({"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "16-mixed"}, MODEL)
+    args = resolve_hardware(
+        {"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "16-mixed"}, MODEL
+    )
     assert args == {"accelerator": "gpu", "devices": [1, 2], "precision": "16-mixed"}
     assert "Using GPU(s) [1, 2]: the most free memory" in caplog.text
     # A DDP rank that Lightning starts later takes rank 0's choice rather than choosing again.
     monkeypatch.setenv("LOCAL_RANK", "1")
     gpus([70.0, 1.0, 1.0, 1.0])  # rank 0 now holds memory on its GPUs
-    assert resolve_hardware({"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "32-true"}, MODEL)["devices"] == [1, 2]
+    assert resolve_hardware(
+        {"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "32-true"}, MODEL
+    )["devices"] == [1, 2]
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "bf16-mixed"), (False, "16-mixed")])
@@ -137,7 +140,10 @@ def test_auto_precision_is_bf16_on_gpus_that_have_it_else_the_seeds_fp16(bf16, e
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
     monkeypatch.delenv("WGPT_GPU_IDS", raising=False)
-    assert resolve_hardware({"accelerator": "auto", "devices": "auto", "precision": "auto"}, MODEL)["precision"] == expected
+    assert (
+        resolve_hardware({"accelerator": "auto", "devices": "auto", "precision": "auto"}, MODEL)["precision"]
+        == expected
+    )
 
 
 def test_auto_precision_on_cpu_is_what_the_cpu_does_well():
@@ -148,7 +154,9 @@ def test_missing_nvml_falls_back_to_cpu_with_one_line(gpus, monkeypatch, caplog)
     gpus(None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    args = resolve_hardware({"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "16-mixed"}, MODEL)
+    args = resolve_hardware(
+        {"accelerator": "auto", "devices": "auto", "max_devices": 2, "precision": "16-mixed"}, MODEL
+    )
     assert args == {"accelerator": "cpu", "devices": 1, "precision": cpu_precision()}
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "NVML is unavailable (NVML Shared Library Not Found)" in warning.message
@@ -190,7 +198,14 @@ def test_gpu_request_without_a_gpu_is_one_clear_error(accelerator):
         resolve_hardware({"accelerator": accelerator}, MODEL)
 
 
-TORCHRUN = {"TORCHELASTIC_RUN_ID": "x", "RANK": "3", "GROUP_RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "4"}
+TORCHRUN = {
+    "TORCHELASTIC_RUN_ID": "x",
+    "RANK": "3",
+    "GROUP_RANK": "1",
+    "LOCAL_RANK": "1",
+    "LOCAL_WORLD_SIZE": "2",
+    "WORLD_SIZE": "4",
+}
 SRUN = {"SLURM_NTASKS": "4", "SLURM_NNODES": "2", "SLURM_PROCID": "3", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "77"}
 
 
@@ -207,6 +222,8 @@ def test_ranks_started_by_torchrun_or_srun_set_the_device_count(launcher, monkey
 
 
 def test_validation_interval_is_counted_in_optimizer_steps():
-    cfg = OmegaConf.create({"accelerator": "cpu", "val_every_n_steps": 50, "accumulate_grad_batches": 4, "max_devices": 2})
+    cfg = OmegaConf.create(
+        {"accelerator": "cpu", "val_every_n_steps": 50, "accumulate_grad_batches": 4, "max_devices": 2}
+    )
     args = trainer_arguments(cfg, MODEL)
     assert args["val_check_interval"] == 200 and "val_every_n_steps" not in args and "max_devices" not in args

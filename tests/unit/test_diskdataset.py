@@ -39,7 +39,15 @@ def test_generate_bin_writes_documents_separated_by_eos(toy, tok):
 
 
 def test_generate_bin_skips_empty_and_non_text_records(tmp_path, tok):
-    data = [{"text": "kept"}, {"text": ""}, {"text": "   "}, {"text": None}, {"other": "x"}, {"text": 5}, {"text": "too"}]
+    data = [
+        {"text": "kept"},
+        {"text": ""},
+        {"text": "   "},
+        {"text": None},
+        {"other": "x"},
+        {"text": 5},
+        {"text": "too"},
+    ]
     info = generate_bin("messy", "train", data, tok, data_dir=tmp_path)
     assert (info.num_documents, info.skipped_documents) == (2, 5)
     tokens = np.fromfile(bin_path("messy", "train", tmp_path), dtype=np.uint16).tolist()

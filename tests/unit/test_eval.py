@@ -9,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
-from wgpt.tokenizers.r50k import Tokenizer
-from wgpt.util.errors import WgptError
-from wgpt.tools.evaluate import Evaluator, evaluate_checkpoint, format_results
 from wgpt.models import GPT
+from wgpt.tokenizers.r50k import Tokenizer
+from wgpt.tools.evaluate import Evaluator, evaluate_checkpoint, format_results
+from wgpt.util.errors import WgptError
+
+from conftest import ROOT
 
 
 class NextToken(nn.Module):
@@ -50,8 +51,11 @@ def test_loss_perplexity_and_top_k_are_token_weighted():
 def test_a_model_smaller_than_its_tokenizer_is_refused_before_scoring(tmp_path):
     # A checkpoint of a 64-token model without a tokenizer record (r50k, as older checkpoints).
     model = GPT(vocab_size=64, d_embed=8, n_layers=1, n_heads=1, max_seq_len=16)
-    checkpoint = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                  "model_class": "wgpt.models.gpt.GPT", "model_config": model.config}  # fmt: skip
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "model_class": "wgpt.models.gpt.GPT",
+        "model_config": model.config,
+    }
     torch.save(checkpoint, tmp_path / "small.ckpt")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         # No data there: the refusal must come before any data is read.

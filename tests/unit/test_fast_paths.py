@@ -2,7 +2,6 @@
 written-out attention, TF32 only where the GPU has it. Inside real train.py runs:
 tests/e2e/test_fast_paths_cli.py."""
 
-
 import pytest
 import torch
 
@@ -33,7 +32,10 @@ def test_sdpa_runs_the_fused_kernel_and_matches_the_written_out_attention():
 
     x = torch.randint(0, 128, (2, 16))
     for cls, extra in ((GPT, {}), (Llama, {"n_kv_heads": 2})):
-        models = [cls(vocab_size=128, d_embed=32, n_layers=1, n_heads=4, max_seq_len=16, sdpa=s, **extra) for s in (True, False)]
+        models = [
+            cls(vocab_size=128, d_embed=32, n_layers=1, n_heads=4, max_seq_len=16, sdpa=s, **extra)
+            for s in (True, False)
+        ]
         models[1].load_state_dict(models[0].state_dict())
         outputs = []
         for model in models:

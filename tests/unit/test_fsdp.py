@@ -2,10 +2,8 @@
 1-process gloo group, the memory bar, and the refusals. The real 2-process runs and compiled blocks:
 tests/e2e/test_fsdp_runs.py."""
 
-
 import pytest
 import torch
-
 
 
 def test_activation_checkpointing_changes_memory_not_results():
@@ -64,29 +62,41 @@ def test_sharded_memory_is_a_share_of_the_model_and_picks_enough_gpus(monkeypatc
     gradients of the embeddings and of two blocks), so a model too big for one GPU is given as many
     as it needs (NVML answers are stubbed: no GPU here)."""
     from wgpt.core import devices as devices
-    from wgpt.util.errors import WgptError
     from wgpt.models import Llama
+    from wgpt.util.errors import WgptError
 
     with torch.device("meta"):
-        model = Llama(vocab_size=50304, d_embed=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim_multiplier=1.5, tie_embeddings=True)
+        model = Llama(
+            vocab_size=50304,
+            d_embed=2048,
+            n_layers=16,
+            n_heads=32,
+            n_kv_heads=8,
+            ffn_dim_multiplier=1.5,
+            tie_embeddings=True,
+        )
     whole = devices.training_memory_gib(model)
     assert 15.9 < whole < 16.2  # 1.08B parameters x 16 B
     embeddings, block = 50304 * 2048 + 2048, 60.8e6  # the tied embedding and the final norm; one block
-    assert devices.training_memory_gib(model, shards=4) == pytest.approx(whole / 4 + 4 * (embeddings + 2 * block) / 2**30, rel=0.01)
+    assert devices.training_memory_gib(model, shards=4) == pytest.approx(
+        whole / 4 + 4 * (embeddings + 2 * block) / 2**30, rel=0.01
+    )
 
     monkeypatch.setattr(devices, "free_gpu_memory", lambda: {0: 10.0, 1: 10.0, 2: 10.0, 3: 3.0})
     assert devices.get_best_devices(model, max_gpus=4, sharded=True) == [0, 1, 2]  # 3 x ~6.2 GiB fits, 4 would not
     with pytest.raises(WgptError, match=r"no GPU has 16\.0 GiB free .*shard it with trainer.strategy=fsdp"):
         devices.get_best_devices(model, max_gpus=4)
-    with pytest.raises(WgptError, match=r"GPU 3 has 3\.0 GiB free, but this model needs ~4\.8 GiB per GPU sharded over 4"):
+    with pytest.raises(
+        WgptError, match=r"GPU 3 has 3\.0 GiB free, but this model needs ~4\.8 GiB per GPU sharded over 4"
+    ):
         devices.check_fits_devices(model, [0, 1, 2, 3], sharded=True)
 
 
 def test_activation_checkpointing_or_sharding_a_model_without_blocks_is_one_line():
     import torch.nn as nn
 
-    from wgpt.util.errors import WgptError
     from wgpt.lightning.module import ModelLightningWrapper
+    from wgpt.util.errors import WgptError
 
     class Bigram(nn.Module):  # no `blocks`: nothing to recompute or shard block by block
         def __init__(self):
@@ -97,6 +107,9 @@ def test_activation_checkpointing_or_sharding_a_model_without_blocks_is_one_line
         def forward(self, input):
             return self.table(input)
 
-    with pytest.raises(WgptError, match=r"^trainer.activation_checkpointing=true recomputes the model's blocks, but model "
-                       r"bigram \(.*Bigram\) has no `blocks`"):  # fmt: skip
+    with pytest.raises(
+        WgptError,
+        match=r"^trainer.activation_checkpointing=true recomputes the model's blocks, but model "
+        r"bigram \(.*Bigram\) has no `blocks`",
+    ):
         ModelLightningWrapper(Bigram(), activation_checkpointing=True)

@@ -6,12 +6,12 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from conftest import ROOT
-from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
-from wgpt.util.errors import WgptError
-from wgpt.tools.generate import check_config, generate, generate_from_config, sample_next
 from wgpt.models import GPT, Llama
+from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
+from wgpt.tools.generate import generate, generate_from_config, generation_settings, sample_next
+from wgpt.util.errors import WgptError
 
+from conftest import ROOT
 
 V = 128
 
@@ -174,25 +174,36 @@ def test_a_request_longer_than_the_context_is_refused_before_any_work():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("min_p", -0.1), ("min_p", 2), ("top_k", 0),
-     ("max_new_tokens", 0), ("max_new_tokens", 2.5), ("temperature", "hot")],
-)  # fmt: skip
+    [
+        ("temperature", -0.5),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("min_p", -0.1),
+        ("min_p", 2),
+        ("top_k", 0),
+        ("max_new_tokens", 0),
+        ("max_new_tokens", 2.5),
+        ("temperature", "hot"),
+    ],
+)
 def test_bad_settings_are_one_line_errors_naming_the_key(key, value):
     cfg = OmegaConf.load(ROOT / "conf/generate.yaml")
     cfg.ckpt_path = "x.ckpt"
     cfg[key] = value
     with pytest.raises(WgptError, match=f"^{key}={value} ") as e:
-        check_config(cfg)
+        generation_settings(cfg)
     assert "\n" not in str(e.value)
 
 
 def test_prompt_is_a_string_or_a_list():
     cfg = OmegaConf.load(ROOT / "conf/generate.yaml")
-    assert check_config(cfg)["prompts"] == [""]
+    assert generation_settings(cfg)["prompts"] == [""]
     cfg.prompt = ["To be", "Once upon"]
-    settings = check_config(cfg)
+    settings = generation_settings(cfg)
     assert settings["prompts"] == ["To be", "Once upon"]
-    assert settings == dict(prompts=["To be", "Once upon"], max_new_tokens=100, temperature=0.8, top_k=None, top_p=None, min_p=None)
+    assert settings == dict(
+        prompts=["To be", "Once upon"], max_new_tokens=100, temperature=0.8, top_k=None, top_p=None, min_p=None
+    )
 
 
 def test_generate_decodes_with_the_checkpoints_tokenizer(tmp_path, capsys):
@@ -202,8 +213,12 @@ def test_generate_decodes_with_the_checkpoints_tokenizer(tmp_path, capsys):
     tokenizer = BPETokenizer(train_bpe([text], 300), "bpe300")
     torch.manual_seed(0)
     model = GPT(vocab_size=320, d_embed=32, n_layers=2, n_heads=4, max_seq_len=64).eval()
-    checkpoint = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                  "model_class": "wgpt.models.gpt.GPT", "model_config": model.config, "tokenizer": tokenizer.record()}  # fmt: skip
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "model_class": "wgpt.models.gpt.GPT",
+        "model_config": model.config,
+        "tokenizer": tokenizer.record(),
+    }
     torch.save(checkpoint, tmp_path / "bpe.ckpt")
     cfg = OmegaConf.load(ROOT / "conf/generate.yaml")
     cfg.update(ckpt_path=str(tmp_path / "bpe.ckpt"), prompt="To be, or", max_new_tokens=12, temperature=0, device="cpu")

@@ -9,16 +9,15 @@ import shutil
 import pytest
 import torch
 
-from wgpt.interop.sources import load_model_source
-from wgpt.interop.checkpoint import save_weights, write_weights_beside
 from wgpt.data.tokenizer import R50k
-from wgpt.util.errors import WgptError
+from wgpt.interop.checkpoint import save_weights, write_weights_beside
 from wgpt.interop.export import export
 from wgpt.interop.hf.reading import load_hf_weights, model_from_hf_dir, read_hf_dir
+from wgpt.interop.sources import load_model_source
 from wgpt.models import GPT, Llama, padded_vocab_size
+from wgpt.util.errors import WgptError
 
 from helpers_hf import bpe300, save_checkpoint, tiny
-
 
 transformers = pytest.importorskip("transformers")  # the dev extra installs it
 
@@ -50,9 +49,14 @@ def test_an_export_loads_in_transformers_with_the_same_logits_and_imports_back(s
     model = tiny(cls, padded_vocab_size(len(bpe)), **knobs)
     out = export(save_checkpoint(model, tmp_path / "m.ckpt", bpe), tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
-        "tokenizer.json", "tokenizer_config.json", "wgpt.json",
-    ]  # fmt: skip
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "wgpt.json",
+    ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the temporary dir renamed away
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [{GPT: "GPT2LMHeadModel", Llama: "LlamaForCausalLM"}[cls]]
@@ -62,7 +66,10 @@ def test_an_export_loads_in_transformers_with_the_same_logits_and_imports_back(s
     with torch.no_grad():
         ours = model(tokens)
     theirs = hf_logits(out, tokens)
-    print(f"{shape}: logits max abs diff {(ours - theirs).abs().max().item():.2e} (largest logit {ours.abs().max().item():.1f})")
+    print(
+        f"{shape}: logits max abs diff {(ours - theirs).abs().max().item():.2e} "
+        f"(largest logit {ours.abs().max().item():.1f})"
+    )
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
 
     back, _ = model_from_hf_dir(out)
@@ -97,10 +104,19 @@ def test_transformers_models_import_into_wgpt_with_the_same_logits(family, tmp_p
         saved = hf.transformer if family == "gpt2-bare" else hf  # the hub's gpt2 is a bare GPT2Model save
     else:
         config = transformers.LlamaConfig(
-            vocab_size=100, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, rope_theta=1000.0, rms_norm_eps=1e-5,
-            attention_bias=family == "llama-bias", mlp_bias=family == "llama-bias", tie_word_embeddings=False,
-        )  # fmt: skip
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=72,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            rope_theta=1000.0,
+            rms_norm_eps=1e-5,
+            attention_bias=family == "llama-bias",
+            mlp_bias=family == "llama-bias",
+            tie_word_embeddings=False,
+        )
         hf = saved = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for p in hf.parameters():
@@ -149,7 +165,19 @@ def test_a_directory_without_wgpt_json_is_read_from_its_config_and_tokenizer(bpe
     loaded = load_model_source(out)
     assert loaded.kind == "hf" and loaded.global_step is None and loaded.run_dir is None
     assert loaded.tokenizer.fingerprint == bpe.fingerprint  # the BPE rebuilt from tokenizer.json
-    knobs = ("d_embed", "n_layers", "n_heads", "n_kv_heads", "norm", "activation", "gated", "pos", "rope_theta", "bias", "tie_embeddings")
+    knobs = (
+        "d_embed",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "norm",
+        "activation",
+        "gated",
+        "pos",
+        "rope_theta",
+        "bias",
+        "tie_embeddings",
+    )
     assert {k: loaded.model.config[k] for k in knobs} == {k: model.config[k] for k in knobs}
     tokens = torch.randint(0, len(bpe), (1, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -185,7 +213,9 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        assert "lm_head.weight" not in f.keys() and json.loads(f.metadata()["wgpt_aliases"]) == {"lm_head.weight": "wte.weight"}
+        assert "lm_head.weight" not in f.keys() and json.loads(f.metadata()["wgpt_aliases"]) == {
+            "lm_head.weight": "wte.weight"
+        }
         assert json.loads(f.metadata()["wgpt_model_config"]) == model.config
     loaded = load_model_source(path)
     assert loaded.kind == "weights" and loaded.global_step == 7 and loaded.tokenizer.fingerprint == bpe.fingerprint
@@ -204,7 +234,11 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
 @pytest.mark.parametrize(
     "cls, knobs, message",
     [
-        (GPT, dict(norm="rmsnorm"), "model.norm=rmsnorm has no GPT2LMHeadModel (learned positions) equivalent (it has LayerNorm only)"),
+        (
+            GPT,
+            dict(norm="rmsnorm"),
+            "model.norm=rmsnorm has no GPT2LMHeadModel (learned positions) equivalent (it has LayerNorm only)",
+        ),
         (GPT, dict(n_kv_heads=2), "model.n_kv_heads=2 has no GPT2LMHeadModel (learned positions) equivalent"),
         (GPT, dict(bias=False), "model.bias=false has no GPT2LMHeadModel (learned positions) equivalent"),
         (GPT, dict(gated=True), "model.gated=true has no GPT2LMHeadModel (learned positions) equivalent"),
@@ -212,7 +246,9 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
         (Llama, dict(norm="layernorm"), "model.norm=layernorm has no LlamaForCausalLM (rotary positions) equivalent"),
     ],
 )
-def test_a_knob_without_a_transformers_equivalent_is_refused_before_anything_is_written(cls, knobs, message, bpe, tmp_path):
+def test_a_knob_without_a_transformers_equivalent_is_refused_before_anything_is_written(
+    cls, knobs, message, bpe, tmp_path
+):
     ckpt = save_checkpoint(tiny(cls, 320, **knobs), tmp_path / "m.ckpt", bpe)
     with pytest.raises(WgptError) as error:
         export(ckpt, tmp_path / "exports" / "hf")
@@ -224,7 +260,9 @@ def test_out_is_new_empty_or_a_previous_export_unless_overwrite(bpe, tmp_path, m
     ckpt = save_checkpoint(tiny(GPT, 320), tmp_path / "m.ckpt", bpe)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(WgptError, match=r"out=.*notes exists and is not a wgpt export \(no wgpt.json\): give a new or empty"):
+    with pytest.raises(
+        WgptError, match=r"out=.*notes exists and is not a wgpt export \(no wgpt.json\): give a new or empty"
+    ):
         export(ckpt, tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
     with pytest.raises(WgptError, match="is a file"):
@@ -265,16 +303,31 @@ def test_a_directory_that_is_not_a_model_is_refused_in_one_line(tmp_path):
 
 def test_weights_that_do_not_fit_name_the_model_values_the_directory_implies(bpe, tmp_path):
     out = export(save_checkpoint(tiny(GPT, 320), tmp_path / "m.ckpt", bpe), tmp_path / "hf")
-    llama = Llama(vocab_size=320, d_embed=32, n_layers=2, n_heads=4, max_seq_len=64, n_kv_heads=2, tie_embeddings=True, name="llama3-tiny")
+    llama = Llama(
+        vocab_size=320,
+        d_embed=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=64,
+        n_kv_heads=2,
+        tie_embeddings=True,
+        name="llama3-tiny",
+    )
     with pytest.raises(WgptError) as error:
         load_hf_weights(llama, out, bpe)
     assert str(error.value) == (
         f"init_from={out} holds a GPT2LMHeadModel that model llama3-tiny (n_kv_heads=2, norm=rmsnorm, activation=silu, "
-        "gated=true, pos=rotary, bias=false) does not fit: its config.json implies model.n_kv_heads=null model.norm=layernorm "
-        "model.activation=gelu model.gated=false model.pos=learned model.bias=true: add those overrides, or use model=gpt2 with the overrides of its run"
+        "gated=true, pos=rotary, bias=false) does not fit: "
+        "its config.json implies model.n_kv_heads=null model.norm=layernorm "
+        "model.activation=gelu model.gated=false model.pos=learned model.bias=true: "
+        "add those overrides, or use model=gpt2 with the overrides of its run"
     )
     wide = GPT(vocab_size=320, d_embed=64, n_layers=2, n_heads=4, max_seq_len=64, name="gpt2")
-    with pytest.raises(WgptError, match=r"model gpt2 \(d_embed=64\) does not fit: its config.json implies model.d_embed=32: "):
+    with pytest.raises(
+        WgptError, match=r"model gpt2 \(d_embed=64\) does not fit: its config.json implies model.d_embed=32: "
+    ):
         load_hf_weights(wide, out, bpe)
-    with pytest.raises(WgptError, match="tokenizer bpe300 .*, this run uses r50k .*: train with tokenizer=bpe tokenizer.vocab_size=300"):
+    with pytest.raises(
+        WgptError, match="tokenizer bpe300 .*, this run uses r50k .*: train with tokenizer=bpe tokenizer.vocab_size=300"
+    ):
         load_hf_weights(GPT(vocab_size=50304, d_embed=32, n_layers=2, n_heads=4, max_seq_len=64), out, R50k().load())

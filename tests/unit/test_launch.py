@@ -8,11 +8,23 @@ import pytest
 from torch.distributed import TCPStore
 
 from wgpt.core.launch import DATETIME_FORMAT, on_rank_zero, rank_tag, start_datetime
-from wgpt.core.sweep import format_table, sweep_rows, write_sweep_csv
 from wgpt.core.summary import write_run_summary
+from wgpt.core.sweep import format_table, sweep_rows, write_sweep_csv
 
-LAUNCH_VARS = ["WGPT_START_DATETIME", "TORCHELASTIC_RUN_ID", "RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-               "WORLD_SIZE", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_START_TIME", "SLURM_STEP_ID"]  # fmt: skip
+LAUNCH_VARS = [
+    "WGPT_START_DATETIME",
+    "TORCHELASTIC_RUN_ID",
+    "RANK",
+    "GROUP_RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_JOB_START_TIME",
+    "SLURM_STEP_ID",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +34,18 @@ def lone_process(monkeypatch):
 
 
 def torchrun_rank(monkeypatch, rank: int, port: int):
-    env = {"TORCHELASTIC_RUN_ID": "r", "RANK": str(rank), "GROUP_RANK": "0", "LOCAL_RANK": str(rank),
-           "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0"}  # fmt: skip
+    env = {
+        "TORCHELASTIC_RUN_ID": "r",
+        "RANK": str(rank),
+        "GROUP_RANK": "0",
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": "2",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
@@ -53,7 +74,12 @@ def test_torchrun_ranks_share_the_first_ranks_time_through_the_agent_store(monke
 
 
 def test_srun_tasks_share_the_jobs_start_time(monkeypatch):
-    for name, value in {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "train"}.items():
+    for name, value in {
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "2",
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_NAME": "train",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SLURM_JOB_START_TIME", "1700000000")
     expected = datetime.fromtimestamp(1700000000).strftime(DATETIME_FORMAT)
@@ -79,18 +105,38 @@ def test_sweep_table_shows_what_varies_and_how_each_job_ended(tmp_path):
         (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
         (job / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={lr}\n- trainer.max_steps=8\n")
         if status == "completed":
-            write_run_summary(job, status=status, final_val_loss=5.5, best_val_loss=5.25, final_val_bpb=2.5,
-                              best_val_bpb=2.375, best_step=8, global_step=8)  # fmt: skip
+            write_run_summary(
+                job,
+                status=status,
+                final_val_loss=5.5,
+                best_val_loss=5.25,
+                final_val_bpb=2.5,
+                best_val_bpb=2.375,
+                best_step=8,
+                global_step=8,
+            )
         elif status == "failed":
             write_run_summary(job, status=status, error="Error: boom", global_step=3, final_val_loss=math.nan)
     varying, rows = sweep_rows(tmp_path)
     assert varying == ["optim.lr"]
-    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [(0, "0.01", "completed"), (1, "0.02", "failed"), (2, "0.03", "failed")]
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
+        (0, "0.01", "completed"),
+        (1, "0.02", "failed"),
+        (2, "0.03", "failed"),
+    ]
     assert rows[2]["error"] == "ended without a summary (killed?)"
     table = format_table(varying, rows).splitlines()
     assert table[0].split() == [
-        "job", "optim.lr", "status", "final_val_loss", "best_val_loss", "final_val_bpb", "best_val_bpb", "steps", "error"
-    ]  # fmt: skip
+        "job",
+        "optim.lr",
+        "status",
+        "final_val_loss",
+        "best_val_loss",
+        "final_val_bpb",
+        "best_val_bpb",
+        "steps",
+        "error",
+    ]
     assert table[2].split() == ["0", "0.01", "completed", "5.5000", "5.2500", "2.5000", "2.3750", "8"]
     assert table[3].split() == ["1", "0.02", "failed", "nan", "3", "Error:", "boom"]
     write_sweep_csv(tmp_path / "summary.csv", rows)

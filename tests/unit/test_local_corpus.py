@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from wgpt.data.diskdataset import BinInfo, bin_path
-from wgpt.util.files import exclusive
 from wgpt.data.prepare import ensure_prepared
 from wgpt.data.sources import local
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
+from wgpt.util.files import exclusive
 
 from helpers_local_corpus import play
 
@@ -43,7 +43,9 @@ def test_one_text_file_is_split_inside_at_line_ends(tmp_path, monkeypatch):
     size = len(text.encode())
     for split in ("validation", "test"):
         assert parts[split].endswith("\n") and 0.05 * size <= len(parts[split].encode()) < 0.05 * size + 100
-    for split, info in ((s, BinInfo.read(bin_path("one", s, tmp_path / "data"))) for s in ("validation", "test", "train")):
+    for split, info in (
+        (s, BinInfo.read(bin_path("one", s, tmp_path / "data"))) for s in ("validation", "test", "train")
+    ):
         assert info.num_documents == 1, split
     assert not list((tmp_path / "data" / "one" / "tokenized").glob(".*"))  # no lock file, no unfinished file
 
@@ -82,7 +84,11 @@ def test_a_failed_preparation_leaves_no_dir_lock_or_bin(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')  # the carve takes both
     with pytest.raises(WgptError, match="at least 3 documents"):
-        ensure_prepared("few", partial(local, path=str(tmp_path / "a.jsonl"), carve={"validation": 1, "test": 1}), tmp_path / "data" / "deep")
+        ensure_prepared(
+            "few",
+            partial(local, path=str(tmp_path / "a.jsonl"), carve={"validation": 1, "test": 1}),
+            tmp_path / "data" / "deep",
+        )
     assert not (tmp_path / "data").exists()  # the dirs it made, the lock file, the validation bin: all gone
 
 

@@ -1,9 +1,7 @@
 """The logger group as composed: csv always kept beside tensorboard and wandb. The loggers in real
 train.py runs: tests/e2e/test_loggers_cli.py."""
 
-
 import pytest
-
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT

@@ -85,7 +85,9 @@ def test_models_without_a_loss_method_get_cross_entropy_of_their_logits():
             return self.table(input)
 
     model, x, y = Bigram(), torch.randint(0, 50, (2, 5)), torch.randint(0, 50, (2, 5))
-    torch.testing.assert_close(next_token_loss(model, x, y, "sum"), F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum"))
+    torch.testing.assert_close(
+        next_token_loss(model, x, y, "sum"), F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum")
+    )
 
 
 def largest_tensor_bytes(fn) -> int:

@@ -14,16 +14,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT
-from wgpt.util.errors import WgptError
-from wgpt.tools.generate import generate
-from wgpt.models import GPT, Llama, Transformer
+from wgpt.models import GPT, Llama, Transformer, padded_vocab_size
 from wgpt.models.rotary import apply_rotary, rotary_tables
 from wgpt.models.transformer import GatedMLP, ModelConfigError
-from wgpt.models import padded_vocab_size
+from wgpt.tools.generate import generate
+from wgpt.util.errors import WgptError
 
+from conftest import ROOT
 from helpers_models import override
-
 
 PRESETS = ["gpt2-tiny", "gpt2", "llama3-tiny", "llama3"]
 
@@ -128,10 +126,26 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
     assert list(inspect.signature(cls).parameters) == list(inspect.signature(Transformer).parameters)
     # Each value differs from Transformer's default: a knob not passed on would show that default.
     knobs = dict(
-        vocab_size=64, d_embed=24, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=8, norm="rmsnorm", norm_eps=1e-3,
-        activation="silu", gated=True, multiple_of=8, ffn_dim_multiplier=1.5, pos="rotary", rope_theta=123.0,
-        bias=False, dropout=0.25, tie_embeddings=False, sdpa=False, name="x",
-    )  # fmt: skip
+        vocab_size=64,
+        d_embed=24,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=1,
+        max_seq_len=8,
+        norm="rmsnorm",
+        norm_eps=1e-3,
+        activation="silu",
+        gated=True,
+        multiple_of=8,
+        ffn_dim_multiplier=1.5,
+        pos="rotary",
+        rope_theta=123.0,
+        bias=False,
+        dropout=0.25,
+        tie_embeddings=False,
+        sdpa=False,
+        name="x",
+    )
     defaults = {k: p.default for k, p in inspect.signature(Transformer).parameters.items()}
     assert all(knobs[k] != defaults[k] for k in defaults)
     with torch.device("meta"):
@@ -139,12 +153,30 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
 
 
 # Every knob flipped from the preset's value.
-FLIP_GPT2 = dict(norm="rmsnorm", activation="silu", gated=True, pos="rotary", n_kv_heads=2, bias=False, dropout=0.1,
-                 tie_embeddings=False, sdpa=False)  # fmt: skip
+FLIP_GPT2 = dict(
+    norm="rmsnorm",
+    activation="silu",
+    gated=True,
+    pos="rotary",
+    n_kv_heads=2,
+    bias=False,
+    dropout=0.1,
+    tie_embeddings=False,
+    sdpa=False,
+)
 
 
-FLIP_LLAMA = dict(norm="layernorm", activation="relu", gated=False, pos="learned", n_kv_heads=None, bias=True,
-                  dropout=0.1, tie_embeddings=False, sdpa=False)  # fmt: skip
+FLIP_LLAMA = dict(
+    norm="layernorm",
+    activation="relu",
+    gated=False,
+    pos="learned",
+    n_kv_heads=None,
+    bias=True,
+    dropout=0.1,
+    tie_embeddings=False,
+    sdpa=False,
+)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -300,10 +332,21 @@ MIXES = [
     # The README's example: GPT-2 with Llama's parts.
     (GPT, dict(norm="rmsnorm", pos="rotary", n_kv_heads=2, gated=True, activation="silu", multiple_of=16)),
     # Llama with GPT-2's parts, dropout and an untied head.
-    (Llama, dict(norm="layernorm", pos="learned", n_kv_heads=None, gated=False, activation="relu", bias=True,
-                 dropout=0.1, tie_embeddings=False)),
+    (
+        Llama,
+        dict(
+            norm="layernorm",
+            pos="learned",
+            n_kv_heads=None,
+            gated=False,
+            activation="relu",
+            bias=True,
+            dropout=0.1,
+            tie_embeddings=False,
+        ),
+    ),
     (Llama, dict(n_kv_heads=1, activation="gelu", sdpa=False, multiple_of=16)),  # GeGLU, multi-query
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("cls, knobs", MIXES)
@@ -399,13 +442,19 @@ def test_bad_shapes_are_refused():
         (dict(n_kv_heads=0), "n_kv_heads=0 is not a positive integer"),
         (dict(n_layers=2.5), "n_layers=2.5 is not a positive integer"),
         (dict(rope_theta=-1.0), "rope_theta=-1.0 is not a number > 0"),
-        (dict(ffn_dim_multiplier=1.3), "ffn_dim_multiplier=1.3 sizes gated MLPs only (a plain one is 4 x d_embed): "
-                                       "set gated=true or ffn_dim_multiplier=null"),
-        (dict(d_embed=36, n_heads=12, pos="rotary"), "pos='rotary' rotates pairs of features, but the head size "
-                                                     "d_embed/n_heads = 36/12 = 3 is odd: change d_embed or n_heads, "
-                                                     "or use pos=learned"),
+        (
+            dict(ffn_dim_multiplier=1.3),
+            "ffn_dim_multiplier=1.3 sizes gated MLPs only (a plain one is 4 x d_embed): "
+            "set gated=true or ffn_dim_multiplier=null",
+        ),
+        (
+            dict(d_embed=36, n_heads=12, pos="rotary"),
+            "pos='rotary' rotates pairs of features, but the head size "
+            "d_embed/n_heads = 36/12 = 3 is odd: change d_embed or n_heads, "
+            "or use pos=learned",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_knobs_are_one_line_errors_before_any_weight_exists(knobs, message):
     registered = []
     hook = torch.nn.modules.module.register_module_parameter_registration_hook(lambda *args: registered.append(args))

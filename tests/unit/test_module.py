@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader
 from wgpt.core.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset, generate_bin
+from wgpt.lightning.module import ModelLightningWrapper
+from wgpt.models import GPT
+from wgpt.tokenizers import tokenizer_from_record
 from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
 from wgpt.tokenizers.r50k import Tokenizer
-from wgpt.tokenizers import tokenizer_from_record
-from wgpt.models import GPT
-from wgpt.lightning.module import ModelLightningWrapper
 
 from helpers_fit import DOCS, SEQ_LEN, datamodule, tiny_module, toy_bins, trainer
 
@@ -63,8 +63,14 @@ def test_val_bpb_follows_the_tokenizer_and_is_logged_per_dataset(tmp_path):
         for split in ("train", "validation", "test"):
             generate_bin(name, split, docs, tokenizer, data_dir=tmp_path)
     module = tiny_module(vocab_size=320, tokenizer=tokenizer, dataset_names=["toy", "short"])
-    dm = DatasetLightningWrapper({"toy": None, "short": None}, seq_len=SEQ_LEN, batch_size=4, num_workers=0,
-                                 data_dir=tmp_path, tokenizer=tokenizer)  # fmt: skip
+    dm = DatasetLightningWrapper(
+        {"toy": None, "short": None},
+        seq_len=SEQ_LEN,
+        batch_size=4,
+        num_workers=0,
+        data_dir=tmp_path,
+        tokenizer=tokenizer,
+    )
     fit = trainer()
     fit.validate(module, datamodule=dm, verbose=False)
     metrics = {name: float(value) for name, value in fit.callback_metrics.items()}
@@ -113,8 +119,9 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(toy_dir, tmp_path):
     module = ScriptedValidation([3.0, 1.0, 2.0])
     callbacks = [RecentCheckpoint(tmp_path, every_n_train_steps=2), BestCheckpoint(tmp_path, "start"), ValidateAtEnd()]
     # Validations after steps 2, 4 and 5 (the end, between two scheduled ones).
-    trainer(max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks,
-            enable_checkpointing=True).fit(module, datamodule=datamodule(toy_dir))  # fmt: skip
+    trainer(
+        max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks, enable_checkpointing=True
+    ).fit(module, datamodule=datamodule(toy_dir))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-start.ckpt", "best-start.safetensors", "recent.ckpt"]
     best = torch.load(tmp_path / "best-start.ckpt", weights_only=True)
     recent = torch.load(tmp_path / "recent.ckpt", weights_only=True)
@@ -129,7 +136,9 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(toy_dir, tmp_path):
 def test_step_budget_spanning_epochs_stops_on_the_step_and_validates(toy_dir):
     module = tiny_module()
     dm = datamodule(toy_dir, batch_size=16)
-    fit = trainer(max_steps=40, max_epochs=-1, val_check_interval=100, check_val_every_n_epoch=None, callbacks=[ValidateAtEnd()])
+    fit = trainer(
+        max_steps=40, max_epochs=-1, val_check_interval=100, check_val_every_n_epoch=None, callbacks=[ValidateAtEnd()]
+    )
     fit.fit(module, datamodule=dm)
     assert fit.num_training_batches < 40  # more than one epoch was needed
     assert fit.global_step == 40 and fit.current_epoch >= 1

@@ -1,14 +1,14 @@
 """Optimizers from config (wgpt.optim): parameter kinds, group rules, Muon beside AdamW as one
 optimizer. Every conf/optim option training through train.py: tests/e2e/test_optim_cli.py."""
 
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT
 from wgpt.optim import CombinedOptimizer, optimizer_factory, parameter_kinds
+
+from conftest import ROOT
 
 
 def composed(*overrides):
@@ -44,8 +44,10 @@ def test_muon_takes_every_hidden_matrix_and_adamw_the_rest(model_name):
     state = optimizer.state_dict()
     fresh = optimizer_factory(cfg.optim)(model)
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.optimizers[1].state[muon.param_groups[0]["params"][0]]["momentum_buffer"],
-                       muon.state[muon.param_groups[0]["params"][0]]["momentum_buffer"])  # fmt: skip
+    assert torch.equal(
+        fresh.optimizers[1].state[muon.param_groups[0]["params"][0]]["momentum_buffer"],
+        muon.state[muon.param_groups[0]["params"][0]]["momentum_buffer"],
+    )
     # Loading replaced the inner optimizers' group dicts: a schedule still reaches them.
     torch.optim.lr_scheduler.LambdaLR(fresh, lambda step: 0.25)
     assert [g["lr"] for o in fresh.optimizers for g in o.param_groups] == [5e-4, 5e-4, 0.005]
@@ -73,6 +75,8 @@ def test_rules_set_groups_by_kind_and_name_with_lr_scales():
 def test_an_mlp_as_wide_as_the_vocabulary_is_not_the_output_layer():
     from wgpt.models import GPT
 
-    model = GPT(vocab_size=768, d_embed=192, n_layers=1, n_heads=2, max_seq_len=16, tie_embeddings=False)  # MLP 4 x 192 = 768
+    model = GPT(
+        vocab_size=768, d_embed=192, n_layers=1, n_heads=2, max_seq_len=16, tie_embeddings=False
+    )  # MLP 4 x 192 = 768
     kinds = parameter_kinds(model)
     assert kinds["lm_head.weight"] == "output" and kinds["blocks.0.mlp.fc.weight"] == "hidden_matrix"

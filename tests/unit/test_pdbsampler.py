@@ -124,7 +124,10 @@ def test_weights_must_match_the_datasets():
 
 def test_a_position_saved_for_other_devices_is_refused():
     state = PDBSampler([Sized(40)], 4, 2, 0).state_dict(3)
-    with pytest.raises(WgptError, match=r"^the checkpoint's data position is for data.batch_size=4 on 2 device\(s\), this run has 4 on 1: "):
+    with pytest.raises(
+        WgptError,
+        match=r"^the checkpoint's data position is for data.batch_size=4 on 2 device\(s\), this run has 4 on 1: ",
+    ):
         PDBSampler([Sized(40)], 4, 1, 0).load_state_dict(state)
 
 

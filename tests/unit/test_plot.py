@@ -3,16 +3,18 @@ summary of a failed job. python -m wgpt.tools.plot on a real sweep: tests/e2e/te
 
 import math
 
-
-from wgpt.tools.runs import read_overrides, run_labels, tokens_per_step  # fmt: skip
-from wgpt.tools.plot import plot_summary  # fmt: skip
+from wgpt.tools.plot import plot_summary
+from wgpt.tools.runs import read_overrides, run_labels, tokens_per_step
 
 
 def test_labels_keep_what_differs_and_title_what_is_shared():
     labels, shared = run_labels(
-        [["model=gpt2-tiny", "optim.lr=1e-3", "trainer.max_steps=8"], ["model=llama3-tiny", "optim.lr=1e-3", "trainer.max_steps=8"]],
+        [
+            ["model=gpt2-tiny", "optim.lr=1e-3", "trainer.max_steps=8"],
+            ["model=llama3-tiny", "optim.lr=1e-3", "trainer.max_steps=8"],
+        ],
         ["0-gpt2-tiny", "1-llama3-tiny"],
-    )  # fmt: skip
+    )
     assert labels == ["model=gpt2-tiny", "model=llama3-tiny"] and shared == ["optim.lr=1e-3", "trainer.max_steps=8"]
     # Nothing of its own: the dir name; the same overrides twice: the dir names tell them apart.
     assert run_labels([["optim.lr=1e-3"]], ["2026-11-23_19-11-14"]) == (["2026-11-23_19-11-14"], ["optim.lr=1e-3"])
@@ -39,7 +41,8 @@ def test_tokens_per_step_counts_accumulation_and_ddp_processes(tmp_path):
     assert tokens_per_step(tmp_path) is None  # devices=auto and no log to say how many processes ran
     (tmp_path / "train.log").write_text(
         "[...][lightning.fabric.utilities.distributed][INFO] - Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2\n"
-        "[...][rank 1][lightning.fabric.utilities.distributed][INFO] - Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2\n"
+        "[...][rank 1][lightning.fabric.utilities.distributed][INFO] - "
+        "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2\n"
     )
     assert tokens_per_step(tmp_path) == 8 * 64 * 2 * 2
 

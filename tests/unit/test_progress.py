@@ -10,12 +10,12 @@ import pytest
 import rich
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
 from wgpt.core.callbacks import SpeedMonitor, build_callbacks
-from wgpt.core.progress import ProgressBar
 from wgpt.core.console import parameter_counts
+from wgpt.core.progress import ProgressBar
 from wgpt.models import GPT
 
+from conftest import ROOT
 from helpers_progress import SEQ_LEN, fit, loader, string_terminal, tiny_module
 
 
@@ -42,8 +42,16 @@ def test_the_bar_shows_epoch_step_loss_and_tokens_per_second(terminal):
 
 def test_the_bar_shows_the_latest_validation(terminal):
     bar, module = ProgressBar(console_kwargs=terminal), tiny_module()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_model_summary=False, enable_checkpointing=False,
-                        callbacks=[bar], max_steps=4, val_check_interval=2, num_sanity_val_steps=0)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[bar],
+        max_steps=4,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=loader(4), val_dataloaders=loader(2))
     metrics = bar.get_metrics(trainer, module)
     assert metrics["val_loss"] == f"{module.last_val_loss:.4f}" and metrics["val_bpb"] == f"{module.last_val_bpb:.4f}"

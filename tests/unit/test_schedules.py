@@ -15,7 +15,6 @@ from wgpt.optim.scheduler import wsd
 from wgpt.util.checks import check_targets
 from wgpt.util.errors import WgptError
 
-
 SHAPES = ["linear", "cosine", "sqrt"]
 
 
@@ -41,9 +40,9 @@ def test_each_decay_shape_falls_from_the_peak_to_min_lr_ratio(shape):
     assert all(a > b for a, b in zip(lrs[600:], lrs[601:]))
     assert all(0.1 <= v <= 1.0 for v in lrs)
     # a quarter and half of the way down: 0.1 + 0.9 x the shape's fraction left
-    left = {
-        "linear": (0.75, 0.5), "cosine": ((1 + math.cos(math.pi / 4)) / 2, 0.5), "sqrt": (0.5, 1 - math.sqrt(0.5))
-    }[shape]  # fmt: skip
+    left = {"linear": (0.75, 0.5), "cosine": ((1 + math.cos(math.pi / 4)) / 2, 0.5), "sqrt": (0.5, 1 - math.sqrt(0.5))}[
+        shape
+    ]
     assert lrs[700] == pytest.approx(0.1 + 0.9 * left[0]) and lrs[800] == pytest.approx(0.1 + 0.9 * left[1])
 
 
@@ -156,8 +155,16 @@ def test_options_out_of_range_are_a_one_line_error(options, says):
 @pytest.mark.parametrize(
     "schedule, options, says",
     [
-        ("warmup_cosine", {"warmup_steps": -5}, "optim.scheduler.warmup_steps=-5 is out of range: give a number of 0 or more"),
-        ("warmup_cosine", {"min_lr_ratio": 1.5}, "optim.scheduler.min_lr_ratio=1.5 is out of range: give a number in [0, 1]"),
+        (
+            "warmup_cosine",
+            {"warmup_steps": -5},
+            "optim.scheduler.warmup_steps=-5 is out of range: give a number of 0 or more",
+        ),
+        (
+            "warmup_cosine",
+            {"min_lr_ratio": 1.5},
+            "optim.scheduler.min_lr_ratio=1.5 is out of range: give a number in [0, 1]",
+        ),
         ("one_cycle", {"pct_start": 0.0}, "optim.scheduler.pct_start=0.0 is out of range: give a number in (0, 1]"),
         ("one_cycle", {"div_factor": -1.0}, "optim.scheduler.div_factor=-1.0 is out of range: give a number above 0"),
         ("one_cycle", {"anneal_strategy": "exp"}, "optim.scheduler.anneal_strategy=exp is not one of cos, linear"),

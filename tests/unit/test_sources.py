@@ -9,11 +9,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT
 from wgpt.data.diskdataset import BinInfo, bin_path
 from wgpt.data.prepare import ensure_prepared, prepare_dataset, unprepared_reason
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
+
+from conftest import ROOT
 
 
 def docs(prefix: str, n: int) -> list[str]:
@@ -29,11 +30,14 @@ def slim_pajama(root: Path) -> dict[str, list[str]]:
     """DKYoon/SlimPajama-6B: data/{split}-*.parquet with text, meta and a pandas index column."""
     texts = {"train": docs("train", 30), "validation": docs("val", 6), "test": docs("test", 5)}
     for split, rows in texts.items():
-        write_parquet(root / "data" / f"{split}-00000-of-00001.parquet", {
-            "text": rows,
-            "meta": [{"redpajama_set_name": "RedPajamaC4"}] * len(rows),
-            "__index_level_0__": list(range(len(rows))),
-        })  # fmt: skip
+        write_parquet(
+            root / "data" / f"{split}-00000-of-00001.parquet",
+            {
+                "text": rows,
+                "meta": [{"redpajama_set_name": "RedPajamaC4"}] * len(rows),
+                "__index_level_0__": list(range(len(rows))),
+            },
+        )
     return texts
 
 
@@ -53,17 +57,27 @@ def fineweb_edu(root: Path) -> dict[str, list[str]]:
         "---\nconfigs:\n- config_name: sample-10BT\n  data_files:\n  - split: train\n    path: sample/10BT/*\n---\n"
     )
     rows = docs("web page", 50)
-    write_parquet(root / "sample" / "10BT" / "000_00000.parquet", {
-        "text": rows, "id": [f"<urn:{i}>" for i in range(50)], "dump": ["CC-MAIN-2024-10"] * 50,
-        "url": [f"https://example.org/{i}" for i in range(50)], "score": [3.1] * 50, "int_score": [3] * 50,
-    })  # fmt: skip
+    write_parquet(
+        root / "sample" / "10BT" / "000_00000.parquet",
+        {
+            "text": rows,
+            "id": [f"<urn:{i}>" for i in range(50)],
+            "dump": ["CC-MAIN-2024-10"] * 50,
+            "url": [f"https://example.org/{i}" for i in range(50)],
+            "score": [3.1] * 50,
+            "int_score": [3] * 50,
+        },
+    )
     return {"validation": rows[:4], "test": rows[4:9], "train": rows[9:]}  # carve 4 + 5 below
 
 
 LAYOUTS = {
     "slim-pajama": (slim_pajama, []),
     "tinystories": (tinystories, ["data.datasets.tinystories.carve.test=3"]),
-    "fineweb-edu": (fineweb_edu, ["data.datasets.fineweb-edu.carve.validation=4", "data.datasets.fineweb-edu.carve.test=5"]),
+    "fineweb-edu": (
+        fineweb_edu,
+        ["data.datasets.fineweb-edu.carve.validation=4", "data.datasets.fineweb-edu.carve.test=5"],
+    ),
 }
 
 
@@ -74,10 +88,15 @@ def test_hub_dataset_configs_prepare_bins_equal_to_direct_tokenization(name, str
     make, overrides = LAYOUTS[name]
     expected = make(tmp_path / "hub")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("process", overrides=[
-            f"data={name}", f"data.datasets.{name}.path={tmp_path / 'hub'}", f"data.datasets.{name}.streaming={streaming}",
-            *overrides,
-        ])  # fmt: skip
+        cfg = compose(
+            "process",
+            overrides=[
+                f"data={name}",
+                f"data.datasets.{name}.path={tmp_path / 'hub'}",
+                f"data.datasets.{name}.streaming={streaming}",
+                *overrides,
+            ],
+        )
     (load,) = instantiate(cfg.data.datasets, _convert_="partial").values()
     infos = prepare_dataset(name, load, tmp_path / "bins")
     tok = Tokenizer()

@@ -3,7 +3,7 @@ import socket
 import pytest
 import torch
 
-from wgpt.data import tokenizer as tokenizer_module
+from wgpt.tokenizers import r50k as tokenizer_module
 from wgpt.tokenizers.base import SPECIAL_TOKENS
 from wgpt.tokenizers.r50k import Tokenizer
 

@@ -3,7 +3,6 @@ whitespace shown faithfully. python -m wgpt.tools.tokens: tests/e2e/test_tokens_
 
 import re
 
-
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.tools.tokens import piece_parts, show, split_arguments, visible
 
@@ -28,5 +27,6 @@ def test_pieces_of_split_characters_and_whitespace_are_shown_faithfully():
     assert piece_parts(b"\x9c ok\xe6") == [("<0x9C>", True), (" ok", False), ("<0xE6>", True)]
     assert visible(" a\tb\nc\r\x00") == "·a→b↵\nc␍␀"
     assert split_arguments(["hi", "model=gpt2", "+x.y=1", "there", "--", "seed=2"]) == (
-        ["model=gpt2", "+x.y=1"], ["hi", "there", "seed=2"]
-    )  # fmt: skip
+        ["model=gpt2", "+x.y=1"],
+        ["hi", "there", "seed=2"],
+    )

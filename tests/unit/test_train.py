@@ -1,7 +1,6 @@
 """The training config as Hydra composes it: the seed's trainer defaults, the data dir, a mixture.
 train.py end to end: tests/e2e/test_train_cli.py."""
 
-
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT
@@ -11,7 +10,12 @@ def test_seed_trainer_defaults_compose():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["model=gpt2"])
     trainer = cfg.trainer
-    assert (trainer.max_epochs, trainer.precision, trainer.max_devices, trainer.log_every_n_steps) == (10, "auto", 2, 50)
+    assert (trainer.max_epochs, trainer.precision, trainer.max_devices, trainer.log_every_n_steps) == (
+        10,
+        "auto",
+        2,
+        50,
+    )
     assert cfg.callbacks.recent.every_n_train_steps == 500
     assert cfg.model._target_ == "wgpt.models.GPT" and cfg.data._target_ == "wgpt.data.DatasetLightningWrapper"
     assert cfg.data.sampler._target_ == "wgpt.data.PDBSampler"
