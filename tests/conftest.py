@@ -70,6 +70,46 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def run_in_process(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a top-level script (train.py, ...) as ``run_cli`` does, but in this process: its command
+    line, environment, working directory, stdout, stderr and exit status as a user's shell gives
+    them, without the ~7 s a new process spends importing torch and Lightning. For runs refused
+    before training starts (bad input); anything that trains, launches ranks or handles signals
+    goes through ``run_cli``."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved_argv, saved_env, saved_cwd = sys.argv[:], dict(os.environ), os.getcwd()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    os.environ.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    sys.argv = [str(ROOT / script), *args]
+    os.chdir(ROOT)
+    GlobalHydra.instance().clear()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except BaseException:  # as the interpreter would: a traceback and status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([sys.executable, script, *args], code, out.getvalue(), err.getvalue())
+
+
 def once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
     """A directory that ``make`` fills once for the whole session, shared by every xdist worker
     (the first to ask makes it, the others wait and reuse it). Tests must only read it."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Case:
     skip: str | None = None
     env: dict = field(default_factory=dict)
     gpu: bool = False  # needs a CUDA GPU: marked gpu (and skipped without one)
+    process: bool = False  # through a new process (run_cli), not run_in_process (cases with env always are)
 
 
 CPU_CORES = os.cpu_count() or 1
@@ -257,7 +258,8 @@ def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(name, data_di
     try:
         before = snapshot(*watched)
         env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in case.env.items()}
-        result = run_cli("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data), **env})
+        run = run_cli if case.process or case.env else run_in_process  # env read at import: a new process
+        result = run("train.py", *args, f"paths.output_root={out}/outputs", env={"WGPT_DATA_DIR": str(data), **env})
         after = snapshot(*watched)
     finally:
         (tmp_path / "locked").chmod(0o755)  # for pytest to remove it
