@@ -72,22 +72,28 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 def run_in_process(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a top-level script (train.py, ...) as ``run_cli`` does, but in this process: its command
-    line, environment, working directory, stdout, stderr and exit status as a user's shell gives
-    them, without the ~7 s a new process spends importing torch and Lightning. For runs refused
-    before training starts (bad input); anything that trains, launches ranks or handles signals
-    goes through ``run_cli``."""
+    line, environment, working directory, ``sys.path[0]``, stdout, stderr and exit status as from
+    a shell, without the ~7 s a new process spends importing torch and Lightning. Logging, warning
+    filters and Hydra's state are put back afterwards, so the next test starts as it would have.
+    For runs refused before training starts (bad input); anything that trains, launches ranks,
+    handles signals or reads an environment variable at import goes through ``run_cli``."""
     import contextlib
     import io
+    import logging
     import runpy
     import traceback
     import warnings
 
     from hydra.core.global_hydra import GlobalHydra
 
-    saved_argv, saved_env, saved_cwd = sys.argv[:], dict(os.environ), os.getcwd()
+    named = ("lightning", "lightning.pytorch", "lightning.fabric", "py.warnings", "wgpt", "hydra")
+    loggers = [logging.getLogger(), *map(logging.getLogger, named)]
+    saved_loggers = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.filters[:]) for lg in loggers]
+    saved_argv, saved_path, saved_env, saved_cwd = sys.argv[:], sys.path[:], dict(os.environ), os.getcwd()
     out, err, code = io.StringIO(), io.StringIO(), 0
     os.environ.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     sys.argv = [str(ROOT / script), *args]
+    sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
     GlobalHydra.instance().clear()
     try:
@@ -101,8 +107,17 @@ def run_in_process(script: str, *args: str, env: dict | None = None) -> subproce
             except BaseException:  # as the interpreter would: a traceback and status 1
                 traceback.print_exc()
                 code = 1
+            finally:
+                logging.captureWarnings(False)  # before catch_warnings restores showwarning
     finally:
-        sys.argv = saved_argv
+        for lg, handlers, level, propagate, filters in saved_loggers:
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers[:], lg.filters[:] = handlers, filters
+            lg.setLevel(level)
+            lg.propagate = propagate
+        sys.argv, sys.path[:] = saved_argv, saved_path
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)

@@ -1,6 +1,6 @@
 """wgpt: a Hydra-composed LLM pre-training runner on PyTorch Lightning (see README.md).
 
-The package is layered (docs/development.md): ``util`` at the bottom, then ``models`` and
+The package is layered (README.md, "Layout"): ``util`` at the bottom, then ``models`` and
 ``tokenizers``, ``data``, ``optim`` and ``parallel``, ``lightning``, ``interop``, ``core`` (the run
 machinery), ``api`` and ``tools``; each imports only from below (tests/unit/test_layers.py).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
 
@@ -193,12 +194,19 @@ class _Moved(types.ModuleType):
         home, names = MOVED[self.__name__]
         return getattr(importlib.import_module(names.get(name, home)), name)
 
+    def __dir__(self) -> list[str]:
+        home, names = MOVED[self.__name__]
+        return sorted({*dir(importlib.import_module(home)), *names})
+
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds the old names in MOVED (after every real module: a real one wins)."""
 
     def find_spec(self, fullname, path=None, target=None):
-        return importlib.machinery.ModuleSpec(fullname, self) if fullname in MOVED else None
+        if fullname not in MOVED:
+            return None
+        home = importlib.util.find_spec(MOVED[fullname][0])  # its file: `python -m` shows it in sys.argv[0]
+        return importlib.machinery.ModuleSpec(fullname, self, origin=home.origin if home else None)
 
     def create_module(self, spec):
         return _Moved(spec.name)
@@ -211,5 +219,5 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return home.loader.get_code(home.name)
 
 
-if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
+if not any(type(f).__name__ == _MovedFinder.__name__ for f in sys.meta_path):  # once, reloads included
     sys.meta_path.append(_MovedFinder())

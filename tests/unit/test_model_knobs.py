@@ -40,6 +40,26 @@ def test_a_subclass_builds_with_its_defaults_and_takes_any_knob():
         Llama(n_layer=2)  # a misspelled knob is refused, as by the Transformer
 
 
+def test_a_subclass_of_a_preset_class_starts_from_its_defaults():
+    class SmallLlama(Llama):
+        DEFAULTS = dict(n_layers=2, d_embed=64, n_heads=4, n_kv_heads=2)
+
+    assert inspect.signature(SmallLlama).parameters["norm"].default == "rmsnorm"  # Llama's
+    with torch.device("meta"):
+        model = SmallLlama(vocab_size=128)
+    assert model.config["norm"] == "rmsnorm" and model.config["n_layers"] == 2 and model.config["name"] == "llama3"
+
+
+def test_defaults_and_an_own_init_are_refused_together():
+    with pytest.raises(TypeError, match="DEFAULTS and its own __init__"):
+
+        class Both(GPT):
+            DEFAULTS = {"n_layers": 2}
+
+            def __init__(self, **knobs):
+                super().__init__(**knobs)
+
+
 def test_defaults_naming_no_knob_are_refused():
     with pytest.raises(TypeError, match="n_layer"):
 

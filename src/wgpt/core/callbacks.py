@@ -1,5 +1,6 @@
-"""Lightning callbacks and plugins for wgpt runs: checkpoint rules, the end-of-run validation,
-and the training speed report (the progress bar is in ``wgpt.core.console``)."""
+"""The ``callbacks`` config group: checkpoint rules, the end-of-run validation, the run summary,
+the training speed report, and the FSDP stop vote (the group's progress bar is in
+``wgpt.core.progress``)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+import wgpt.core.launch  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 from wgpt.core.report import one_line_config_errors
 from wgpt.util.errors import WgptError
 
@@ -29,8 +30,6 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
-
-    import wgpt.core.launch  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 
     root = repo_root()
     conf_dir = root / "conf"

@@ -1,4 +1,5 @@
-"""What a run shows on its terminal: the composed config as a tree at start, and the progress bar."""
+"""What a run shows on its terminal besides the progress bar (``wgpt.core.progress``): log lines
+in one format, Lightning's included, and the composed config as a tree at start."""
 
 from __future__ import annotations
 

@@ -114,21 +114,38 @@ def one_line_errors():
 
 def missing_option(overrides: Sequence[str], conf_dir: Path) -> str | None:
     """The line for the first ``group=option`` override naming an option with no file under
-    ``conf_dir/group/`` (a sweep's or a list's options each), else None. Hydra reports these
-    itself, except for an optional group (``hparams_search``), which it skips without a word."""
-    for override in overrides:
-        key, is_set, value = override.lstrip("+~").partition("=")
-        key = key.partition("@")[0]
+    ``conf_dir/group/`` (each option of a list or a choice sweep), else None. Hydra reports these
+    itself, except for an optional group (``hparams_search``), which it skips without a word.
+    Overrides Hydra cannot parse, sweeps it expands (glob, range) and runs with other config dirs
+    (``--config-dir``, ``hydra.searchpath``) are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    if any(a.startswith(("-cd", "--config-dir", "hydra.searchpath", "+hydra.searchpath")) for a in overrides):
+        return None
+    parser = OverridesParser.create()
+
+    def options(text: str) -> list[str]:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except Exception:  # not an override, or a sweep only Hydra can expand: Hydra's to report
+            return []
+        value = override.value()
+        if override.is_sweep_override():
+            if override.value_type not in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+                return []  # glob, range, interval: Hydra expands them
+            return [o for item in override.sweep_string_iterator() for o in options(f"{override.key_or_group}={item}")]
+        return [str(v) for v in value] if isinstance(value, list) else [] if value is None else [str(value)]
+
+    for text in overrides:
+        key = text.lstrip("+~").partition("=")[0].partition("@")[0]
         group = conf_dir / key
-        if override.startswith("-") or not is_set or key.startswith("hydra") or "." in key or not group.is_dir():
+        if text.startswith("-") or not key or key.startswith("hydra") or "." in key or not group.is_dir():
             continue
-        if any(c in value for c in "()${}"):  # a sweep function or an interpolation: Hydra's to read
-            continue
-        for option in value.strip("[]").split(","):
-            option = option.strip().strip("'\"")
-            if option not in ("", "null") and not (group / f"{option}.yaml").is_file():
-                options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
-                return f"{key}={option} is not an option: choose one of {options} (or add conf/{key}/{option}.yaml)"
+        for option in options(text):
+            if option != "null" and not (group / f"{option}.yaml").is_file():
+                names = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+                return f"{key}={option} is not an option: choose one of {names} (or add conf/{key}/{option}.yaml)"
     return None
 
 

@@ -46,8 +46,8 @@ SET_BY_WGPT = {
 WGPT_TRAINER_VALUES = {"precision": {"auto"}, "devices": {"auto"}}
 
 
-def _batches(v) -> bool:
-    return is_kind(int, v) and v >= 0 or isinstance(v, float) and 0 <= v <= 1
+def _batches(v) -> bool:  # null (Lightning's default), a count, a fraction, or a whole float count
+    return v is None or (is_kind(int, v) and v >= 0) or (isinstance(v, float) and (0 <= v <= 1 or v.is_integer()))
 
 
 def _count_from(low: int, optional: bool = False) -> Callable[[Any], bool]:
@@ -67,7 +67,7 @@ LIGHTNING_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "overfit_batches",
         )
     },
-    "num_sanity_val_steps": (_count_from(-1), "-1 (every batch), 0 (none) or a number of batches"),
+    "num_sanity_val_steps": (_count_from(-1, optional=True), "-1 (every batch), 0 (none) or a number of batches"),
     "check_val_every_n_epoch": (_count_from(1, optional=True), "null or a number of epochs, at least 1"),
     "reload_dataloaders_every_n_epochs": (_count_from(0), "0 (never) or a number of epochs"),
     "min_epochs": (_count_from(0, optional=True), "null or a number of epochs, 0 or more"),
@@ -100,7 +100,8 @@ def check_trainer(trainer: DictConfig) -> None:
             check_type(f"trainer.{name}", value, hints.get(name))
         test, give = LIGHTNING_VALUES.get(name, (None, ""))
         if test is not None and not test(value):
-            raise WgptError(f"trainer.{name}={value} is out of range: give {give}")
+            shown = "null" if value is None else value
+            raise WgptError(f"trainer.{name}={shown} is out of range: give {give}")
     for name, registry in (("accelerator", AcceleratorRegistry), ("strategy", StrategyRegistry)):
         value = trainer.get(name, "auto")
         names = registry.available_accelerators() if name == "accelerator" else registry.available_strategies()

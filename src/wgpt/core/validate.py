@@ -10,7 +10,6 @@ edit here. The keys that no signature types (optim, the trainer's numbers) are i
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,10 +28,6 @@ from wgpt.util.checks import (
     steps_or_unlimited,
 )
 from wgpt.util.errors import WgptError
-
-if typing.TYPE_CHECKING:
-    pass
-
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
 # such as "flase" would otherwise quietly turn them on.
@@ -72,9 +67,10 @@ NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
 def check_config(cfg: DictConfig) -> None:
     """Raise a WgptError for the first mistake in a composed training config (unresolved or not).
     The model is built on the meta device (shapes, no memory) so that its own checks run too."""
-    # torch and Lightning load here, not when train.py imports check_values (seconds earlier)
+    # Lazy: torch, Lightning, numpy and tiktoken load here (seconds), not when train.py imports
+    # check_values, which reports a mistyped value before any of them.
     from wgpt.core.trainer import check_trainer  # lazy: Lightning
-    from wgpt.data.tokenizer import tokenizer_spec  # lazy: tiktoken
+    from wgpt.data.tokenizer import tokenizer_spec  # lazy: torch, numpy, tiktoken
     from wgpt.models import padded_vocab_size  # lazy: torch
     from wgpt.models.build import build_on_meta  # lazy: torch
     from wgpt.optim import OPTIM_KEYS, check_optim  # lazy: torch

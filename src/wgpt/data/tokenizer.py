@@ -7,6 +7,7 @@ bins. ``Tokenizer`` (the seed's r50k tokenizer) is importable from here.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -57,6 +58,24 @@ class R50k:
 
 
 log = logging.getLogger("wgpt")
+
+# What this module held before the tokenizers moved to wgpt.tokenizers: still importable from here.
+EARLIER_NAMES = {
+    "TokenizerBase": "wgpt.tokenizers.base",
+    "PAT_STR": "wgpt.tokenizers.base",
+    "SPECIAL_TOKENS": "wgpt.tokenizers.base",
+    "tokenizer_from_record": "wgpt.tokenizers",
+    "tokenizer_config": "wgpt.tokenizers",
+    "tokenizer_fingerprint": "wgpt.tokenizers.r50k",
+    "RANKS_FILE": "wgpt.tokenizers.r50k",
+    "RANKS_SHA256": "wgpt.tokenizers.r50k",
+}
+
+
+def __getattr__(name: str):
+    if name in EARLIER_NAMES:
+        return getattr(importlib.import_module(EARLIER_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ByteLevelBPE:

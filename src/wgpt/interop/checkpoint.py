@@ -1,9 +1,10 @@
 """Reading checkpoints safely: tensors and plain containers only, never code; models rebuilt from them.
 
-Three kinds of file hold a model wgpt can rebuild with its tokenizer (``load_model_source``):
-training checkpoints (``.ckpt``), the weights-only ``.safetensors`` a run writes beside its best
-checkpoint (``save_weights``), and Hugging Face model directories (``wgpt.interop.hf.config``); a run dir stands
-for its best checkpoint.
+This module reads and writes the first two of the three kinds of file that hold a model wgpt
+can rebuild with its tokenizer: training checkpoints (``.ckpt``, written by ``SafeCheckpointIO``)
+and the weights-only ``.safetensors`` a run writes beside its best checkpoint (``save_weights``).
+Hugging Face model directories are ``wgpt.interop.hf.reading``'s; ``wgpt.interop.sources`` tells
+the kinds apart (a run dir stands for its best checkpoint).
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ class ModelLightningWrapper(L.LightningModule):
     Sharded, it compiles each block instead (``wgpt.parallel.sharding.compile_blocks``).
     ``activation_checkpointing`` recomputes each of ``model.blocks`` in the backward pass instead
     of storing its activations. Under ``trainer.strategy=fsdp`` (Lightning's ModelParallelStrategy)
-    ``configure_model`` shards the model block by block (``wgpt.parallel.sharding``).
+    ``configure_model`` shards the model block by block (``wgpt.parallel.sharding``); a Trainer
+    built outside train.py then needs ``wgpt.core.callbacks.ShardedStop`` among its callbacks
+    (``build_callbacks(..., sharded=True)`` adds it), or Ctrl-C and SIGTERM cannot stop the ranks
+    together.
 
     Logs ``train_loss``, the mean over an optimizer step's micro-batches, at the steps written
     (every ``log_every_n_steps``, and the last); nothing is logged or synced per micro-batch. ``val_loss``,

@@ -166,8 +166,9 @@ class Transformer(nn.Module):
     store it). Bad knobs raise a ModelConfigError before any weight is allocated.
 
     A subclass is a setting of these knobs: it declares no argument, only ``DEFAULTS`` (knob:
-    value), and its constructor is this one with those defaults (its signature shows them, so
-    config checks, ``python -m wgpt.shapes`` and IDEs see the subclass's own defaults).
+    value, added to those of the classes it derives from), and its constructor is this one with
+    those defaults (its signature shows them, so config checks, ``python -m wgpt.shapes`` and IDEs
+    see the subclass's own defaults). A subclass with its own ``__init__`` sets no ``DEFAULTS``.
     """
 
     DEFAULTS: dict[str, Any] = {}
@@ -176,21 +177,26 @@ class Transformer(nn.Module):
         super().__init_subclass__(**kwargs)
         if "DEFAULTS" not in vars(cls):
             return
+        if "__init__" in vars(cls):
+            raise TypeError(f"{cls.__name__} sets DEFAULTS and its own __init__: give its defaults in one of them")
+        defaults: dict[str, Any] = {}
+        for base in reversed(cls.__mro__):  # a subclass of GPT starts from GPT's defaults
+            defaults.update(vars(base).get("DEFAULTS", {}))
         signature = inspect.signature(Transformer.__init__)
-        unknown = set(cls.DEFAULTS) - set(signature.parameters)
+        unknown = set(defaults) - set(signature.parameters)
         if unknown:
             raise TypeError(f"{cls.__name__}.DEFAULTS sets {sorted(unknown)}, which are not Transformer knobs")
         signature = signature.replace(
-            parameters=[p.replace(default=cls.DEFAULTS.get(p.name, p.default)) for p in signature.parameters.values()]
+            parameters=[p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()]
         )
 
         def __init__(self, **knobs):
-            Transformer.__init__(self, **{**cls.DEFAULTS, **knobs})
+            Transformer.__init__(self, **{**defaults, **knobs})
 
         __init__.__signature__ = signature
         __init__.__annotations__ = Transformer.__init__.__annotations__  # for the config checks' type hints
         __init__.__doc__ = f"{cls.__name__}: the Transformer with {cls.__name__}.DEFAULTS."
-        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        __init__.__module__, __init__.__qualname__ = cls.__module__, f"{cls.__qualname__}.__init__"
         cls.__init__ = __init__
 
     def __init__(

@@ -77,8 +77,10 @@ def wsd(
             left = 1 - progress
         elif decay_shape == "cosine":
             left = (1 + math.cos(math.pi * progress)) / 2
-        else:
+        elif decay_shape == "sqrt":
             left = 1 - math.sqrt(progress)
+        else:  # the config checks refuse it first (its Literal); called directly, say so too
+            raise ValueError(f"decay_shape={decay_shape!r}: use linear, cosine or sqrt")
         factor = min(factor, min_lr_ratio + (1 - min_lr_ratio) * left)
     return factor
 

@@ -187,7 +187,9 @@ def pick_device(name: str) -> torch.device:
 
 def generate_from_config(cfg: DictConfig) -> list[str]:
     """Print each prompt followed by its sampled continuation; a speed summary goes to stderr."""
-    from wgpt.interop.sources import load_model_source  # lazy: torch, after generate.py's cheap checks
+    from wgpt.interop.sources import (
+        load_model_source,  # lazy: Lightning (checkpoint IO), after generate.py's cheap checks
+    )
 
     settings = generation_settings(cfg)  # checked before the (slow) checkpoint load
     prompts = settings.pop("prompts")

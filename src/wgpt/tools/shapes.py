@@ -30,6 +30,11 @@ from rich.tree import Tree
 
 from wgpt.core.compose import compose_train_config, split_arguments
 from wgpt.core.report import one_line_errors
+from wgpt.core.validate import check_values
+from wgpt.data.tokenizer import tokenizer_spec
+from wgpt.models import padded_vocab_size
+from wgpt.models.build import build_model, build_on_meta
+from wgpt.util.checks import check_targets
 from wgpt.util.errors import WgptError
 
 MAX_ITEMS = 4  # items of a tuple/list/dict shown before the rest is counted
@@ -103,11 +108,6 @@ def trace(model: nn.Module, input: torch.Tensor) -> dict[nn.Module, list[Call]]:
 
 def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int]):
     """(model, calls, input, where it ran): on the meta device where the model allows, else on the CPU."""
-    from wgpt.models.build import (  # lazy: torch, after the cheap checks of the overrides
-        build_model,
-        build_on_meta,
-    )
-
     model = build_on_meta(cfg.model, vocab_size)  # on meta; a bad knob is one WgptError line
     input = torch.zeros(batch, dtype=torch.long, device="meta")
     try:
@@ -202,10 +202,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{words[0]!r} is not an override: give key=value overrides of conf/train.yaml, e.g. model=llama3-tiny"
             )
         cfg = compose_train_config(overrides)
-        from wgpt.core.validate import check_values  # lazy: torch, after the cheap checks of the overrides
-        from wgpt.data.tokenizer import tokenizer_spec  # lazy: torch, after the cheap checks of the overrides
-        from wgpt.models import padded_vocab_size  # lazy: torch, after the cheap checks of the overrides
-        from wgpt.util.checks import check_targets  # lazy: torch, after the cheap checks of the overrides
 
         check_values(cfg)  # what train.py checks first: batch size and sequence length among them
         check_targets(cfg.model, "model")  # a misspelled model key, named with its close matches

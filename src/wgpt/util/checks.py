@@ -134,6 +134,8 @@ class Range:
         return self.high is None or value <= self.high
 
     def __str__(self) -> str:
+        if self.low is None and self.high is None:
+            return "of any size"
         if self.high is None:
             return f"above {self.low}" if self.open_low else f"of {self.low} or more"
         if self.low is None:
@@ -141,14 +143,24 @@ class Range:
         return f"in {'(' if self.open_low else '['}{self.low}, {self.high}]"
 
 
-def _ranges(hint, value) -> list[Range]:
-    """The Ranges ``hint`` puts on ``value`` (through Optional and unions of annotated numbers)."""
+def _in_range(hint, value) -> bool:
+    """Whether ``value`` is within the Ranges of some member of ``hint`` it matches (through
+    Optional and unions of annotated numbers); True where no member carries a Range."""
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *extras = typing.get_args(hint)
-        return [r for r in extras if isinstance(r, Range)] if matches(value, base) else []
+        return matches(value, base) and all(value in r for r in extras if isinstance(r, Range))
     if origin in (Union, UnionType):
-        return [r for h in typing.get_args(hint) for r in _ranges(h, value)]
+        return any(_in_range(h, value) for h in typing.get_args(hint) if matches(value, h))
+    return matches(value, hint)
+
+
+def _ranges(hint) -> list[Range]:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return [r for r in typing.get_args(hint)[1:] if isinstance(r, Range)]
+    if origin in (Union, UnionType):
+        return [r for h in typing.get_args(hint) for r in _ranges(h)]
     return []
 
 
@@ -156,9 +168,9 @@ def check_type(key: str, value, hint) -> None:
     if hint is None:
         return
     if matches(value, hint):
-        for bounds in _ranges(hint, value):
-            if value not in bounds:
-                raise WgptError(f"{key}={value} is out of range: give a number {bounds}")
+        if not _in_range(hint, value):
+            bounds = " or ".join(map(str, _ranges(hint)))
+            raise WgptError(f"{key}={value} is out of range: give a number {bounds}")
         return
     choices = _literal_choices(hint)
     if choices:
