@@ -50,26 +50,16 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     assert full.returncode == 0, full.stderr[-3000:]
 
     out = tmp_path / "crash"
-    # Its output not through pipes: its loader workers, orphaned by the kill, would hold them
-    # open (and the test waiting) until they notice, seconds later.
-    with open(tmp_path / "killed.log", "w") as log:
-        killed = subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                *TINY,
-                *paths(out, data_dir),
-                "+callbacks.kill._target_=record_batches.KillAt",
-                "+callbacks.kill.step=6",
-                "start_datetime=2020-01-01_00-00-00",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH},
-            stdout=log,
-            stderr=log,
-            timeout=300,
-        )
-    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    killed = run_cli(
+        "train.py",
+        *TINY,
+        *paths(out, data_dir),
+        "+callbacks.kill._target_=record_batches.KillAt",
+        "+callbacks.kill.step=6",
+        "start_datetime=2020-01-01_00-00-00",
+        env=TESTS_ON_PATH,
+    )
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
     assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4
 

@@ -58,24 +58,16 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     assert "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over 2 rank(s)" in log
 
     out = tmp_path / "crash"
-    with open(tmp_path / "killed.log", "w") as output:  # not pipes: orphaned ranks would hold them open
-        killed = subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                *TINY,
-                *paths(out, data_dir),
-                "+callbacks.kill._target_=record_batches.KillAt",
-                "+callbacks.kill.step=6",
-                "start_datetime=2020-01-01_00-00-01",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **TESTS_ON_PATH},
-            stdout=output,
-            stderr=output,
-            timeout=300,
-        )
-    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    killed = run_cli(
+        "train.py",
+        *TINY,
+        *paths(out, data_dir),
+        "+callbacks.kill._target_=record_batches.KillAt",
+        "+callbacks.kill.step=6",
+        "start_datetime=2020-01-01_00-00-01",
+        env=TESTS_ON_PATH,
+    )
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-01" / "checkpoints" / "recent.ckpt"
     assert torch.load(first, weights_only=True)["global_step"] == 4
 

@@ -116,7 +116,7 @@ def test_killed_processing_never_leaves_a_bin_that_looks_finished(tmp_path):
     assert partial.exists(), "the kill was meant to land while train.bin was being written"
     assert not train_bin.exists() and BinInfo.read(train_bin) is None  # nothing looks finished
 
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = run_cli(*cmd[1:], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     info = BinInfo.read(train_bin)
     assert info.num_documents == 20_000 - 2 and train_bin.stat().st_size == 2 * info.num_tokens

@@ -4,10 +4,8 @@ In-process checks: tests/unit/test_sweep_resume.py."""
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -48,18 +46,10 @@ def paths(out: Path, data_dir: Path) -> list[str]:
     return [f"paths.output_root={out}", f"paths.data_dir={data_dir}"]
 
 
-def killed_sweep(args: list[str], job: int, log: Path) -> subprocess.CompletedProcess:
-    """The sweep run until job ``job`` reaches step 6, then SIGKILLed with every process it started."""
-    with open(log, "w") as f:  # not pipes: a killed process group leaves no one to close them
-        return subprocess.run(
-            [sys.executable, "train.py", *args],
-            cwd=ROOT,
-            stdout=f,
-            stderr=f,
-            timeout=300,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **HELPERS, "WGPT_TEST_KILL_JOB": str(job)},
-        )
+def killed_sweep(args: list[str], job: int) -> subprocess.CompletedProcess:
+    """The sweep run until job ``job`` reaches step 6, then SIGKILLed with every process it started
+    (its own process group: a crash of the machine, not of the test)."""
+    return run_cli("train.py", *args, env={**HELPERS, "WGPT_TEST_KILL_JOB": str(job)}, new_session=True)
 
 
 def mtimes(*paths: Path) -> dict[Path, int]:
@@ -80,8 +70,8 @@ def test_a_sweep_killed_in_job_2_resumes_job_2_and_runs_job_3_only(tmp_path, dat
         "+callbacks.kill.job=${hydra:job.num}",
         *paths(out, data_dir),
     ]
-    killed = killed_sweep(sweep, job=2, log=tmp_path / "killed.log")
-    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    killed = killed_sweep(sweep, job=2)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     (sweep_dir,) = (out / "multirun").iterdir()
     jobs = [sweep_dir / f"{n}-gpt2-tiny" for n in range(4)]
     assert [j.is_dir() for j in jobs] == [True, True, True, False]
@@ -141,8 +131,8 @@ def test_a_ddp_sweep_job_goes_on_in_its_own_dir(tmp_path, data_dir):
     the checkpoint the sweep chose, into the job's dir, with the job's own overrides."""
     out = tmp_path / "out"
     sweep = ["-m", "optim.lr=1e-2", *TINY, "trainer.devices=2", "trainer.strategy=ddp", *KILL, "+callbacks.kill.job=0"]
-    killed = killed_sweep([*sweep, *paths(out, data_dir)], job=0, log=tmp_path / "killed.log")
-    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    killed = killed_sweep([*sweep, *paths(out, data_dir)], job=0)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     (sweep_dir,) = (out / "multirun").iterdir()
     job = sweep_dir / "0-gpt2-tiny"
     assert weights(job / "checkpoints" / "recent.ckpt")["global_step"] == 4

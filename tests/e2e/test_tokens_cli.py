@@ -2,10 +2,8 @@
 trained on first use) or of a checkpoint, shown piece by piece with the ids and a summary line.
 In-process checks: tests/unit/test_tokens.py."""
 
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from wgpt.tokenizers.bpe import BPETokenizer, train_bpe
 from wgpt.tokenizers.r50k import Tokenizer
 from wgpt.util.errors import WgptError
 
-from conftest import ROOT
+from conftest import run_cli
 
 # Split characters (日本 and 🦜 are byte pieces in r50k), whitespace of every kind, an override-looking word.
 TEXT = "To be, or not\tto be:\n  that is 日本 🦜"
@@ -35,15 +33,7 @@ UNSEEN = {"·": " ", "→": "\t", "↵\n": "\n"}
 
 
 def tokens(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wgpt.tools.tokens", *args],
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **PLAIN, **(env or {})},
-        timeout=120,
-    )
+    return run_cli("-m", "wgpt.tools.tokens", *args, input=stdin, env={**PLAIN, **(env or {})}, timeout=120)
 
 
 def parse(stdout: str) -> tuple[list[bytes], list[int], re.Match]:

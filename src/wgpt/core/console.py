@@ -58,7 +58,8 @@ def lightning_through_job_logging() -> None:
     points check the config first) and adds a console handler of its own to the ``lightning``
     logger, which would print each message a second time (``INFO: ...`` on stderr). Python
     warnings, Lightning's included, go through logging too, so that train.log keeps them and the
-    console shows them tagged with the rank like every other line.
+    console shows them tagged with the rank like every other line. ``train`` calls this first
+    (each job of a sweep: it changes nothing the second time).
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -90,9 +91,6 @@ def lightning_through_job_logging() -> None:
         if not any(isinstance(f, _OneRecordPerWarning) for f in warnings_logger.filters):
             warnings_logger.addFilter(_OneRecordPerWarning())
 
-
-# wgpt.core.train imports this module after Lightning and before building anything that logs.
-lightning_through_job_logging()
 
 
 def config_tree(cfg: DictConfig) -> Tree:

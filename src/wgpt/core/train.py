@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.callbacks import RunSummary, build_callbacks
-from wgpt.core.console import parameter_counts, print_config_tree
+from wgpt.core.console import lightning_through_job_logging, parameter_counts, print_config_tree
 from wgpt.core.devices import enable_tf32, reuse_freed_host_memory
 from wgpt.core.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
@@ -44,6 +44,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
 
     ``script`` is the entry point (train.py) that a sweep job re-runs when it needs its own DDP launch.
     """
+    lightning_through_job_logging()  # before anything logs: Lightning's lines once, in the job's format
     run_dir = Path(cfg.paths.output_dir)
     with discarded_on_bad_input(run_dir):
         check_config(cfg)  # first: before anything is resolved, built, read or started
