@@ -92,7 +92,6 @@ def lightning_through_job_logging() -> None:
             warnings_logger.addFilter(_OneRecordPerWarning())
 
 
-
 def config_tree(cfg: DictConfig) -> Tree:
     """The config as a tree, a branch per top-level group (model, data, trainer, ...) holding its YAML."""
     tree = Tree("config", style="bold", guide_style="dim")
