@@ -1,6 +1,6 @@
 """wgpt: a Hydra-composed LLM pre-training runner on PyTorch Lightning (see README.md).
 
-The package is layered (README.md, "Layout"): ``util`` at the bottom, then ``models`` and
+The package is layered (docs/development.md, "Layout"): ``util`` at the bottom, then ``models`` and
 ``tokenizers``, ``data``, ``optim`` and ``parallel``, ``lightning``, ``interop``, ``core`` (the run
 machinery), ``api`` and ``tools``; each imports only from below (tests/unit/test_layers.py).
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.compose import compose_train_config, repo_root
 from wgpt.core.report import FULL_ERROR, describe_config_error
-from wgpt.core.validate import check_values
+from wgpt.core.validate import check_config
 from wgpt.data.tokenizer import tokenizer_spec
 from wgpt.interop.sources import load_model_source
 from wgpt.models import padded_vocab_size
@@ -32,7 +32,9 @@ from wgpt.util.errors import WgptError
 def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> DictConfig:
     """The training config of ``python train.py model=<model> <overrides...>`` (unresolved: the
     run dir and start time are a run's own), checked as train.py checks it before any work."""
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
+    from omegaconf import open_dict, read_write
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(overrides, str):
@@ -40,9 +42,16 @@ def load_config(model: str = "gpt2-tiny", overrides: Sequence[str] = ()) -> Dict
     try:
         with environment(**{FULL_ERROR: "1"}):  # Hydra's errors raised here, not printed and exited on
             cfg = compose_train_config([f"model={model}", *overrides])
-            check_values(cfg)
+        run = HydraConfig.get()
+        with read_write(run), open_dict(run):  # as Hydra sets it when a run starts (the loggers' save_dir follows it)
+            run.runtime.output_dir = str(Path(run.run.dir).resolve())
+        check_config(cfg)  # loads torch and Lightning (seconds) the first time
     except (HydraException, OmegaConfBaseException) as e:
         raise WgptError(describe_config_error(e, repo_root() / "conf")) from None
+    except ValueError as e:  # Hydra's own check of a group set to null
+        if "Config group override must be" not in str(e):
+            raise
+        raise WgptError(f"a config group takes an option, not null ({e})") from None
     return cfg
 
 

@@ -2,7 +2,7 @@
 
 Pick several at once with ``logger=[csv,tensorboard,wandb]``. Every option other than csv
 lists csv in its own defaults, so ``logger=wandb`` alone still writes ``metrics.csv`` (which
-``python -m wgpt.plot`` reads), and the composed config shows every logger the run writes.
+``python -m wgpt.tools.plot`` reads), and the composed config shows every logger the run writes.
 """
 
 from __future__ import annotations
