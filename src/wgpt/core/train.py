@@ -141,14 +141,15 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
 
 def compile_choice(setting: bool | str, trainer_args: dict) -> bool:
     """Whether to compile model and loss: ``compile: auto`` does on CUDA GPUs, where it pays
-    (fused kernels, no float32 logits), not on CPUs (0.90x the eager speed there). Logged once."""
+    (fused kernels, no float32 logits), not on CPUs (compilation rarely pays back in a short CPU
+    run: docs/performance.md). Logged once."""
     accelerator = str(trainer_args.get("accelerator", "auto"))
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     compile = on_cuda if setting == "auto" else bool(setting)
     why = f"compile={setting}" + (f" on {'a CUDA GPU' if on_cuda else 'a CPU'}" if setting == "auto" else "")
     if compile:
         what = "each block compiles" if is_sharded(trainer_args.get("strategy")) else "model and loss compile"
-        log.info("torch.compile on (%s): %s during the first steps, a minute or more", why, what)
+        log.info("torch.compile on (%s): %s during the first steps", why, what)
     elif setting == "auto":
         log.info("torch.compile off (%s); compile=true turns it on", why)
     return compile
