@@ -1,10 +1,11 @@
 """Lightning's cost: train.py against a plain PyTorch loop doing the same work, side by side:
 tokens/s, MFU and peak memory, on whatever device this machine has (a CUDA GPU, else the CPU).
 
-    python bench/overhead.py                                   # gpt2-tiny and llama3-tiny, 3 repeats each
+    python bench/overhead.py                                   # gpt2-tiny and llama3-tiny, 7 repeats each
     python bench/overhead.py --models gpt2-tiny --repeats 5 --window 40
     python bench/overhead.py --models gpt2 llama3 --window 20  # on a GPU: the presets' 16 x 4, compile auto (on)
     python bench/overhead.py --accumulate 4 --compile true --precision bf16-mixed --batch-size 8
+    python bench/overhead.py --models gpt2-tiny --shape tiny --accumulate 4 --window 100  # a small model
 
 The plain loop is what one would write by hand (nanoGPT style) and takes every choice from the
 same composed config as train.py: the model class and config, seed and initial weights; the
@@ -14,10 +15,12 @@ decides it (``compile_choice``: model and loss compiled as one function); the sa
 GPU); gradient accumulation (loss / N, one backward per micro-batch, a step every N); fused AdamW
 with decay on matrices, the schedule over the same length, gradient clipping; TF32 and the
 allocator setting. Each run measures its second ``window`` optimizer steps; runs alternate
-between the two, and the table gives medians. Peak memory is what training held: allocated GPU
-memory on a GPU, the process's peak RSS on a CPU. The loss at the last step (mean over its
-micro-batches) is printed for both: equal losses show the two did the same work. The loader
-alone (its batches, no model) is timed too, to show it is never the bottleneck.
+between the two (``--repeats`` pairs), and the table gives medians, the ratio as the median of
+each pair's own ratio with their range (a drift of a shared machine hits both runs of a pair).
+Peak memory is what training held: allocated GPU memory on a GPU, the process's peak RSS on a
+CPU. The loss at the last step (mean over its micro-batches) is printed for both: equal losses
+show the two did the same work. The loader alone (its batches, no model) is timed too, to show
+it is never the bottleneck. ``--shape`` adds a bench-only shape (``SHAPES``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,34 @@ import sys
 import time
 
 from harness import ROOT, TRAIN_ONLY, fmt, last, median, train_py, window_overrides
+
+# Bench-only shapes (not model presets), added to --extra with --shape: where a GPU step takes a
+# few milliseconds and the runner's own cost per micro-batch shows.
+SHAPES = {
+    # 2 layers x 64, a 512-token BPE, 4 x 64 tokens
+    "tiny": [
+        "model.n_layers=2",
+        "model.d_embed=64",
+        "model.n_heads=2",
+        "model.max_seq_len=64",
+        "tokenizer=bpe",
+        "tokenizer.vocab_size=512",
+        "data.batch_size=4",
+        "trainer.precision=32-true",
+    ],
+    # 1 layer x 16, the smallest BPE (256 bytes + 3 specials), 1 x 16 tokens: almost nothing but the runner
+    "empty": [
+        "model.n_layers=1",
+        "model.d_embed=16",
+        "model.n_heads=2",
+        "model.max_seq_len=16",
+        "data.seq_len=16",
+        "tokenizer=bpe",
+        "tokenizer.vocab_size=259",
+        "data.batch_size=1",
+        "trainer.precision=32-true",
+    ],
+}
 
 
 def compose(model_name: str, extra: list[str]):
@@ -194,7 +225,8 @@ def in_subprocess(kind: str, model_name: str, window: int, extra: list[str]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gpt2-tiny", "llama3-tiny"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="alternating pairs (train.py, plain loop)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="a bench-only shape (SHAPES) on top of the model")
     parser.add_argument("--window", type=int, default=30, help="measured optimizer steps, after as many warm-up steps")
     parser.add_argument("--accumulate", type=int, help="trainer.accumulate_grad_batches (default: the preset's)")
     parser.add_argument("--compile", choices=["auto", "true", "false"], help="compile (default: the config's, auto)")
@@ -204,7 +236,7 @@ def main() -> None:
     parser.add_argument("--_plain", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--_loader", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    extra = json.loads(args.extra)
+    extra = [*SHAPES.get(args.shape, []), *json.loads(args.extra)]
     if args._plain:
         print(json.dumps(plain_loop(args._plain, args.window, extra)))
         return
@@ -222,7 +254,8 @@ def main() -> None:
 
     print(
         "| model | device, precision, compile | micro-batch x accumulation | train.py tokens/s | plain loop tokens/s "
-        "| ratio | MFU (train.py / plain) | peak memory GiB (train.py / plain) | loss at last step (train.py / plain) "
+        "| ratio (median of pairs, min-max) | MFU (train.py / plain) | peak memory GiB (train.py / plain) "
+        "| loss at last step (train.py / plain) "
         "| loader alone tokens/s |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -242,6 +275,7 @@ def main() -> None:
                 f"  {model_name} repeat {repeat + 1}: train.py {lightning[-1]:,.0f}, plain {plain[-1]:,.0f} tokens/s",
                 file=sys.stderr,
             )
+        pairs = [a / b for a, b in zip(lightning, plain)]  # each repeat's own ratio: drifts of the machine cancel
         loader = in_subprocess("loader", model_name, args.window, extra)["tokens_per_sec"]
         rows, p = rows_of[-1], plains[-1]
         mfu = median([last(r, "mfu") for r in rows_of]), median([q["mfu"] for q in plains])
@@ -250,7 +284,7 @@ def main() -> None:
         print(
             f"| {model_name} | {p['device']}, {p['precision']}, compile {'on' if p['compile'] else 'off'} "
             f"| {B} x {T} x {p['accumulate']} | {fmt(lightning)} | {fmt(plain)} "
-            f"| {median(lightning) / median(plain):.3f} "
+            f"| {median(pairs):.3f} ({min(pairs):.3f}-{max(pairs):.3f}) "
             f"| {mfu[0]:.1%} / {mfu[1]:.1%} | {memory[0]:.2f} / {memory[1]:.2f} "
             f"| {last(rows, 'train_loss'):.4f} / {p['loss']:.4f} | {loader:,.0f} ({loader / median(lightning):.0f}x) |"
         )
