@@ -76,7 +76,7 @@ status=0
 run_part() {
   local name=$1 limit=$2; shift 2
   local start end code result
-  if [ "$1" = bash ]; then echo "== $name (at most ${limit}s): train.py ${*:4}" >&2; else echo "== $name (at most ${limit}s): $*" >&2; fi
+  if [ "$1" = bash ]; then echo "== $name (at most ${limit}s): train.py ${*:5}" >&2; else echo "== $name (at most ${limit}s): $*" >&2; fi
   start=$(date +%s)
   timeout --signal=INT --kill-after=20 "$limit" "$@" > "$TMP/$name.log" 2>&1
   code=$?
