@@ -9,6 +9,7 @@ from collections import Counter
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -39,22 +40,28 @@ class ScalarReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
-    steps, every = 12, 6
-    trainer = L.Trainer(
+def step_trainer(run_dir, steps: int, accumulate: int, callbacks: list) -> L.Trainer:
+    """A CPU fit of ``steps`` optimizer steps, a step every ``accumulate`` micro-batches, logging
+    every 6 steps, with clipping, without validation."""
+    return L.Trainer(
         accelerator="cpu",
         max_steps=steps,
         accumulate_grad_batches=accumulate,
-        log_every_n_steps=every,
+        log_every_n_steps=6,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_model_summary=False,
         use_distributed_sampler=False,
         gradient_clip_val=1.0,
-        logger=CSVLogger(tmp_path / str(accumulate)),
-        callbacks=[SpeedMonitor(), ProgressBar()],
+        logger=CSVLogger(run_dir),
+        callbacks=callbacks,
     )
+
+
+def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
+    steps = 12
+    trainer = step_trainer(tmp_path / str(accumulate), steps, accumulate, [SpeedMonitor(), ProgressBar()])
     reads = ScalarReads()
     with reads:
         trainer.fit(tiny_module(), datamodule=datamodule(data_dir, batch_size=2))
@@ -89,20 +96,8 @@ def python_calls(tmp_path, data_dir, steps: int, accumulate: int) -> Counter:
             name = frame.f_code.co_filename
             calls[next((who for part, who in owner.items() if part in name), "other")] += 1
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        accumulate_grad_batches=accumulate,
-        log_every_n_steps=6,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=True,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        gradient_clip_val=1.0,
-        logger=CSVLogger(tmp_path / f"{steps}-{accumulate}"),
-        callbacks=default_callbacks(tmp_path / f"{steps}-{accumulate}"),
-    )
+    run_dir = tmp_path / f"{steps}-{accumulate}"
+    trainer = step_trainer(run_dir, steps, accumulate, default_callbacks(run_dir))
     module, data = tiny_module(), datamodule(data_dir, batch_size=2)
     sys.setprofile(count)
     try:
