@@ -95,6 +95,13 @@ def run_cli(
     )
 
 
+def killed_at(step: int, *args: str) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` SIGKILLed once training reaches ``step`` (tests/record_batches.py's
+    KillAt): a crash, not an exception."""
+    kill = ["+callbacks.kill._target_=record_batches.KillAt", f"+callbacks.kill.step={step}"]
+    return run_cli("train.py", *args, *kill, env={"PYTHONPATH": str(ROOT / "tests")})
+
+
 def pytest_sessionfinish(session, exitstatus):
     for launcher in _warm:
         launcher.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, killed_at, run_cli
 
 TINY = [
     "model.d_embed=32",
@@ -29,7 +29,6 @@ TINY = [
     "callbacks.recent.every_n_train_steps=4",
     "trainer.accelerator=cpu",
 ]
-TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
 
 
 def paths(out: Path, data_dir: Path) -> list[str]:
@@ -50,15 +49,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     assert full.returncode == 0, full.stderr[-3000:]
 
     out = tmp_path / "crash"
-    killed = run_cli(
-        "train.py",
-        *TINY,
-        *paths(out, data_dir),
-        "+callbacks.kill._target_=record_batches.KillAt",
-        "+callbacks.kill.step=6",
-        "start_datetime=2020-01-01_00-00-00",
-        env=TESTS_ON_PATH,
-    )
+    killed = killed_at(6, *TINY, *paths(out, data_dir), "start_datetime=2020-01-01_00-00-00")
     assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
     assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, killed_at, run_cli
 
 # Two blocks (FSDP shards each), dropout on (activation checkpointing must replay its masks).
 TINY = [
@@ -36,9 +36,6 @@ TINY = [
 ]
 
 
-TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}
-
-
 def paths(out: Path, data_dir: Path) -> list[str]:
     return [f"paths.output_root={out}", f"paths.data_dir={data_dir}"]
 
@@ -58,15 +55,7 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     assert "FSDP2 (Lightning's ModelParallelStrategy): every block sharded over 2 rank(s)" in log
 
     out = tmp_path / "crash"
-    killed = run_cli(
-        "train.py",
-        *TINY,
-        *paths(out, data_dir),
-        "+callbacks.kill._target_=record_batches.KillAt",
-        "+callbacks.kill.step=6",
-        "start_datetime=2020-01-01_00-00-01",
-        env=TESTS_ON_PATH,
-    )
+    killed = killed_at(6, *TINY, *paths(out, data_dir), "start_datetime=2020-01-01_00-00-01")
     assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     first = out / "gpt2-tiny" / "2020-01-01_00-00-01" / "checkpoints" / "recent.ckpt"
     assert torch.load(first, weights_only=True)["global_step"] == 4
