@@ -72,9 +72,10 @@ def compose(model_name: str, extra: list[str]):
         return hydra_compose("train", overrides=[f"model={model_name}", *extra])
 
 
-def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
+def plain_loop(model_name: str, window: int, extra: list[str], on_window=None) -> dict:
     """Train with a hand-written loop; returns tokens/s, MFU and peak memory over optimizer steps
-    window+1..2*window, and the last step's loss."""
+    window+1..2*window, and the last step's loss. ``on_window()`` is called as those steps start
+    and as they end (host_cost.py reads its clocks there)."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -147,8 +148,9 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
 
     model.train()
     step, micro, step_losses = 0, 0, []
-    for x, y in batches():
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for windows in batches():  # (B, T + 1) int32: inputs and targets, one token apart
+        windows = windows.to(device, non_blocking=True).long()
+        x, y = windows[:, :-1], windows[:, 1:]
         with autocast:
             loss = loss_of(model, x, y)
         (loss / accumulate).backward()
@@ -165,7 +167,11 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
         if step == window:  # the measured steps start: as SpeedMonitor's logging step W
             sync()
             start = time.perf_counter()
+            if on_window:
+                on_window()
         if step == steps:
+            if on_window:
+                on_window()
             break
         step_losses = []
     sync()
@@ -194,19 +200,22 @@ def plain_loop(model_name: str, window: int, extra: list[str]) -> dict:
 
 
 def loader_alone(model_name: str, batches: int, extra: list[str]) -> float:
-    """Tokens/s of the training DataLoader by itself (workers included, first batch excluded)."""
+    """Tokens/s of the training DataLoader by itself (workers included, first batch excluded), with
+    the run's tokenizer: run first, it trains a BPE the config names, outside every measured run."""
     from hydra.utils import instantiate
 
+    from wgpt.data.tokenizer import tokenizer_spec
+
     cfg = compose(model_name, extra)
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))
     data.prepare_data()
     data.setup("fit")
     iterator = iter(data.train_dataloader())
-    x, _ = next(iterator)
+    windows = next(iterator)  # (B, T + 1)
     start = time.perf_counter()
     for _ in range(batches):
-        x, _ = next(iterator)
-    return batches * x.numel() / (time.perf_counter() - start)
+        windows = next(iterator)
+    return batches * windows[:, 1:].numel() / (time.perf_counter() - start)
 
 
 def in_subprocess(kind: str, model_name: str, window: int, extra: list[str]) -> dict:

@@ -227,3 +227,23 @@ def test_validation_interval_is_counted_in_optimizer_steps():
     )
     args = trainer_arguments(cfg, MODEL)
     assert args["val_check_interval"] == 200 and "val_every_n_steps" not in args and "max_devices" not in args
+
+
+def test_hooks_are_profiled_by_nothing_unless_a_run_asks_for_a_profiler():
+    import lightning as L
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from wgpt.core.profiler import NoProfiler
+
+    base = {"accelerator": "cpu", "val_every_n_steps": 50, "max_devices": 2}
+    args = trainer_arguments(OmegaConf.create(base), MODEL)
+    assert isinstance(args["profiler"], NoProfiler)
+    nothing = args["profiler"].profile("[Callback]SpeedMonitor.on_train_batch_end")
+    assert nothing is args["profiler"].profile("run_training_batch")  # one shared context, nothing made per hook
+    with nothing:
+        pass
+    trainer = L.Trainer(**args, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert trainer.profiler is args["profiler"]
+    asked = trainer_arguments(OmegaConf.create({**base, "profiler": "simple"}), MODEL)
+    assert asked["profiler"] == "simple"
+    assert isinstance(L.Trainer(**asked, logger=False).profiler, SimpleProfiler)

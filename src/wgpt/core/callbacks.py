@@ -1,28 +1,25 @@
 """The ``callbacks`` config group: checkpoint rules, the end-of-run validation, the run summary,
-the training speed report, and the FSDP stop vote (the group's progress bar is in
-``wgpt.core.progress``)."""
+the training speed report (``wgpt.core.speed``), and the FSDP stop vote (the group's progress bar
+is in ``wgpt.core.progress``)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import signal
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from wgpt.core.devices import compute_dtype, largest_matmul, peak_flops
+from wgpt.core.speed import SpeedMonitor, peak_memory_gib  # noqa: F401  (the group's: conf names them here)
 from wgpt.core.summary import write_run_summary
 from wgpt.interop.checkpoint import write_weights_beside
 
@@ -137,6 +134,13 @@ class RecentCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Lightning asks after every micro-batch, and ModelCheckpoint's own checks cost ~10 us of host
+        # time each: only steps on the period (every_n_train_steps) can save.
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Saved again even at a step already saved: the final validation may have updated
         # the best metrics stored in the checkpoint.
@@ -193,15 +197,20 @@ class ValidateAtEnd(Callback):
     makes Lightning's own loop run that validation before stopping.
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        last_batch = (
+    def __init__(self):
+        self._last_batch_idx = -1  # of this epoch, if it is the last epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last_epoch = (
             trainer.max_epochs is not None
             and trainer.max_epochs >= 0  # -1: no epoch limit
             and trainer.current_epoch >= trainer.max_epochs - 1
-            and batch_idx + 1 >= trainer.num_training_batches
         )
-        if last_step or last_batch:
+        self._last_batch_idx = trainer.num_training_batches - 1 if last_epoch else -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # After every micro-batch: what can be is worked out once an epoch.
+        if batch_idx >= self._last_batch_idx >= 0 or 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
 
 
@@ -271,116 +280,3 @@ class RunSummary(Callback):
             self._write(trainer, pl_module, status="failed", error=error)
         else:  # into the run's log: rank 0 may only see its peer vanish
             log.error("Training failed: %s", error)
-
-
-class SpeedMonitor(Callback):
-    """Training speed: ``tokens_per_sec``, ``samples_per_sec`` (all devices together), ``mfu``
-    (model FLOPs utilisation of one device) and ``flops_per_sec`` (one device), each averaged
-    over the steps since the previous logging step, validation time left out.
-
-    Also ``peak_memory_gib``, the most memory training has held so far: allocated GPU memory
-    (``torch.cuda.max_memory_allocated``), or on a CPU the process's peak resident set.
-
-    Logged with the metrics every ``trainer.log_every_n_steps`` and shown in train.log's step
-    lines (tokens/s and MFU in the progress bar too). MFU divides the model's FLOPs (the module's
-    ``flops_per_batch``, counted by Lightning's ``measure_flops``) by the device's peak in the
-    run's compute dtype: the datasheet figure for GPUs, a measured matmul rate for CPUs
-    (``wgpt.core.devices.peak_flops``).
-
-    Built on Lightning's ``Throughput`` rather than its ``ThroughputMonitor`` callback, which
-    synchronizes the GPU after every micro-batch: this waits for the GPU once per logging step.
-    """
-
-    def __init__(self):
-        self._throughput: Throughput | None = None  # rank 0's, once fitting
-        self._counts = {"batches": 0, "samples": 0, "lengths": 0}  # since training started
-        self._flops: int | None = 0  # since the last logging step; None: the module cannot count them
-        self._start = 0.0  # when training started, moved on by each validation's duration
-        self._validation_start: float | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.is_global_zero:
-            datamodule = trainer.datamodule
-            rows = (
-                getattr(datamodule, "batch_size", 0) * getattr(datamodule, "seq_len", 0) or 1024
-            )  # tokens per micro-batch
-            matmul = largest_matmul(getattr(pl_module, "model", pl_module), rows)
-            peak = peak_flops(trainer.strategy.root_device, compute_dtype(str(trainer.precision)), matmul)
-            self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=2)
-
-    @staticmethod
-    def _now(trainer: L.Trainer) -> float:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()  # kernels queued so far count as done by now
-        return time.perf_counter()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._throughput is None:
-            return
-        self._throughput.reset()
-        self._counts = dict.fromkeys(self._counts, 0)
-        self._flops = 0 if hasattr(pl_module, "flops_per_batch") else None
-        self._start = self._now(trainer)
-        self._throughput.update(time=0.0, **self._counts, flops=self._flops)
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
-    ) -> None:
-        if self._throughput is None:
-            return
-        self._counts["batches"] += 1
-        self._counts["samples"] += batch[0].size(0)
-        self._counts["lengths"] += batch[0].numel()
-        if self._flops is not None:
-            self._flops += pl_module.flops_per_batch or 0
-        every, step = trainer.log_every_n_steps, trainer.global_step
-        if not every or step % every or trainer.fit_loop._should_accumulate():
-            return
-        self._throughput.update(time=self._now(trainer) - self._start, **self._counts, flops=self._flops)
-        self._flops = 0 if self._flops is not None else None
-        speed = {**self.speed(trainer.world_size), "peak_memory_gib": peak_memory_gib(trainer.strategy.root_device)}
-        for name, value in speed.items():  # the progress bar shows tokens/s and MFU from callback_metrics
-            pl_module.log(name, value, rank_zero_only=True)
-        loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
-        line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
-        line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"
-        if "mfu" in speed:
-            line += f" | MFU {speed['mfu']:.1%}"
-        line += f" | peak memory {speed['peak_memory_gib']:.2f} GiB"
-        log.info(line)
-
-    def speed(self, world_size: int) -> dict[str, float]:
-        """Averages between the last two logging steps."""
-        metrics = self._throughput.compute()
-        every = "" if world_size > 1 else "device/"  # Lightning adds all-device totals only above 1
-        names = {
-            f"{every}items_per_sec": "tokens_per_sec",
-            f"{every}samples_per_sec": "samples_per_sec",
-            "device/mfu": "mfu",
-            "device/flops_per_sec": "flops_per_sec",
-        }
-        return {name: float(metrics[key]) for key, name in names.items() if key in metrics}
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._throughput is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._validation_start = self._now(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validation_start is not None:
-            self._start += self._now(trainer) - self._validation_start
-            self._validation_start = None
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """The most memory this process has held: allocated on a CUDA device, resident on the host."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        import resource  # Unix only
-    except ImportError:
-        return math.nan
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**30
-
-
-def _lr(trainer: L.Trainer) -> float:
-    return trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")

@@ -220,8 +220,13 @@ def sharded_arguments(cfg: dict[str, Any], model: nn.Module, on_cpu: bool) -> di
 
 
 def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
-    """``lightning.Trainer`` keyword arguments from the trainer group, wgpt's own keys translated."""
+    """``lightning.Trainer`` keyword arguments from the trainer group, wgpt's own keys translated;
+    without a ``trainer.profiler``, ``NoProfiler``."""
     args = OmegaConf.to_container(trainer_cfg)
+    if args.get("profiler") is None:
+        from wgpt.core.profiler import NoProfiler  # imports Lightning: not before the config is checked
+
+        args["profiler"] = NoProfiler()
     args.pop("activation_checkpointing", None)  # the module's (ModelLightningWrapper), not the Trainer's
     # Validation is scheduled in optimizer steps, like checkpoints; Lightning counts batches.
     args["val_check_interval"] = args.pop("val_every_n_steps") * args.get("accumulate_grad_batches", 1)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.pdbsampler import PDBSampler
@@ -165,11 +167,13 @@ class DatasetLightningWrapper(L.LightningDataModule):
             return trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, dataset, loader_class: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
-        return loader_class(
-            dataset,
+    def _loader(
+        self, datasets: list[DiskDataset], loader_class: type[WindowLoader] | None = None, **kwargs
+    ) -> WindowLoader:
+        return (loader_class or WindowLoader)(
+            WindowBatches(datasets),
+            pin=self._on_gpu(),
             num_workers=self.num_workers,
-            pin_memory=self._on_gpu(),  # page-locked batches copy to a GPU asynchronously
             persistent_workers=self.num_workers > 0,
             # Each new iterator draws a worker seed from this generator; from torch's global one
             # it would shift dropout's random stream, and a resumed run would train differently.
@@ -183,7 +187,7 @@ class DatasetLightningWrapper(L.LightningDataModule):
         extra = {"weights": self.weights} if self.weights is not None else {}
         sampler = self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank, **extra)
         return self._loader(
-            ConcatDataset(train),
+            train,
             ResumableDataLoader,
             batch_sampler=sampler,
             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else sampler.epoch,
@@ -202,7 +206,7 @@ class DatasetLightningWrapper(L.LightningDataModule):
             dataset = splits[split]
             # Sharded in order under DDP; Lightning's own sampler injection is off (our batch sampler).
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
-            loaders.append(self._loader(dataset, batch_size=self.batch_size, sampler=sampler))
+            loaders.append(self._loader([dataset], batch_size=self.batch_size, sampler=sampler))
         return loaders
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -212,7 +216,59 @@ class DatasetLightningWrapper(L.LightningDataModule):
         return self._eval_loaders("test")
 
 
-class ResumableDataLoader(DataLoader):
+class WindowBatches(Dataset):
+    """``datasets`` (DiskDatasets of one ``seq_len``) end to end, read a batch at a time: torch's
+    DataLoader hands ``__getitems__`` a whole batch's indices, and it returns their windows as one
+    (batch, seq_len + 1) int32 array (``DiskDataset.windows``)."""
+
+    def __init__(self, datasets: Sequence[DiskDataset]):
+        self.datasets = list(datasets)
+        self.starts = np.cumsum([0, *(len(d) for d in self.datasets)]).tolist()  # the index each begins at
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitems__(self, indices: Sequence[int]) -> np.ndarray:
+        # A PDBSampler batch comes from one dataset; a sequential one may straddle two.
+        parts, begin = [], 0
+        while begin < len(indices):
+            d = bisect.bisect_right(self.starts, indices[begin]) - 1
+            end = begin + 1
+            while end < len(indices) and self.starts[d] <= indices[end] < self.starts[d + 1]:
+                end += 1
+            parts.append(self.datasets[d].windows([i - self.starts[d] for i in indices[begin:end]]))
+            begin = end
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __getitem__(self, idx: int) -> np.ndarray:
+        return self.__getitems__([idx])[0]
+
+
+def as_array(batch: np.ndarray) -> np.ndarray:
+    """The DataLoader's collate function: ``__getitems__`` made the batch already."""
+    return batch
+
+
+class WindowLoader(DataLoader):
+    """Yields each batch as one (batch, seq_len + 1) int32 tensor of token windows: inputs are
+    ``[:, :-1]``, targets ``[:, 1:]`` (``ModelLightningWrapper.on_after_batch_transfer`` splits
+    them on the device, after one copy of a quarter of two int64 tensors' bytes).
+
+    Workers send numpy arrays, which cross their pipe as bytes: tensors would each pass a
+    shared-memory file descriptor, ~3x the main process's time per batch (bench/host_cost.py).
+    ``pin``: page-locked, so that the copy to a GPU does not wait for the GPU's queued work."""
+
+    def __init__(self, dataset: WindowBatches, *args, pin: bool = False, **kwargs):
+        super().__init__(dataset, *args, collate_fn=as_array, **kwargs)
+        self.pin = pin
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            windows = torch.from_numpy(batch)
+            yield windows.pin_memory() if self.pin else windows
+
+
+class ResumableDataLoader(WindowLoader):
     """A DataLoader that keeps its batch sampler in step with the trainer and in its checkpoints.
 
     Each new iterator (one per epoch) first sets the sampler's epoch to the trainer's:

@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -263,13 +263,27 @@ class DiskDataset(torch.utils.data.Dataset):
             os.close(self._fd)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        window = np.empty(self.seq_len + 1, dtype=self.dtype)
+        self._read(idx, window)
+        chunk = torch.from_numpy(window.astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+    def windows(self, indices: Sequence[int]) -> np.ndarray:
+        """Windows ``indices`` as one (len(indices), seq_len + 1) int32 array: each row a sample's
+        inputs (``[:-1]``) and targets (``[1:]``). A loader worker sends a batch this way: a numpy
+        array crosses the worker's pipe as bytes, where each tensor would pass a shared-memory file
+        descriptor (bench/host_cost.py: docs/performance.md, "Host cost per micro-batch")."""
+        rows = np.empty((len(indices), self.seq_len + 1), dtype=self.dtype)
+        for idx, row in zip(indices, rows):
+            self._read(idx, row)
+        return rows.astype(np.int32)  # token ids < vocab size < 2**31
+
+    def _read(self, idx: int, out: np.ndarray) -> None:
+        """Window ``idx`` into ``out`` (seq_len + 1 tokens of the bin's dtype): one positioned read."""
         if not -self.num_windows <= idx < self.num_windows:
             raise IndexError(f"window {idx} out of range for {self.num_windows} windows")
         window = int(self.order[idx] if self.order is not None else idx % self.num_windows)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        raw = os.pread(self._fd, self._window_bytes, window * self.stride * self.dtype.itemsize)
-        if len(raw) != self._window_bytes:
+        if os.preadv(self._fd, [out], window * self.stride * self.dtype.itemsize) != self._window_bytes:
             raise WgptError(f"{self.path} is shorter than its sidecar says (changed on disk?): prepare it again")
-        chunk = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).astype(np.int64))
-        return chunk[:-1], chunk[1:]

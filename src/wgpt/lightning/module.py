@@ -97,11 +97,10 @@ class ModelLightningWrapper(L.LightningModule):
         self.last_val_loss = self.last_val_bpb = math.nan  # of the latest validation
         self._train_loss_sum = torch.zeros(())  # of optimizer steps since the last validation, for best["train_loss"]
         self._train_loss_count = 0
-        self._step_loss_sum: torch.Tensor | None = None  # of the current optimizer step's micro-batches
-        self._step_micro_batches = 0
+        self._step_losses: list[torch.Tensor] = []  # of the current optimizer step's micro-batches
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count, byte count)
         self._total = None  # optimizer steps the run will take, once known
-        self._flops: tuple[torch.Size, int] | None = None  # (input shape, FLOPs of a training micro-batch)
+        self._flops: dict[torch.Size, int] = {}  # input shape -> FLOPs of a training micro-batch
         self._input_shape: torch.Size | None = None  # of the latest training micro-batch
 
     def configure_model(self) -> None:
@@ -121,24 +120,41 @@ class ModelLightningWrapper(L.LightningModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # wgpt's loaders send a batch as one (B, T + 1) int32 tensor of windows (wgpt.data.datamodule.
+        # WindowLoader): on the device now, its inputs and targets are views one token apart, in
+        # the int64 the loss takes. Any other batch, (inputs, targets), passes as it is.
+        if isinstance(batch, torch.Tensor):
+            windows = batch.long()
+            return windows[:, :-1], windows[:, 1:]
+        return batch
+
     def _loss(self, batch, reduction: str = "mean") -> torch.Tensor:
         inputs, targets = batch  # (B, T) each
         return self._loss_fn(self.model, inputs, targets, reduction)
 
+    # Set per micro-batch (by Lightning twice for each hook it calls, ~30 times): never a parameter,
+    # buffer or submodule, so nn.Module.__setattr__'s checks for those (~1 us a set) are skipped.
+    _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_input_shape"})
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self._input_shape = batch[0].shape
-        # Summed on the device, without a sync; logged once per optimizer step (on_before_optimizer_step).
-        detached = loss.detach()
-        self._step_loss_sum = detached if self._step_loss_sum is None else self._step_loss_sum + detached
-        self._step_micro_batches += 1
+        # Kept on the device, without a sync, and averaged once per optimizer step (on_before_optimizer_step).
+        self._step_losses.append(loss.detach())
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self._step_loss_sum is None:  # stepped without a training_step of ours (manual use)
+        if not self._step_losses:  # stepped without a training_step of ours (manual use)
             return
-        step_loss = self._step_loss_sum / self._step_micro_batches
-        self._step_loss_sum, self._step_micro_batches = None, 0
+        losses, self._step_losses = self._step_losses, []
+        step_loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         self._train_loss_sum = self._train_loss_sum.to(step_loss.device) + step_loss
         self._train_loss_count += 1
         # Logged at the steps Lightning writes (and the last), not every step: self.log costs ~0.7 ms
@@ -156,18 +172,21 @@ class ModelLightningWrapper(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> int | None:
-        """FLOPs of one training micro-batch (forward and backward) of the latest batch's shape,
-        counted on a meta-device copy of the model: ThroughputMonitor's MFU reads it."""
-        if self._input_shape is None:
-            return None
-        if self._flops is None or self._flops[0] != self._input_shape:
+        """FLOPs of a training micro-batch of the latest batch's shape (``training_flops``): Lightning's
+        ThroughputMonitor reads it."""
+        return None if self._input_shape is None else self.training_flops(self._input_shape)
+
+    def training_flops(self, shape: torch.Size) -> int:
+        """FLOPs of one training micro-batch (forward and backward) of inputs of ``shape`` (B, T),
+        counted once per shape on a meta-device copy of the model: SpeedMonitor's MFU reads it."""
+        if shape not in self._flops:
             # Asked from inside inference mode (ThroughputMonitor's update); counting needs a backward.
             with torch.device("meta"), torch.inference_mode(False), torch.enable_grad():
                 model = self.model_class(**self.model_config)
-                input = torch.zeros(self._input_shape, dtype=torch.long)
+                input = torch.zeros(shape, dtype=torch.long)
                 loss = lambda logits: F.cross_entropy(logits.flatten(0, 1), input.flatten())  # noqa: E731
-                self._flops = (self._input_shape, measure_flops(model, lambda: model(input), loss))
-        return self._flops[1]
+                self._flops[shape] = measure_flops(model, lambda: model(input), loss)
+        return self._flops[shape]
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {}
