@@ -124,13 +124,15 @@ def time_torch_parts() -> None:
     Closure.__call__ = CLOCK.wrap("lightning", Closure.__call__)
 
 
-def time_wgpt_hooks(trainer, module) -> None:
-    """Every hook Lightning calls on wgpt's module (those wgpt defines) and on wgpt's callbacks."""
+def time_wgpt_hooks(trainer, module, datamodule) -> None:
+    """Every hook Lightning calls on wgpt's module and datamodule (those wgpt defines) and on wgpt's callbacks."""
+    from wgpt.data.datamodule import DatasetLightningWrapper
     from wgpt.lightning.module import ModelLightningWrapper
 
-    for name, value in vars(ModelLightningWrapper).items():
-        if callable(value) and not name.startswith("__") and name not in ("forward", "configure_model"):
-            setattr(module, name, CLOCK.wrap(f"wgpt:module.{name}", getattr(module, name)))
+    for obj, cls, whose in ((module, ModelLightningWrapper, "module"), (datamodule, DatasetLightningWrapper, "data")):
+        for name, value in vars(cls).items():
+            if callable(value) and not name.startswith("__") and name not in ("forward", "configure_model"):
+                setattr(obj, name, CLOCK.wrap(f"wgpt:{whose}.{name}", getattr(obj, name)))
     for callback in trainer.callbacks:
         if not type(callback).__module__.startswith("wgpt."):
             continue
@@ -183,9 +185,9 @@ def run_train_py(accumulate: int, window: int, extra: list[str], run_dir: str) -
     _TrainingEpochLoop.advance = counted_advance
     fit = L.Trainer.fit
 
-    def timed_fit(trainer, model, *args, **kwargs):
-        time_wgpt_hooks(trainer, model)
-        return fit(trainer, model, *args, **kwargs)
+    def timed_fit(trainer, model, *args, datamodule=None, **kwargs):
+        time_wgpt_hooks(trainer, model, datamodule)
+        return fit(trainer, model, *args, datamodule=datamodule, **kwargs)
 
     L.Trainer.fit = timed_fit
     overrides = [

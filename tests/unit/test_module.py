@@ -143,3 +143,25 @@ def test_step_budget_spanning_epochs_stops_on_the_step_and_validates(toy_dir):
     assert fit.num_training_batches < 40  # more than one epoch was needed
     assert fit.global_step == 40 and fit.current_epoch >= 1
     assert module.best["step"] == 40 and math.isfinite(module.best["val_loss"])
+
+
+def test_an_epoch_budget_resumed_in_its_last_epoch_still_ends_with_a_validation(toy_dir, tmp_path):
+    """Lightning skips on_train_epoch_start for the epoch a run resumes in the middle of."""
+
+    def fit(ckpt_path=None, **callbacks):
+        module = tiny_module()
+        run = trainer(
+            max_epochs=2, val_check_interval=1000, check_val_every_n_epoch=None, limit_val_batches=2, **callbacks
+        )
+        run.fit(module, datamodule=datamodule(toy_dir, batch_size=16), ckpt_path=ckpt_path)
+        return run, module
+
+    saving = RecentCheckpoint(tmp_path, every_n_train_steps=1, filename="{step}")
+    saving.save_top_k = -1  # keep every step's
+    fresh, module = fit(callbacks=[ValidateAtEnd(), saving], enable_checkpointing=True)
+    per_epoch = fresh.num_training_batches
+    assert fresh.global_step == 2 * per_epoch and module.best["step"] == 2 * per_epoch
+    middle = per_epoch + per_epoch // 2  # in the last epoch
+    resumed, module = fit(ckpt_path=tmp_path / f"step={middle}.ckpt", callbacks=[ValidateAtEnd()])
+    assert resumed.global_step == 2 * per_epoch
+    assert module.best["step"] == 2 * per_epoch and math.isfinite(module.last_val_loss)

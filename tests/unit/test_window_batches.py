@@ -9,7 +9,7 @@ import torch
 from wgpt.data.datamodule import WindowBatches
 from wgpt.data.diskdataset import DiskDataset
 
-from helpers_fit import SEQ_LEN, datamodule, tiny_module, toy_bins
+from helpers_fit import SEQ_LEN, datamodule, tiny_module, toy_bins, trainer
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_a_batch_straddling_two_datasets_reads_each_in_order(toy_dir):
     np.testing.assert_array_equal(both[n + 1], second.windows([1])[0])
 
 
-def test_loaders_yield_int32_windows_that_the_module_splits_into_int64_views(toy_dir):
+def test_loaders_yield_int32_windows_that_the_datamodule_splits_into_int64_views(toy_dir):
     data = datamodule(toy_dir, batch_size=3)
     data.setup("fit")
     train = next(iter(data.train_dataloader()))
@@ -51,9 +51,22 @@ def test_loaders_yield_int32_windows_that_the_module_splits_into_int64_views(toy
         assert windows.dtype == torch.int32 and windows.shape == (3, SEQ_LEN + 1)
     # Validation reads in order: its first batch is the first three windows.
     np.testing.assert_array_equal(validation.numpy(), data.splits["toy"]["validation"].windows([0, 1, 2]))
-    module = tiny_module()
-    inputs, targets = module.on_after_batch_transfer(train, dataloader_idx=0)
+    inputs, targets = data.on_after_batch_transfer(train, dataloader_idx=0)
     assert inputs.dtype == targets.dtype == torch.int64 and inputs.shape == targets.shape == (3, SEQ_LEN)
     assert torch.equal(inputs, train[:, :-1].long()) and torch.equal(targets, train[:, 1:].long())
-    pair = (inputs, targets)  # a batch of another loader: passed on as it is
-    assert module.on_after_batch_transfer(pair, dataloader_idx=0) is pair
+
+
+def test_a_fit_hands_the_modules_steps_input_and_target_pairs_without_a_warning(toy_dir, recwarn):
+    seen = []
+
+    class Recorder(type(tiny_module())):
+        def training_step(self, batch, batch_idx):
+            seen.append(batch)
+            return super().training_step(batch, batch_idx)
+
+    module = Recorder(tiny_module().model, learning_rate=1e-2)
+    trainer(max_steps=2, limit_val_batches=0).fit(module, datamodule=datamodule(toy_dir, batch_size=3))
+    assert len(seen) == 2
+    for inputs, targets in seen:
+        assert inputs.dtype == targets.dtype == torch.int64 and torch.equal(inputs[:, 1:], targets[:, :-1])
+    assert not [w for w in recwarn if "on_after_batch_transfer" in str(w.message)]

@@ -200,6 +200,10 @@ class ValidateAtEnd(Callback):
     def __init__(self):
         self._last_batch_idx = -1  # of this epoch, if it is the last epoch
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Also here: a run resumed in the middle of an epoch gets no on_train_epoch_start for it.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last_epoch = (
             trainer.max_epochs is not None

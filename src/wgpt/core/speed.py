@@ -67,6 +67,7 @@ class SpeedMonitor(Callback):
         self._throughput.reset()
         self._counts = dict.fromkeys(self._counts, 0)
         self._shapes.clear()
+        self._log_now = False
         self._start = self._now(trainer)
         self._throughput.update(time=0.0, **self._counts, flops=self._flops(pl_module))
 
@@ -78,6 +79,8 @@ class SpeedMonitor(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         # After every micro-batch: counted by shape (~1 us), everything else once per logging step.
+        if self._throughput is None:  # not rank 0
+            return
         self._shapes[batch[0].shape] += 1
         if not self._log_now:
             return

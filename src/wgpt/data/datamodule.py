@@ -181,6 +181,12 @@ class DatasetLightningWrapper(L.LightningDataModule):
             **kwargs,
         )
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # A batch of these loaders is one (B, T + 1) int32 tensor of windows (WindowLoader): on the
+        # device now, its inputs and targets are views one token apart, in the int64 a loss takes.
+        windows = batch.long()
+        return windows[:, :-1], windows[:, 1:]
+
     def train_dataloader(self) -> DataLoader:
         train = [splits["train"] for splits in self.splits.values()]
         world_size, rank = self._world
@@ -251,7 +257,7 @@ def as_array(batch: np.ndarray) -> np.ndarray:
 
 class WindowLoader(DataLoader):
     """Yields each batch as one (batch, seq_len + 1) int32 tensor of token windows: inputs are
-    ``[:, :-1]``, targets ``[:, 1:]`` (``ModelLightningWrapper.on_after_batch_transfer`` splits
+    ``[:, :-1]``, targets ``[:, 1:]`` (``DatasetLightningWrapper.on_after_batch_transfer`` splits
     them on the device, after one copy of a quarter of two int64 tensors' bytes).
 
     Workers send numpy arrays, which cross their pipe as bytes: tensors would each pass a

@@ -204,7 +204,7 @@ class DiskDataset(torch.utils.data.Dataset):
     Item ``i`` is ``(input, target)``: the window starting at token ``order[i] * stride``,
     with ``stride = seq_len * stride_ratio``; a last window shorter than that is dropped.
     Opening is O(1) in the bin's size and nothing of it is loaded: each window is one
-    positioned read (``os.pread``), and each DataLoader worker opens the file itself.
+    positioned read (``os.preadv``), and each DataLoader worker opens the file itself.
     ``tokens`` maps the whole bin with ``np.memmap`` for inspection; training does not use it,
     because a mapping keeps every page it ever touched resident in the process, so random
     windows over a large bin would grow its memory towards the bin's size.

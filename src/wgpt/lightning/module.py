@@ -120,15 +120,6 @@ class ModelLightningWrapper(L.LightningModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # wgpt's loaders send a batch as one (B, T + 1) int32 tensor of windows (wgpt.data.datamodule.
-        # WindowLoader): on the device now, its inputs and targets are views one token apart, in
-        # the int64 the loss takes. Any other batch, (inputs, targets), passes as it is.
-        if isinstance(batch, torch.Tensor):
-            windows = batch.long()
-            return windows[:, :-1], windows[:, 1:]
-        return batch
-
     def _loss(self, batch, reduction: str = "mean") -> torch.Tensor:
         inputs, targets = batch  # (B, T) each
         return self._loss_fn(self.model, inputs, targets, reduction)

@@ -1,0 +1,116 @@
+"""The same training, however it is split (fp32, dropout 0, CPU): gradient accumulation of k
+micro-batches of b equals one batch of k*b on the same samples; DDP over 2 ranks with batch b
+equals one device with batch 2b; FSDP over 2 ranks equals DDP over 2 ranks. The PDBSampler makes
+the samples the same: its batches are consecutive runs of one shuffled order, and rank r of a
+DDP run takes every other window of the single run's batch."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from wgpt.lightning.module import ModelLightningWrapper
+from wgpt.models import GPT
+
+from conftest import run_cli
+from helpers_fit import SEQ_LEN, datamodule, toy_bins, trainer
+
+STEPS = 5
+
+
+def relative_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """|a - b| / |b| of each tensor (norms over the whole tensor)."""
+    assert a.keys() == b.keys()
+    return {k: ((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-30)).item() for k in a}
+
+
+class FirstGradients(L.Callback):
+    """The gradients of the first optimizer step, accumulated and before clipping."""
+
+    def __init__(self):
+        self.grads: dict[str, torch.Tensor] | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()}
+
+
+# Without biases: the attention's key bias has a gradient that is zero but for rounding, which Adam
+# scales up to full-size updates, so two equal trainings differ there (~7e-5 after 5 steps).
+def tiny_gpt() -> GPT:
+    torch.manual_seed(0)
+    return GPT(vocab_size=50304, d_embed=16, n_layers=2, n_heads=2, max_seq_len=SEQ_LEN, dropout=0.0, bias=False)
+
+
+def fit(data_dir: Path, batch_size: int, accumulate: int) -> tuple[dict, dict]:
+    model = tiny_gpt()
+    module = ModelLightningWrapper(model, learning_rate=1e-2)
+    first = FirstGradients()
+    run = trainer(
+        max_steps=STEPS,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=1.0,
+        precision="32-true",
+        limit_val_batches=0,
+        callbacks=[first],
+    )
+    run.fit(module, datamodule=datamodule(data_dir, batch_size=batch_size))
+    assert run.global_step == STEPS
+    return first.grads, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_accumulating_k_micro_batches_of_b_trains_as_one_batch_of_k_times_b(tmp_path):
+    data_dir = toy_bins(tmp_path)
+    grads_acc, weights_acc = fit(data_dir, batch_size=2, accumulate=4)
+    grads_one, weights_one = fit(data_dir, batch_size=8, accumulate=1)
+    grads = relative_differences(grads_acc, grads_one)
+    assert max(grads.values()) <= 1e-5, grads
+    weights = relative_differences(weights_acc, weights_one)
+    assert max(weights.values()) <= 1e-4, weights
+    assert max(relative_differences(weights_one, tiny_gpt().state_dict()).values()) > 1e-3  # it did train
+
+
+# train.py, fp32 on the CPU, dropout 0, no biases: 5 steps and the end-of-run validation (2 batches).
+RUN = [
+    "model.bias=false",
+    "model.d_embed=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.dropout=0.0",
+    "data.num_workers=0",
+    f"trainer.max_steps={STEPS}",
+    "trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "start_datetime=2020-01-01_00-00-00",
+]
+
+
+def final_weights(out: Path, data_dir: Path, *args: str) -> dict[str, torch.Tensor]:
+    result = run_cli("train.py", *RUN, *args, f"paths.output_root={out}", f"paths.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(out / "gpt2-tiny" / "2020-01-01_00-00-00" / "checkpoints" / "recent.ckpt")
+    assert checkpoint["global_step"] == STEPS
+    return checkpoint["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory, data_dir) -> dict[str, torch.Tensor]:
+    """The weights of a 2-rank DDP run with batch 4 per rank."""
+    out = tmp_path_factory.mktemp("ddp")
+    return final_weights(out, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp")
+
+
+def test_ddp_over_two_ranks_trains_as_one_device_with_both_ranks_batches(tmp_path, data_dir, ddp):
+    one = final_weights(tmp_path, data_dir, "data.batch_size=8", "trainer.devices=1")
+    differences = relative_differences(ddp, one)
+    assert max(differences.values()) <= 1e-4, differences
+
+
+def test_fsdp_over_two_ranks_trains_as_ddp_over_two_ranks(tmp_path, data_dir, ddp):
+    fsdp = final_weights(tmp_path, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp")
+    differences = relative_differences(fsdp, ddp)
+    assert max(differences.values()) <= 1e-4, differences
