@@ -2,18 +2,21 @@
 micro-batches of b equals one batch of k*b on the same samples; DDP over 2 ranks with batch b
 equals one device with batch 2b; FSDP over 2 ranks equals DDP over 2 ranks. The PDBSampler makes
 the samples the same: its batches are consecutive runs of one shuffled order, and rank r of a
-DDP run takes every other window of the single run's batch."""
+DDP run takes every other window of the single run's batch. Validation under DDP scores every
+window once, as one device does."""
 
+import json
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from wgpt.data.diskdataset import DiskDataset
 from wgpt.lightning.module import ModelLightningWrapper
 from wgpt.models import GPT
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from helpers_fit import SEQ_LEN, datamodule, toy_bins, trainer
 
 STEPS = 5
@@ -71,6 +74,35 @@ def test_accumulating_k_micro_batches_of_b_trains_as_one_batch_of_k_times_b(tmp_
     assert max(relative_differences(weights_one, tiny_gpt().state_dict()).values()) > 1e-3  # it did train
 
 
+class StepLosses(L.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+
+
+# The losses at steps 1, 10, 20, ..., 60 of the golden run below, as first measured (2026-12-02,
+# commit c7d5c77, torch 2.13.0 CPU, one thread). A change that moves them changed the training
+# math (model, loss, optimizer, schedule, clipping, data order or initialization): if it meant
+# to, measure them again and say why in the commit.
+GOLDEN = [10.84313678741455, 10.690778732299805, 10.024429321289062, 9.16189193725586, 8.47302532196045]
+GOLDEN += [8.15182113647461, 8.073566436767578]
+
+
+def test_a_golden_run_keeps_its_losses(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one summation order
+    try:
+        losses = StepLosses()
+        run = trainer(max_steps=60, gradient_clip_val=1.0, precision="32-true", limit_val_batches=0, callbacks=[losses])
+        run.fit(ModelLightningWrapper(tiny_gpt(), learning_rate=3e-3), datamodule=datamodule(toy_bins(tmp_path), 4))
+    finally:
+        torch.set_num_threads(threads)
+    measured = [losses.losses[i] for i in (0, 9, 19, 29, 39, 49, 59)]
+    assert measured == pytest.approx(GOLDEN, rel=1e-4), measured
+
+
 # train.py, fp32 on the CPU, dropout 0, no biases: 5 steps and the end-of-run validation (2 batches).
 RUN = [
     "model.bias=false",
@@ -79,6 +111,7 @@ RUN = [
     "model.n_heads=2",
     "model.dropout=0.0",
     "data.num_workers=0",
+    "data.stride_ratio=0.875",  # fewer windows to validate than at 0.5, and an odd number of them
     f"trainer.max_steps={STEPS}",
     "trainer.limit_val_batches=2",
     "trainer.num_sanity_val_steps=0",
@@ -89,28 +122,67 @@ RUN = [
 ]
 
 
-def final_weights(out: Path, data_dir: Path, *args: str) -> dict[str, torch.Tensor]:
-    result = run_cli("train.py", *RUN, *args, f"paths.output_root={out}", f"paths.data_dir={data_dir}")
+def trained(out: Path, data_dir: Path, *args: str, env: dict | None = None) -> Path:
+    """The run dir of a train.py run of RUN and ``args``."""
+    result = run_cli("train.py", *RUN, *args, f"paths.output_root={out}", f"paths.data_dir={data_dir}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(out / "gpt2-tiny" / "2020-01-01_00-00-00" / "checkpoints" / "recent.ckpt")
+    return out / "gpt2-tiny" / "2020-01-01_00-00-00"
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "recent.ckpt")
     assert checkpoint["global_step"] == STEPS
     return checkpoint["state_dict"]
 
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory, data_dir) -> dict[str, torch.Tensor]:
-    """The weights of a 2-rank DDP run with batch 4 per rank."""
+def ddp(tmp_path_factory, data_dir) -> Path:
+    """A 2-rank DDP run with batch 4 per rank, validated on every window at its end, each rank's
+    windows recorded (tests/probes.py)."""
     out = tmp_path_factory.mktemp("ddp")
-    return final_weights(out, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp")
+    ddp = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp", "trainer.limit_val_batches=1.0"]
+    probe = ["+callbacks.windows._target_=probes.ValidationWindows", f"+callbacks.windows.dir={out / 'windows'}"]
+    return trained(out, data_dir, *ddp, *probe, env={"PYTHONPATH": str(ROOT / "tests")})
 
 
 def test_ddp_over_two_ranks_trains_as_one_device_with_both_ranks_batches(tmp_path, data_dir, ddp):
-    one = final_weights(tmp_path, data_dir, "data.batch_size=8", "trainer.devices=1")
-    differences = relative_differences(ddp, one)
+    one = trained(tmp_path, data_dir, "data.batch_size=8", "trainer.devices=1")
+    differences = relative_differences(final_weights(ddp), final_weights(one))
     assert max(differences.values()) <= 1e-4, differences
 
 
 def test_fsdp_over_two_ranks_trains_as_ddp_over_two_ranks(tmp_path, data_dir, ddp):
-    fsdp = final_weights(tmp_path, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp")
-    differences = relative_differences(fsdp, ddp)
+    fsdp = trained(tmp_path, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp")
+    differences = relative_differences(final_weights(fsdp), final_weights(ddp))
     assert max(differences.values()) <= 1e-4, differences
+
+
+def test_validation_under_ddp_scores_every_window_once_as_one_device_does(data_dir, ddp):
+    windows = ddp.parents[1] / "windows"
+    scored = [row for rank in (0, 1) for row in json.loads((windows / f"rank{rank}.json").read_text())]
+    validation = DiskDataset("shakespeare", "validation", 128, stride_ratio=0.875, data_dir=data_dir)  # the run's
+    assert len(validation) % 2 == 1  # uneven shares: a padding sampler would score one window twice
+    assert sorted(scored) == sorted(validation.windows(range(len(validation))).tolist())
+    # One device scores the same weights (eval.py) as the two ranks did together.
+    evaluated = run_cli(
+        "eval.py",
+        f"ckpt_path={ddp / 'checkpoints' / 'recent.ckpt'}",
+        f"paths.data_dir={data_dir}",
+        "splits=[validation]",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    one_device = json.loads((ddp / "eval-recent.json").read_text())["results"]["shakespeare"]["validation"]["loss"]
+    two_ranks = json.loads((ddp / "summary.json").read_text())["final_val_loss"]
+    assert abs(two_ranks - one_device) <= 1e-6 * one_device, (two_ranks, one_device)
+
+
+def test_a_jobs_seed_sets_its_initialization_and_its_data_order(tmp_path, data_dir):
+    def first_batch(seed: int, name: str) -> dict:
+        probe = ["+callbacks.first._target_=probes.FirstBatch", f"+callbacks.first.path={tmp_path / name}.json"]
+        args = [f"seed={seed}", "trainer.max_steps=1", "trainer.limit_val_batches=0", *probe]
+        trained(tmp_path / name, data_dir, "data.batch_size=4", *args, env={"PYTHONPATH": str(ROOT / "tests")})
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    one, again, other = first_batch(1, "one"), first_batch(1, "again"), first_batch(2, "other")
+    assert one == again
+    assert one["weights"] != other["weights"] and one["inputs"] != other["inputs"]
