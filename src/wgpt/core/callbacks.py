@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from wgpt.core.speed import SpeedMonitor, peak_memory_gib  # noqa: F401  (the group's: conf names them here)
 from wgpt.core.summary import write_run_summary
+from wgpt.core.target import TargetReached
 from wgpt.interop.checkpoint import write_weights_beside
 
 
@@ -114,10 +115,13 @@ def build_callbacks(
     callbacks_cfg: DictConfig, enable_progress_bar: bool = True, sharded: bool = False
 ) -> list[Callback]:
     """Instantiate the callbacks group. With ``trainer.enable_progress_bar=false`` its progress bar
-    is left out: Lightning refuses a progress bar callback together with that flag. A ``sharded``
-    (FSDP) run adds ShardedStop, its way to stop on a signal."""
+    is left out: Lightning refuses a progress bar callback together with that flag. A callback
+    switched off by its config (``active`` false: the target without a value) is left out too, as
+    Lightning calls every callback's hooks after every micro-batch. A ``sharded`` (FSDP) run adds
+    ShardedStop, its way to stop on a signal."""
     callbacks = [instantiate(c) for c in callbacks_cfg.values()]
     callbacks = [c for c in callbacks if enable_progress_bar or not isinstance(c, ProgressBar)]
+    callbacks = [c for c in callbacks if getattr(c, "active", True)]
     return callbacks + [ShardedStop()] if sharded else callbacks
 
 
@@ -234,6 +238,9 @@ class RunSummary(Callback):
 
     def _write(self, trainer: L.Trainer, pl_module, **fields) -> None:
         best = pl_module.best
+        target = next((c for c in trainer.callbacks if isinstance(c, TargetReached)), None)
+        if target is not None:
+            fields["target"] = target.record()
         write_run_summary(
             self.run_dir,
             global_step=trainer.global_step,

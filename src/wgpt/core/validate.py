@@ -31,7 +31,7 @@ from wgpt.util.errors import WgptError
 
 # Switches that must be true or false (null where noted in their configs): a truthy string
 # such as "flase" would otherwise quietly turn them on.
-BOOLEANS = ("tf32", "optim.fused", "trainer.activation_checkpointing")
+BOOLEANS = ("tf32", "optim.fused", "trainer.activation_checkpointing", "callbacks.target.stop")
 
 # key: (type, test, what to give instead). Keys absent from the config are skipped.
 NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
@@ -123,6 +123,9 @@ def check_values(cfg: DictConfig) -> None:
         check_number(
             "trainer.gradient_clip_val", clip, float, non_negative, "0 or null (no clipping) or a norm above 0"
         )
+    target = OmegaConf.select(cfg, "callbacks.target", default=None)
+    if target is not None:
+        check_target(target, list(cfg.data.get("datasets") or []))
     if cfg.get("resume") not in (None, "auto"):
         raise WgptError(f"resume={cfg.resume} is not an option: use resume=auto, or ckpt_path=<file>")
     if cfg.data.seq_len > cfg.model.max_seq_len:
@@ -141,3 +144,22 @@ def check_values(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
+
+
+def check_target(target: DictConfig, datasets: list[str]) -> None:
+    """``callbacks.target`` (wgpt.core.target.TargetReached): a metric this run validates, a number, min or max."""
+    if target.get("value") is not None:
+        check_number("callbacks.target.value", target.value, float, lambda v: True, "a number, e.g. 1.6")
+    metrics = ["val_loss", "val_bpb", "val_ppl"]
+    if len(datasets) > 1:
+        metrics += [f"{m}/{name}" for name in datasets for m in ("val_loss", "val_bpb")]
+    if target.get("metric") not in metrics:
+        raise WgptError(
+            f"callbacks.target.metric={target.get('metric')} is not a validation metric: "
+            f"use one of {', '.join(metrics)}"
+        )
+    if target.get("mode") not in ("min", "max"):
+        raise WgptError(
+            f"callbacks.target.mode={target.get('mode')} is not min or max: "
+            "min for losses, bits per byte and perplexity"
+        )
