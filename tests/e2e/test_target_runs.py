@@ -48,6 +48,7 @@ def test_stop_true_ends_the_sweeps_jobs_at_the_target_and_a_resumed_sweep_keeps_
         previous = [float(line.split("| val_loss ")[1].split()[0]) for line in lines[:-1]]
         assert previous and all(v > 10.6 for v in previous)
         assert f"Target val_loss <= 10.6 reached at step {reached['step']}" in (job / "train.log").read_text()
+        assert " -m seed=1,2 " in json.loads((job / "record.json").read_text())["command"]  # the sweep's command
     resumed = run_cli("train.py", f"resume={sweep_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "jobs 0, 1 kept (completed)" in resumed.stdout

@@ -19,7 +19,8 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from wgpt.core.speed import SpeedMonitor, peak_memory_gib  # noqa: F401  (the group's: conf names them here)
+from wgpt.core.record import finish_run_record
+from wgpt.core.speed import SpeedMonitor, peak_memory_gib, trained_amount  # noqa: F401  (conf names SpeedMonitor here)
 from wgpt.core.summary import write_run_summary
 from wgpt.core.target import TargetReached
 from wgpt.interop.checkpoint import write_weights_beside
@@ -252,6 +253,12 @@ class RunSummary(Callback):
             resumed_from=self.resumed_from,
             **({"overrides": self.overrides} if self.overrides is not None else {}),
             **fields,
+        )
+        # After summary.json, which sweeps need: record.json's totals (wgpt.core.record).
+        tokens, flops = trained_amount(trainer, pl_module, trainer.global_step)
+        status = fields.get("status")
+        finish_run_record(
+            self.run_dir, status=status, global_step=trainer.global_step, train_tokens=tokens, train_flops=flops
         )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:

@@ -79,6 +79,27 @@ def free_gpu_memory() -> dict[int, float]:
         pynvml.nvmlShutdown()
 
 
+def gpu_names_and_driver() -> tuple[list[str], str | None]:
+    """The machine's GPU names and driver version from NVML, which starts no CUDA context;
+    ([], None) where NVML cannot start (no GPU or no driver)."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return [], None
+    try:
+        names = [
+            _text(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+            for i in range(pynvml.nvmlDeviceGetCount())
+        ]
+        return names, _text(pynvml.nvmlSystemGetDriverVersion())
+    except pynvml.NVMLError:
+        return [], None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -280,9 +301,7 @@ def cpu_peak_flops(
         largest_matmul = tuple(int(d) for d in largest_matmul)
         sizes = [s for s in sizes if s[0] * s[1] * s[2] <= largest_matmul[0] * largest_matmul[1] * largest_matmul[2]]
         sizes.append(largest_matmul)
-    key = (
-        f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype} | up to {sizes[-1]}"
-    )
+    key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype} | up to {sizes[-1]}"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wgpt" / "peak_flops.json"
     try:
         known = json.loads(cache.read_text())
@@ -323,7 +342,8 @@ def largest_matmul(model: nn.Module, rows: int) -> tuple[int, int, int] | None:
     return rows, inner, out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -133,6 +133,19 @@ class SpeedMonitor(Callback):
             self._validation_start = None
 
 
+def trained_amount(trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> tuple[int | None, int | None]:
+    """Training tokens (all devices) and FLOPs of ``steps`` optimizer steps, each step counted
+    full: batch size x sequence length x accumulation x devices micro-batch tokens, and the
+    module's ``training_flops`` of such a micro-batch. None where the data or module cannot say."""
+    data = trainer.datamodule
+    shape = torch.Size([getattr(data, "batch_size", 0), getattr(data, "seq_len", 0)])  # (B, T)
+    if not shape.numel():
+        return None, None
+    micro_batches = steps * trainer.accumulate_grad_batches * trainer.world_size
+    flops = micro_batches * pl_module.training_flops(shape) if hasattr(pl_module, "training_flops") else None
+    return micro_batches * shape.numel(), flops
+
+
 def peak_memory_gib(device: torch.device) -> float:
     """The most memory this process has held: allocated on a CUDA device, resident on the host."""
     if device.type == "cuda":

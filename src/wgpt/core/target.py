@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from wgpt.core.speed import trained_amount
+
 log = logging.getLogger("wgpt")
 
 MODES = ("min", "max")
@@ -65,15 +67,12 @@ class TargetReached(Callback):
         if not (measured <= self.value if self.mode == "min" else measured >= self.value):
             return
         step = trainer.global_step
-        micro_batches = step * trainer.accumulate_grad_batches * trainer.world_size
-        data = trainer.datamodule
-        shape = torch.Size([getattr(data, "batch_size", 0), getattr(data, "seq_len", 0)])
-        flops = pl_module.training_flops(shape) if hasattr(pl_module, "training_flops") and shape.numel() else None
+        tokens, flops = trained_amount(trainer, pl_module, step)
         self.reached = {
             "step": step,
-            "tokens": micro_batches * shape.numel() if shape.numel() else None,
+            "tokens": tokens,
             "train_seconds": round(self._train_seconds(trainer), 3),
-            "flops": micro_batches * flops if flops is not None else None,
+            "flops": flops,
             self.metric: measured,
         }
         if trainer.is_global_zero:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.callbacks import RunSummary, build_callbacks
+from wgpt.core.compose import repo_root
 from wgpt.core.console import lightning_through_job_logging, parameter_counts, print_config_tree
 from wgpt.core.devices import enable_tf32, reuse_freed_host_memory
 from wgpt.core.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
+from wgpt.core.record import RECORDED_ENV, write_run_record
 from wgpt.core.report import discarded_on_bad_input
 from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint
 from wgpt.core.summary import FINISHED, read_run_summary
@@ -105,8 +108,13 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     trainer.callbacks.append(
         RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path, overrides=overrides)
     )  # not optional: sweeps read it
+    # By the process the user started only: not by the ranks Lightning starts, nor by a sweep job's
+    # own DDP launch (both see RECORDED_ENV), whose command lines are not the user's.
+    if trainer.is_global_zero and not rank_tag() and RECORDED_ENV not in os.environ:
+        write_run_record(run_dir, repo_root(), trainer_args.get("precision"))
     if in_sweep() and spawns_ranks(trainer):
-        return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0], ckpt_path)
+        with environment(**{RECORDED_ENV: "1"}):
+            return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0], ckpt_path)
 
     if trainer.is_global_zero:  # once per run: other ranks print nothing, each sweep job its own
         print_config_tree(cfg, run_dir)
@@ -131,7 +139,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The ranks Lightning starts compose their config again: give them this run's start time
     # and rank 0's choice of checkpoint (resume=auto could find a newer one by then).
-    with environment(**{START_DATETIME_ENV: cfg.start_datetime, RESUME_FROM_ENV: ckpt_path or ""}):
+    with environment(**{START_DATETIME_ENV: cfg.start_datetime, RESUME_FROM_ENV: ckpt_path or "", RECORDED_ENV: "1"}):
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # Lightning's SystemExit() would exit 0, as if training had finished

@@ -1,0 +1,148 @@
+"""``record.json`` (and ``git.diff``): what a run ran, beside what ``.hydra/`` keeps of its config:
+the command, the code (git commit, and the diff of a dirty tree), the versions, the machine, the
+numeric settings and environment, and at the end its wall time and FLOPs. Written by rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wgpt.core.devices import cpu_model, gpu_names_and_driver
+from wgpt.util.files import atomic_write_text
+
+RECORD = "record.json"
+RECORDED_ENV = "WGPT_RUN_RECORDED"  # set for the processes a run starts itself: they write no record
+DIFF = "git.diff"
+DIFF_LIMIT = 1 << 20  # bytes of git.diff kept; the rest is cut with a line saying so
+# Code whose uncommitted changes and new files the diff holds.
+CODE_DIRS = ("src", "conf")
+ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")  # besides every WGPT_*
+
+
+def git_state(root: Path, run_dir: Path) -> dict[str, Any]:
+    """The checkout at ``root``: its commit, whether anything in it differs from the commit (new
+    files included, ignored ones not), and, if so, ``git.diff`` in ``run_dir``: the changes to
+    src/ and conf/ against the commit, and their new files whole, cut at DIFF_LIMIT bytes."""
+
+    def git(*args: str, ok=(0,)) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode in ok else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "note": "not a git checkout (or git is not installed)"}
+    dirty = bool(git("status", "--porcelain"))
+    state: dict[str, Any] = {"commit": commit.strip(), "dirty": dirty, "diff": None}
+    if not dirty:
+        return state
+    parts = [git("diff", "HEAD", "--", *CODE_DIRS) or ""]
+    new_files = (git("ls-files", "--others", "--exclude-standard", "--", *CODE_DIRS) or "").split()
+    for name in new_files:  # exit code 1: the files differ, as a new file always does
+        parts.append(git("diff", "--no-index", "--", os.devnull, name, ok=(0, 1)) or "")
+    diff = "".join(parts)
+    if diff:
+        if len(diff.encode()) > DIFF_LIMIT:
+            kept = diff.encode()[:DIFF_LIMIT].decode(errors="ignore")
+            diff = f"{kept}\n[git.diff cut at {DIFF_LIMIT:,} bytes of {len(diff.encode()):,}]\n"
+            state["diff_cut"] = True
+        atomic_write_text(run_dir / DIFF, diff)
+        state["diff"] = DIFF
+    state["new_files"] = new_files
+    return state
+
+
+def versions(driver: str | None) -> dict[str, str | None]:
+    import hydra
+    import lightning
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "hydra": hydra.__version__,
+        "cuda": torch.version.cuda,
+        "driver": driver,
+    }
+
+
+def machine(gpus: list[str]) -> dict[str, Any]:
+    import torch
+
+    return {
+        "host": platform.node(),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpus": gpus,
+        "gpu_count": len(gpus),
+    }
+
+
+def numerics(precision: Any) -> dict[str, Any]:
+    import torch
+
+    return {
+        "precision": str(precision),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+
+
+def write_run_record(run_dir: str | Path, root: Path, precision: Any) -> None:
+    """Write ``record.json`` as the run starts (a run continued in its dir keeps its earlier
+    parts' records in ``earlier_parts``)."""
+    run_dir = Path(run_dir)
+    path = run_dir / RECORD
+    earlier = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            earlier = [*previous.pop("earlier_parts", []), previous]
+        except json.JSONDecodeError:
+            pass
+    gpus, driver = gpu_names_and_driver()
+    record = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "cwd": os.getcwd(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(root, run_dir),
+        "versions": versions(driver),
+        "machine": machine(gpus),
+        "numerics": numerics(precision),
+        "environment": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if (k.startswith("WGPT_") or k in ENVIRONMENT) and k != RECORDED_ENV
+        },
+        "started_unix": time.time(),
+    }
+    if earlier:
+        record["earlier_parts"] = earlier
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def finish_run_record(run_dir: str | Path, **totals: Any) -> None:
+    """Add the run's end to its ``record.json``: ``wall_seconds`` since it started, and ``totals``
+    (steps, training FLOPs). Nothing if there is no record (a run started outside train.py)."""
+    path = Path(run_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    record["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["wall_seconds"] = round(time.time() - record.get("started_unix", time.time()), 3)
+    record.update(totals)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
