@@ -59,24 +59,6 @@ class FastPathProbe(L.Callback):
         self.path.write_text(json.dumps(self.facts))
 
 
-class ValidationWindows(L.Callback):
-    """Writes ``<dir>/rank<r>.json`` at the end of training: every window (inputs and the last
-    target, as token ids) this rank scored in the validations after the sanity check."""
-
-    def __init__(self, dir: str):
-        self.dir = Path(dir)
-        self.rows: list[list[int]] = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not trainer.sanity_checking:
-            inputs, targets = batch
-            self.rows += torch.cat([inputs, targets[:, -1:]], dim=1).tolist()
-
-    def on_fit_end(self, trainer, pl_module):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))
-
-
 class FirstBatch(L.Callback):
     """Writes ``path`` (JSON) as training starts: a fingerprint of the initial weights (each
     tensor's sum) and the first batch's input token ids."""

@@ -46,6 +46,10 @@ def test_a_dirty_checkout_records_its_changes_and_new_files_under_src_and_conf(r
     assert state["dirty"] and state["diff"] == "git.diff" and state["new_files"] == ["src/new_model.py"]
     diff = (tmp_path / "git.diff").read_text()
     assert "-A = 1\n+A = 2" in diff and "+class Mine:" in diff and "not code" not in diff
+    (repo / "src" / "my model é.py").write_bytes(b"B = 'caf\xe9'\n")  # a space, a non-ASCII name, Latin-1 text
+    state = git_state(repo, tmp_path)
+    assert state["new_files"] == ["src/my model é.py", "src/new_model.py"]
+    assert "+B = 'caf\ufffd'" in (tmp_path / "git.diff").read_text()
     monkeypatch.setattr(record, "DIFF_LIMIT", 40)
     state = git_state(repo, tmp_path)
     diff = (tmp_path / "git.diff").read_text()
@@ -70,7 +74,9 @@ def test_a_run_from_a_dirty_clone_records_the_command_code_versions_and_totals(t
         f"paths.data_dir={data_dir}",
         "start_datetime=2020-01-01_00-00-00",
     ]
-    ran = run_cli("train.py", *args, cwd=clone, env={"WGPT_ROOT": str(clone)})
+    # The clone's own code, as in a checkout of its own (the test's environment imports this one).
+    env = {"WGPT_ROOT": str(clone), "PYTHONPATH": str(clone / "src")}
+    ran = run_cli("train.py", *args, cwd=clone, env=env, fresh=True)
     assert ran.returncode == 0, ran.stderr[-3000:]
     run_dir = tmp_path / "out" / "gpt2-tiny" / "2020-01-01_00-00-00"
     kept = json.loads((run_dir / "record.json").read_text())

@@ -28,11 +28,12 @@ def composed(*overrides: str):
         ),
         ("callbacks.target.mode=lower", "callbacks.target.mode=lower is not min or max"),
         ("callbacks.target.stop=yes", "callbacks.target.stop=yes is not true or false"),
+        ("+trainer.min_steps=10", "callbacks.target.stop=true cannot stop before trainer.min_steps=10 is done"),
     ],
 )
 def test_bad_target_settings_are_one_line(override, message):
     with pytest.raises(WgptError, match=message.replace(".", r"\.")):
-        check_values(composed("callbacks.target.value=1.5", override))
+        check_values(composed("callbacks.target.value=1.5", "callbacks.target.stop=true", override))
 
 
 def test_the_target_is_off_by_default_and_then_no_callback_at_all():

@@ -255,11 +255,12 @@ class RunSummary(Callback):
             **fields,
         )
         # After summary.json, which sweeps need: record.json's totals (wgpt.core.record).
-        tokens, flops = trained_amount(trainer, pl_module, trainer.global_step)
-        status = fields.get("status")
-        finish_run_record(
-            self.run_dir, status=status, global_step=trainer.global_step, train_tokens=tokens, train_flops=flops
-        )
+        try:
+            tokens, flops = trained_amount(trainer, pl_module, trainer.global_step)
+            totals = {"global_step": trainer.global_step, "train_tokens": tokens, "train_flops": flops}
+            finish_run_record(self.run_dir, status=fields.get("status"), **totals)
+        except Exception as e:  # noqa: BLE001 (a record is worth less than the run's end)
+            log.warning("Could not finish %s/record.json: %s", self.run_dir, e)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.is_global_zero:

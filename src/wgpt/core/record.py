@@ -5,6 +5,7 @@ numeric settings and environment, and at the end its wall time and FLOPs. Writte
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shlex
@@ -15,8 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import wgpt
 from wgpt.core.devices import cpu_model, gpu_names_and_driver
 from wgpt.util.files import atomic_write_text
+
+log = logging.getLogger("wgpt")
 
 RECORD = "record.json"
 RECORDED_ENV = "WGPT_RUN_RECORDED"  # set for the processes a run starts itself: they write no record
@@ -33,23 +37,28 @@ def git_state(root: Path, run_dir: Path) -> dict[str, Any]:
     src/ and conf/ against the commit, and their new files whole, cut at DIFF_LIMIT bytes."""
 
     def git(*args: str, ok=(0,)) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        try:  # bytes, decoded leniently: a file in another encoding must not stop the run
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return done.stdout if done.returncode in ok else None
+        return done.stdout.decode(errors="replace") if done.returncode in ok else None
 
+    top = git("rev-parse", "--show-toplevel")
     commit = git("rev-parse", "HEAD")
-    if commit is None:
+    if top is None or commit is None or Path(top.strip()).resolve() != root.resolve():
         return {"commit": None, "note": "not a git checkout (or git is not installed)"}
-    dirty = bool(git("status", "--porcelain"))
-    state: dict[str, Any] = {"commit": commit.strip(), "dirty": dirty, "diff": None}
-    if not dirty:
+    status = git("status", "--porcelain")
+    state: dict[str, Any] = {"commit": commit.strip(), "dirty": None if status is None else bool(status), "diff": None}
+    if not status:
         return state
-    parts = [git("diff", "HEAD", "--", *CODE_DIRS) or ""]
-    new_files = (git("ls-files", "--others", "--exclude-standard", "--", *CODE_DIRS) or "").split()
+    plain = ("--no-color", "--no-ext-diff")  # whatever the user's git config says
+    parts = [git("diff", *plain, "HEAD", "--", *CODE_DIRS) or ""]
+    listed = git("ls-files", "-z", "--others", "--exclude-standard", "--", *CODE_DIRS) or ""
+    new_files = [name for name in listed.split("\0") if name]
     for name in new_files:  # exit code 1: the files differ, as a new file always does
-        parts.append(git("diff", "--no-index", "--", os.devnull, name, ok=(0, 1)) or "")
+        if sum(len(p) for p in parts) > DIFF_LIMIT:
+            break
+        parts.append(git("diff", *plain, "--no-index", "--", os.devnull, name, ok=(0, 1)) or "")
     diff = "".join(parts)
     if diff:
         if len(diff.encode()) > DIFF_LIMIT:
@@ -101,10 +110,21 @@ def numerics(precision: Any) -> dict[str, Any]:
     }
 
 
-def write_run_record(run_dir: str | Path, root: Path, precision: Any) -> None:
+def code_root() -> Path:
+    """The checkout whose code runs: the one holding the imported wgpt package (src/wgpt)."""
+    return Path(wgpt.__file__).resolve().parents[2]
+
+
+def write_run_record(run_dir: str | Path, precision: Any) -> None:
     """Write ``record.json`` as the run starts (a run continued in its dir keeps its earlier
-    parts' records in ``earlier_parts``)."""
-    run_dir = Path(run_dir)
+    parts' records in ``earlier_parts``). Never fails the run: a problem is logged and noted."""
+    try:
+        _write_run_record(Path(run_dir), precision)
+    except Exception as e:  # noqa: BLE001 (a record is worth less than the run)
+        log.warning("Could not write %s: %s", Path(run_dir) / RECORD, e)
+
+
+def _write_run_record(run_dir: Path, precision: Any) -> None:
     path = run_dir / RECORD
     earlier = []
     if path.is_file():
@@ -118,7 +138,7 @@ def write_run_record(run_dir: str | Path, root: Path, precision: Any) -> None:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "cwd": os.getcwd(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_state(root, run_dir),
+        "git": git_state(code_root(), run_dir),
         "versions": versions(driver),
         "machine": machine(gpus),
         "numerics": numerics(precision),

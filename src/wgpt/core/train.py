@@ -16,7 +16,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.callbacks import RunSummary, build_callbacks
-from wgpt.core.compose import repo_root
 from wgpt.core.console import lightning_through_job_logging, parameter_counts, print_config_tree
 from wgpt.core.devices import enable_tf32, reuse_freed_host_memory
 from wgpt.core.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
@@ -111,7 +110,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     # By the process the user started only: not by the ranks Lightning starts, nor by a sweep job's
     # own DDP launch (both see RECORDED_ENV), whose command lines are not the user's.
     if trainer.is_global_zero and not rank_tag() and RECORDED_ENV not in os.environ:
-        write_run_record(run_dir, repo_root(), trainer_args.get("precision"))
+        write_run_record(run_dir, trainer_args.get("precision"))
     if in_sweep() and spawns_ranks(trainer):
         with environment(**{RECORDED_ENV: "1"}):
             return _run_sweep_job_alone(cfg, run_dir, script or sys.argv[0], ckpt_path)

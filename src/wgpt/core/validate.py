@@ -125,7 +125,7 @@ def check_values(cfg: DictConfig) -> None:
         )
     target = OmegaConf.select(cfg, "callbacks.target", default=None)
     if target is not None:
-        check_target(target, list(cfg.data.get("datasets") or []))
+        check_target(target, list(cfg.data.get("datasets") or []), cfg.trainer)
     if cfg.get("resume") not in (None, "auto"):
         raise WgptError(f"resume={cfg.resume} is not an option: use resume=auto, or ckpt_path=<file>")
     if cfg.data.seq_len > cfg.model.max_seq_len:
@@ -146,8 +146,9 @@ def check_values(cfg: DictConfig) -> None:
 _ABSENT = object()
 
 
-def check_target(target: DictConfig, datasets: list[str]) -> None:
-    """``callbacks.target`` (wgpt.core.target.TargetReached): a metric this run validates, a number, min or max."""
+def check_target(target: DictConfig, datasets: list[str], trainer: DictConfig) -> None:
+    """``callbacks.target`` (wgpt.core.target.TargetReached): a metric this run validates, a number,
+    min or max; ``stop`` not held back by a minimum length of training."""
     if target.get("value") is not None:
         check_number("callbacks.target.value", target.value, float, lambda v: True, "a number, e.g. 1.6")
     metrics = ["val_loss", "val_bpb", "val_ppl"]
@@ -157,6 +158,12 @@ def check_target(target: DictConfig, datasets: list[str]) -> None:
         raise WgptError(
             f"callbacks.target.metric={target.get('metric')} is not a validation metric: "
             f"use one of {', '.join(metrics)}"
+        )
+    held = [k for k in ("min_steps", "min_epochs") if trainer.get(k)]
+    if target.get("stop") is True and target.get("value") is not None and held:
+        raise WgptError(
+            f"callbacks.target.stop=true cannot stop before trainer.{held[0]}={trainer[held[0]]} is done "
+            f"(Lightning trains at least that long): remove trainer.{held[0]}, or callbacks.target.stop"
         )
     if target.get("mode") not in ("min", "max"):
         raise WgptError(

@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
 from wgpt.data.pdbsampler import PDBSampler
@@ -210,11 +210,11 @@ class DatasetLightningWrapper(L.LightningDataModule):
         loaders = []
         for splits in self.splits.values():
             dataset = splits[split]
-            # Under DDP rank r takes every world_size-th window, in order: each window once, the ranks'
-            # shares differing by at most one (DistributedSampler would repeat windows to even them
-            # out, and they would count twice). Validation has no collective per batch, so uneven
-            # shares are fine; Lightning's own sampler injection is off (our batch sampler).
-            sampler = range(rank, len(dataset), world_size) if world_size > 1 else None
+            # Sharded in order under DDP; Lightning's own sampler injection is off (our batch sampler).
+            # DistributedSampler pads the ranks to equal shares by repeating the first windows: a
+            # rank without a batch, or with one fewer, would leave the others waiting in a
+            # collective (FSDP gathers weights in every forward; the epoch end all-reduces).
+            sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
             loaders.append(self._loader([dataset], batch_size=self.batch_size, sampler=sampler))
         return loaders
 
