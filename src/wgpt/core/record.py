@@ -131,8 +131,8 @@ def _write_run_record(run_dir: Path, precision: Any) -> None:
         try:
             previous = json.loads(path.read_text())
             earlier = [*previous.pop("earlier_parts", []), previous]
-        except json.JSONDecodeError:
-            pass
+        except json.JSONDecodeError:  # a damaged earlier record: this part's alone is kept
+            earlier = []
     gpus, driver = gpu_names_and_driver()
     record = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),

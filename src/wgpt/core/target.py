@@ -44,8 +44,12 @@ class TargetReached(Callback):
             torch.cuda.synchronize()  # queued kernels count as done by now
         return time.perf_counter()
 
-    def _train_seconds(self, trainer: L.Trainer) -> float:
-        return self._seconds_before + (self._now(trainer) - self._start if self._start is not None else 0.0)
+    def _train_seconds(self, now: float) -> float:
+        """Training seconds up to ``now`` (or to the validation under way), earlier parts included."""
+        if self._start is None:
+            return self._seconds_before
+        end = self._validation_start if self._validation_start is not None else now
+        return self._seconds_before + end - self._start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._now(trainer)
@@ -71,7 +75,7 @@ class TargetReached(Callback):
         self.reached = {
             "step": step,
             "tokens": tokens,
-            "train_seconds": round(self._train_seconds(trainer), 3),
+            "train_seconds": round(self._train_seconds(now), 3),
             "flops": flops,
             self.metric: measured,
         }
@@ -96,13 +100,7 @@ class TargetReached(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         target = [self.metric, self.value, self.mode]
-        return {"target": target, "reached": self.reached, "train_seconds": self._train_seconds_at_save()}
-
-    def _train_seconds_at_save(self) -> float:
-        if self._start is None:
-            return self._seconds_before
-        now = self._validation_start if self._validation_start is not None else time.perf_counter()
-        return self._seconds_before + now - self._start
+        return {"target": target, "reached": self.reached, "train_seconds": self._train_seconds(time.perf_counter())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._seconds_before = float(state_dict.get("train_seconds", 0.0))
