@@ -70,3 +70,26 @@ class FirstBatch(L.Callback):
         if trainer.global_step == 0 and not self.path.exists():
             weights = [p.detach().double().sum().item() for p in pl_module.parameters()]
             self.path.write_text(json.dumps({"weights": weights, "inputs": batch[0].tolist()}))
+
+
+class ValidationWindows(L.Callback):
+    """Writes ``path`` with ``.rank<k>.json`` added (JSON), at the end of the first validation
+    (sanity check included): the input windows that validation counted (the rows each
+    ``validation_step`` says it counted) and the validation loss. Then ends the run: it is there
+    for its validation."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.windows: list[list[int]] = []
+        self.done = False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not self.done:
+            self.windows += batch[0][: outputs["rows"]].tolist()
+
+    def on_validation_end(self, trainer, pl_module):
+        if not self.done:
+            self.done = True
+            facts = {"windows": self.windows, "val_loss": float(trainer.callback_metrics["val_loss"])}
+            self.path.with_suffix(f".rank{trainer.global_rank}.json").write_text(json.dumps(facts))
+            trainer.should_stop = True

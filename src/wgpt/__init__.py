@@ -162,6 +162,7 @@ MOVED: dict[str, tuple[str, dict[str, str]]] = {
     "wgpt.generation": ("wgpt.tools.generate", {}),
     "wgpt.tokens": ("wgpt.tools.tokens", {}),
     "wgpt.shapes": ("wgpt.tools.shapes", {}),
+    "wgpt.compare": ("wgpt.tools.compare", {}),  # not moved: the short name of a tool, as python -m runs it
     "wgpt.plot": (
         "wgpt.tools.plot",
         {

@@ -6,6 +6,7 @@ DDP run takes every other window of the single run's batch. Also: a golden run's
 job's seed setting both its initialization and its data order."""
 
 import json
+import random
 from pathlib import Path
 
 import lightning as L
@@ -162,3 +163,35 @@ def test_a_jobs_seed_sets_its_initialization_and_its_data_order(tmp_path, data_d
     one, again, other = first_batch(1, "one"), first_batch(1, "again"), first_batch(2, "other")
     assert one == again
     assert one["weights"] != other["weights"] and one["inputs"] != other["inputs"]
+
+
+VALIDATION, BATCH = 131, 5  # rank 1: 65 windows of its own, 13 batches of 5, then one of padding
+
+
+def test_validation_under_ddp_counts_every_window_once(tmp_path, data_dir):
+    # A local corpus whose validation split is VALIDATION windows of 32 tokens, an odd number: rank
+    # 1 has (VALIDATION - 1) / 2 of its own and one of rank 0's as padding, which with batch
+    # BATCH is a batch of padding alone (its forward still runs, and counts nothing).
+    words = ["thou", "art", "the", "king", "of", "rome", "and", "all", "her", "fields", "shall", "burn"]
+    generator = random.Random(0)
+    lines = (" ".join(generator.choice(words) for _ in range(12)) for _ in range(3000))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+
+    def validated(name: str, *args: str) -> tuple[list, float]:
+        probe = ["+callbacks.windows._target_=probes.ValidationWindows", f"+callbacks.windows.path={tmp_path / name}"]
+        checks = ["trainer.num_sanity_val_steps=-1", "trainer.limit_val_batches=1.0", *probe]
+        data = ["data=local", f"data.path={corpus}", "model.max_seq_len=32", f"paths.data_dir={tmp_path / 'data'}"]
+        run = [o for o in RUN if not o.startswith(("trainer.limit_val_batches", "trainer.num_sanity"))]
+        env = {"PYTHONPATH": str(ROOT / "tests")}
+        result = run_cli("train.py", *run, *checks, *data, *args, f"paths.output_root={tmp_path / name}", env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        ranks = [json.loads(p.read_text()) for p in sorted(tmp_path.glob(f"{name}.rank*.json"))]
+        assert len({r["val_loss"] for r in ranks}) == 1  # every rank reports the all-reduced loss
+        return [w for r in ranks for w in r["windows"]], ranks[0]["val_loss"]
+
+    one, one_loss = validated("one", "trainer.devices=1", "data.batch_size=4")
+    assert len(one) == VALIDATION
+    two, two_loss = validated("two", "trainer.devices=2", "trainer.strategy=ddp", f"data.batch_size={BATCH}")
+    assert sorted(two) == sorted(one)  # each window once: none left out, none twice
+    assert two_loss == pytest.approx(one_loss, rel=1e-6)

@@ -1,4 +1,5 @@
-"""SpeedMonitor, the callbacks group's training speed report: tokens/s, MFU and peak memory."""
+"""SpeedMonitor, the callbacks group's training speed report: tokens/s, MFU and peak memory; and
+the training clock it and the target share (training seconds, validation left out)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,40 @@ from lightning.pytorch.callbacks import Callback
 from wgpt.core.devices import compute_dtype, largest_matmul, peak_flops
 
 log = logging.getLogger("wgpt")
+
+
+class TrainingClock:
+    """Training seconds: wall time since training (re)started, each validation's time left out,
+    and the seconds of a resumed run's earlier parts (``before``, from its checkpoint) added."""
+
+    def __init__(self):
+        self.before = 0.0
+        self._start: float | None = None  # moved on by each validation's length
+        self._paused: float | None = None  # when the validation under way started
+
+    @staticmethod
+    def now(trainer: L.Trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # kernels queued so far count as done by now
+        return time.perf_counter()
+
+    def start(self, now: float) -> None:
+        self._start, self._paused = now, None
+
+    def pause(self, now: float) -> None:
+        if self._start is not None and self._paused is None:
+            self._paused = now
+
+    def resume(self, now: float) -> None:
+        if self._paused is not None:
+            self._start += now - self._paused
+            self._paused = None
+
+    def seconds(self, now: float) -> float:
+        """Training seconds up to ``now``, or to the start of the validation under way."""
+        if self._start is None:
+            return self.before
+        return self.before + (self._paused if self._paused is not None else now) - self._start
 
 
 class SpeedMonitor(Callback):
@@ -42,8 +77,7 @@ class SpeedMonitor(Callback):
         self._counts = {"batches": 0, "samples": 0, "lengths": 0}  # since training started, to the last logging step
         self._shapes: Counter[torch.Size] = Counter()  # micro-batches' input shapes since the last logging step
         self._log_now = False  # after this micro-batch, the optimizer step of a logging step
-        self._start = 0.0  # when training started, moved on by each validation's duration
-        self._validation_start: float | None = None
+        self.clock = TrainingClock()  # on every rank: rank 0's goes into checkpoints
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
@@ -55,21 +89,16 @@ class SpeedMonitor(Callback):
             peak = peak_flops(trainer.strategy.root_device, compute_dtype(str(trainer.precision)), matmul)
             self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=2)
 
-    @staticmethod
-    def _now(trainer: L.Trainer) -> float:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()  # kernels queued so far count as done by now
-        return time.perf_counter()
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = self.clock.now(trainer)
+        self.clock.start(now)
         if self._throughput is None:
             return
         self._throughput.reset()
         self._counts = dict.fromkeys(self._counts, 0)
         self._shapes.clear()
         self._log_now = False
-        self._start = self._now(trainer)
-        self._throughput.update(time=0.0, **self._counts, flops=self._flops(pl_module))
+        self._throughput.update(time=self.clock.seconds(now), **self._counts, flops=self._flops(pl_module))
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         every = trainer.log_every_n_steps
@@ -95,7 +124,8 @@ class SpeedMonitor(Callback):
             self._counts["batches"] += n
             self._counts["samples"] += n * shape[0]
             self._counts["lengths"] += n * shape.numel()
-        self._throughput.update(time=self._now(trainer) - self._start, **self._counts, flops=self._flops(pl_module))
+        now = self.clock.now(trainer)
+        self._throughput.update(time=self.clock.seconds(now), **self._counts, flops=self._flops(pl_module))
         self._shapes.clear()
         speed = {**self.speed(trainer.world_size), "peak_memory_gib": peak_memory_gib(trainer.strategy.root_device)}
         for name, value in speed.items():  # the progress bar shows tokens/s and MFU from callback_metrics
@@ -129,13 +159,23 @@ class SpeedMonitor(Callback):
         return {name: float(metrics[key]) for key, name in names.items() if key in metrics}
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._throughput is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._validation_start = self._now(trainer)
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.clock.pause(self.clock.now(trainer))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Beside each validation's metrics in metrics.csv: the training seconds it came after, for
+        # curves against time (python -m wgpt.compare, wgpt.plot).
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            pl_module.log("train_seconds", self.clock.seconds(time.perf_counter()), rank_zero_only=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validation_start is not None:
-            self._start += self._now(trainer) - self._validation_start
-            self._validation_start = None
+        self.clock.resume(self.clock.now(trainer))
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_seconds": self.clock.seconds(time.perf_counter())}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.clock.before = float(state_dict.get("train_seconds", 0.0))
 
 
 def trained_amount(trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> tuple[int | None, int | None]:

@@ -8,10 +8,9 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
-from wgpt.core.speed import trained_amount
+from wgpt.core.speed import TrainingClock, trained_amount
 
 log = logging.getLogger("wgpt")
 
@@ -34,36 +33,21 @@ class TargetReached(Callback):
         self.metric, self.value, self.mode, self.stop = metric, value, mode, stop
         self.active = value is not None
         self.reached: dict[str, Any] | None = None
-        self._seconds_before = 0.0  # training seconds of the run's earlier parts (from a checkpoint)
-        self._start: float | None = None  # when training (re)started, moved on by each validation's length
-        self._validation_start: float | None = None
-
-    @staticmethod
-    def _now(trainer: L.Trainer) -> float:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()  # queued kernels count as done by now
-        return time.perf_counter()
-
-    def _train_seconds(self, now: float) -> float:
-        """Training seconds up to ``now`` (or to the validation under way), earlier parts included."""
-        if self._start is None:
-            return self._seconds_before
-        end = self._validation_start if self._validation_start is not None else now
-        return self._seconds_before + end - self._start
+        self.clock = TrainingClock()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = self._now(trainer)
+        self.clock.start(self.clock.now(trainer))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and self._start is not None:
-            self._validation_start = self._now(trainer)
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.clock.pause(self.clock.now(trainer))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validation_start is None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        now = self._now(trainer)
-        self._start += now - self._validation_start
-        self._validation_start = None
+        now = self.clock.now(trainer)
+        seconds = self.clock.seconds(now)  # up to this validation's start
+        self.clock.resume(now)
         measured = trainer.callback_metrics.get(self.metric)
         if self.reached is not None or measured is None:
             return
@@ -75,7 +59,7 @@ class TargetReached(Callback):
         self.reached = {
             "step": step,
             "tokens": tokens,
-            "train_seconds": round(self._train_seconds(now), 3),
+            "train_seconds": round(seconds, 3),
             "flops": flops,
             self.metric: measured,
         }
@@ -100,9 +84,9 @@ class TargetReached(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         target = [self.metric, self.value, self.mode]
-        return {"target": target, "reached": self.reached, "train_seconds": self._train_seconds(time.perf_counter())}
+        return {"target": target, "reached": self.reached, "train_seconds": self.clock.seconds(time.perf_counter())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._seconds_before = float(state_dict.get("train_seconds", 0.0))
+        self.clock.before = float(state_dict.get("train_seconds", 0.0))
         if state_dict.get("target") == [self.metric, self.value, self.mode]:  # not another target's
             self.reached = state_dict.get("reached")

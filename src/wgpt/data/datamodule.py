@@ -213,7 +213,8 @@ class DatasetLightningWrapper(L.LightningDataModule):
             # Sharded in order under DDP; Lightning's own sampler injection is off (our batch sampler).
             # DistributedSampler pads the ranks to equal shares by repeating the first windows: a
             # rank without a batch, or with one fewer, would leave the others waiting in a
-            # collective (FSDP gathers weights in every forward; the epoch end all-reduces).
+            # collective (FSDP gathers weights in every forward; the epoch end all-reduces). The
+            # module counts only each rank's own windows (own_rows), so every window counts once.
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
             loaders.append(self._loader([dataset], batch_size=self.batch_size, sampler=sampler))
         return loaders
@@ -223,6 +224,17 @@ class DatasetLightningWrapper(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
+
+
+def own_rows(loader) -> int | None:
+    """How many of an evaluation loader's windows are this rank's own: DistributedSampler (no
+    shuffle) pads every rank to an equal share with the first windows again, after each rank's own,
+    so the rows past this count are another rank's windows. None: every row counts (one process,
+    or a sampler of another kind)."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler) and not sampler.shuffle and not sampler.drop_last:
+        return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+    return None
 
 
 class WindowBatches(Dataset):

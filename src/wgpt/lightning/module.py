@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from wgpt.data.datamodule import own_rows
 from wgpt.data.tokenizer import R50k
 from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.models.loss import next_token_loss
@@ -99,6 +100,7 @@ class ModelLightningWrapper(L.LightningModule):
         self._train_loss_count = 0
         self._step_losses: list[torch.Tensor] = []  # of the current optimizer step's micro-batches
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count, byte count)
+        self._val_rows_left: dict[int, int | None] = {}  # dataloader index -> own windows left (validation_step)
         self._total = None  # optimizer steps the run will take, once known
         self._flops: dict[torch.Size, int] = {}  # input shape -> FLOPs of a training micro-batch
         self._input_shape: torch.Size | None = None  # of the latest training micro-batch
@@ -181,19 +183,35 @@ class ModelLightningWrapper(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {}
+        self._val_rows_left = {}  # dataloader -> this rank's own windows not yet counted; None: all count
 
     def _sum_dtype(self, device: torch.device) -> torch.dtype:
         # float64 where the device has it: byte and token counts stay exact integers past 2^24.
         return torch.float32 if device.type == "mps" else torch.float64
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        targets = batch[1]
-        loss_sum = self._loss(batch, reduction="sum").detach()
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, int]:
+        """Adds the batch's loss, tokens and bytes to the validation sums, leaving out the rows that
+        pad this rank's share (another rank counts those windows: own_rows). Returns the rows
+        counted, the first ``rows`` of the batch."""
+        if dataloader_idx not in self._val_rows_left:
+            loaders = self.trainer.val_dataloaders
+            loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+            loader = loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
+            self._val_rows_left[dataloader_idx] = own_rows(loader)
+        left = self._val_rows_left[dataloader_idx]
+        rows = len(batch[0]) if left is None else min(left, len(batch[0]))
+        if left is not None:
+            self._val_rows_left[dataloader_idx] = left - rows
+        # A batch of padding alone still runs its forward (FSDP gathers weights in it, on every
+        # rank), on one row, and adds nothing.
+        inputs, targets = (t[: max(rows, 1)] for t in batch[:2])
+        loss_sum = self._loss((inputs, targets), reduction="sum").detach()
         dtype = self._sum_dtype(loss_sum.device)
         tokens = torch.tensor(float(targets.numel()), device=loss_sum.device, dtype=dtype)
         num_bytes = self._token_bytes[targets].sum()  # on the device: no sync
-        row = torch.stack([loss_sum.to(dtype), tokens, num_bytes.to(dtype)])
+        row = torch.stack([loss_sum.to(dtype), tokens, num_bytes.to(dtype)]) * (rows > 0)
         self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + row
+        return {"rows": rows}
 
     def on_validation_epoch_end(self) -> None:
         # One all-reduce of every (loss sum, token count, byte count), per validation set plus the

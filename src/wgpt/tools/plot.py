@@ -69,7 +69,7 @@ def summary_metric(metrics: Sequence[str]) -> str:
     return next((m.split("/")[0] for m in metrics if m.split("/")[0] in SUMMARY_METRICS), "val_loss")
 
 
-def _colours(n: int) -> list:
+def palette(n: int) -> list:
     from matplotlib import colormaps
 
     if n <= 10:
@@ -103,7 +103,7 @@ def plot_curves(runs: Sequence[Run], labels: Sequence[str], title: str, metrics:
 
     fig = Figure(figsize=(11, 1.2 + 4.2 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    colours = _colours(len(runs))
+    colours = palette(len(runs))
     for ax, (key, group) in zip(axes, panels.items()):
         for run, colour in zip(runs, colours):
             for metric in group:
@@ -235,7 +235,7 @@ def plot(
 
     every = [*shown, *(run for run in runs if run not in shown)]  # labels and colours: the plotted runs first
     labels, shared = run_labels([run.overrides for run in every], [run.name for run in every])
-    colours = dict(zip((run.dir for run in every), _colours(len(every))))
+    colours = dict(zip((run.dir for run in every), palette(len(every))))
     label_of = {run.dir: label for run, label in zip(every, labels)}
 
     out = out or (paths[0] if len(paths) == 1 else Path(".")) / ("-".join(dict.fromkeys(map(_panel, metrics))) + ".png")
