@@ -90,3 +90,17 @@ def test_a_run_from_a_dirty_clone_records_the_command_code_versions_and_totals(t
     assert kept["status"] == "completed" and kept["global_step"] == 2 and kept["wall_seconds"] > 0
     assert kept["train_tokens"] == 2 * 4 * 128 and kept["train_flops"] > 0
     shutil.rmtree(clone)
+
+
+def test_a_continued_run_keeps_the_diff_of_its_first_part(repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(record, "code_root", lambda: repo)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (repo / "src" / "model.py").write_text("A = 2\n")
+    record.write_run_record(run_dir, "32-true")
+    (repo / "src" / "model.py").write_text("A = 3\n")  # changed again before the run continues
+    record.write_run_record(run_dir, "32-true")
+    assert "+A = 2" in (run_dir / "git.diff").read_text()
+    assert "+A = 3" in (run_dir / "git.part2.diff").read_text()
+    saved = json.loads((run_dir / "record.json").read_text())
+    assert saved["git"]["diff"] == "git.part2.diff" and saved["earlier_parts"][0]["git"]["diff"] == "git.diff"

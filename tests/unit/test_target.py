@@ -21,7 +21,8 @@ def composed(*overrides: str):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("callbacks.target.value=low", "callbacks.target.value=low is not a number: give a number, e.g. 1.6"),
+        ("callbacks.target.value=low", "callbacks.target.value=low is not a number: give a finite number, e.g. 1.6"),
+        ("callbacks.target.value=nan", "callbacks.target.value=nan is out of range: give a finite number, e.g. 1.6"),
         (
             "callbacks.target.metric=loss",
             "callbacks.target.metric=loss is not a validation metric: use one of val_loss",

@@ -31,9 +31,9 @@ CODE_DIRS = ("src", "conf")
 ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")  # besides every WGPT_*
 
 
-def git_state(root: Path, run_dir: Path) -> dict[str, Any]:
+def git_state(root: Path, run_dir: Path, diff_name: str = DIFF) -> dict[str, Any]:
     """The checkout at ``root``: its commit, whether anything in it differs from the commit (new
-    files included, ignored ones not), and, if so, ``git.diff`` in ``run_dir``: the changes to
+    files included, ignored ones not), and, if so, ``diff_name`` in ``run_dir``: the changes to
     src/ and conf/ against the commit, and their new files whole, cut at DIFF_LIMIT bytes."""
 
     def git(*args: str, ok=(0,)) -> str | None:
@@ -63,10 +63,10 @@ def git_state(root: Path, run_dir: Path) -> dict[str, Any]:
     if diff:
         if len(diff.encode()) > DIFF_LIMIT:
             kept = diff.encode()[:DIFF_LIMIT].decode(errors="ignore")
-            diff = f"{kept}\n[git.diff cut at {DIFF_LIMIT:,} bytes of {len(diff.encode()):,}]\n"
+            diff = f"{kept}\n[{diff_name} cut at {DIFF_LIMIT:,} bytes of {len(diff.encode()):,}]\n"
             state["diff_cut"] = True
-        atomic_write_text(run_dir / DIFF, diff)
-        state["diff"] = DIFF
+        atomic_write_text(run_dir / diff_name, diff)
+        state["diff"] = diff_name
     state["new_files"] = new_files
     return state
 
@@ -138,7 +138,8 @@ def _write_run_record(run_dir: Path, precision: Any) -> None:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "cwd": os.getcwd(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_state(code_root(), run_dir),
+        # A continued run's later parts keep the earlier parts' diffs: git.part2.diff, ...
+        "git": git_state(code_root(), run_dir, DIFF if not earlier else f"git.part{len(earlier) + 1}.diff"),
         "versions": versions(driver),
         "machine": machine(gpus),
         "numerics": numerics(precision),

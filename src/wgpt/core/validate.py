@@ -10,6 +10,7 @@ edit here. The keys that no signature types (optim, the trainer's numbers) are i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -150,7 +151,7 @@ def check_target(target: DictConfig, datasets: list[str], trainer: DictConfig) -
     """``callbacks.target`` (wgpt.core.target.TargetReached): a metric this run validates, a number,
     min or max; ``stop`` not held back by a minimum length of training."""
     if target.get("value") is not None:
-        check_number("callbacks.target.value", target.value, float, lambda v: True, "a number, e.g. 1.6")
+        check_number("callbacks.target.value", target.value, float, math.isfinite, "a finite number, e.g. 1.6")
     metrics = ["val_loss", "val_bpb", "val_ppl"]
     if len(datasets) > 1:
         metrics += [f"{m}/{name}" for name in datasets for m in ("val_loss", "val_bpb")]
