@@ -192,3 +192,30 @@ def test_the_command_writes_table_csv_json_and_plot(sweep, capsys):
     saved = json.loads((sweep / "compare.json").read_text())
     assert saved["groups"][1]["target"]["ratio_to_baseline"]["steps"] == pytest.approx(250 / 300)
     assert (sweep / "compare.png").stat().st_size > 10_000
+
+
+def test_a_value_typed_two_ways_is_one_group_and_a_config_group_is_read_by_its_choice(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "a", ["optim.lr=1e-3", "seed=1"], [3.0, 2.0], lr=0.001, seed=1)
+    make_run(root, "b", ["optim.lr=0.001", "seed=2"], [3.0, 2.1], lr=0.001, seed=2)
+    make_run(root, "c", ["model=llama3-tiny", "optim.lr=0.001"], [3.0, 1.9], lr=0.001)
+    for name, model in (("a", "gpt2-tiny"), ("b", "gpt2-tiny"), ("c", "llama3-tiny")):
+        hydra = {"hydra": {"runtime": {"choices": {"model": model, "optim": "adamw"}}}}
+        (root / name / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    jobs, _ = load_jobs([root], "val_bpb")
+    assert [g.n for g in compare_jobs(jobs, "val_bpb").groups] == [2, 1]
+    result = compare_jobs(jobs, "val_bpb", by=["model"], baseline=["model=gpt2-tiny"])
+    assert [(g.label, g.n) for g in result.groups] == [("model=gpt2-tiny", 2), ("model=llama3-tiny", 1)]
+
+
+def test_seeds_validated_at_other_steps_are_said_and_a_first_validation_is_a_bound(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "a", ["seed=1"], [3.0, 2.5, 2.0], seed=1)
+    make_run(root, "b", ["seed=2"], [3.0, 2.5], seed=2)  # stopped early
+    jobs, _ = load_jobs([root], "val_bpb")
+    result = compare_jobs(jobs, "val_bpb", target=3.5)
+    (group,) = result.groups
+    assert group.curve["steps"] == [100.0, 200.0]
+    assert any("the 2 of 3 validations every seed has" in n for n in result.notes)
+    assert group.target_at_first and "<= 100 (1.00x)" in format_comparison(result)
+    assert group.tokens_per_sec == pytest.approx((300 * 16 / 30 + 200 * 16 / 20) / 2)

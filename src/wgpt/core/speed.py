@@ -164,9 +164,11 @@ class SpeedMonitor(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Beside each validation's metrics in metrics.csv: the training seconds it came after, for
-        # curves against time (python -m wgpt.compare, wgpt.plot).
+        # time to a target (python -m wgpt.compare). rank_zero_only with sync_dist: no collective,
+        # and no warning from Lightning about an unsynced epoch-level value under DDP.
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            pl_module.log("train_seconds", self.clock.seconds(time.perf_counter()), rank_zero_only=True)
+            seconds = self.clock.seconds(time.perf_counter())
+            pl_module.log("train_seconds", seconds, rank_zero_only=True, sync_dist=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.clock.resume(self.clock.now(trainer))

@@ -4,8 +4,6 @@ job of a sweep checked before the first one starts, and a stopped sweep resumed 
 from __future__ import annotations
 
 import atexit
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +17,7 @@ from wgpt.core.launch import rank_tag
 from wgpt.core.summary import read_run_summary, write_run_summary
 from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text
+from wgpt.util.tables import csv_text, text_table
 
 # Overrides that say how a sweep was started or where its files are, not what its jobs train: a
 # resumed sweep adds resume=auto, and may find its data elsewhere.
@@ -154,18 +153,11 @@ def format_table(varying: list[str], rows: list[dict[str, Any]]) -> str:
     these across tokenizers), and why a job failed."""
     metrics = ["final_val_loss", "best_val_loss", "final_val_bpb", "best_val_bpb"]
     columns = ["job", *varying, "status", *metrics, "steps", "error"]
-    cells = [columns] + [[format_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    return text_table([columns] + [[format_cell(row[c]) for c in columns] for row in rows])
 
 
 def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, csv_text(rows))
 
 
 class SweepSummary(Callback):

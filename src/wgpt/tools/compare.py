@@ -30,6 +30,7 @@ from wgpt.tools.comparison import Comparison, compare_jobs, load_jobs
 from wgpt.tools.runs import SWEEP_DIR
 from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text
+from wgpt.util.tables import csv_text, text_table
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -38,7 +39,7 @@ def _number(value: float, digits: int = 4) -> str:
 
 def _interval(mean: float, low: float, high: float, n: int) -> str:
     if n < 2:
-        return f"{_number(mean)} (no interval, n={n})"
+        return f"{_number(mean)}, no interval (n={n})"
     return f"{_number(mean)} [{_number(low)}, {_number(high)}]"
 
 
@@ -55,12 +56,6 @@ def _amount(value: float | None, unit: str = "") -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{suffix}{unit}"
     return f"{value:.4g}{unit}"
-
-
-def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
 
 
 def format_comparison(result: Comparison) -> str:
@@ -111,7 +106,7 @@ def format_comparison(result: Comparison) -> str:
     lines = [
         f"{m} of {sum(g.n for g in result.groups)} finished runs in {len(result.groups)} groups; "
         f"baseline: {base.label}" + (f"; shared: {', '.join(result.shared)}" if result.shared else ""),
-        *_columns(stats_rows),
+        text_table(stats_rows),
         "",
         f"Time to {m} {direction} {result.target:.4f} ({result.target_source}), on each group's mean curve "
         "(mean over seeds at each validation, linear interpolation):",
@@ -124,18 +119,23 @@ def format_comparison(result: Comparison) -> str:
         if t is None:
             target_rows.append([g.label, f"{g.reached} of {g.n}", "not reached", "-", "-", "-"])
             continue
-        steps = f"{t['steps']:.0f}" + (f" ({g.ratios['steps']:.2f}x)" if "steps" in g.ratios else "")
+        bound = "<= " if g.target_at_first else ""  # reached by the first validation: maybe sooner
+        steps = f"{bound}{t['steps']:.0f}" + (f" ({g.ratios['steps']:.2f}x)" if "steps" in g.ratios else "")
         seconds = _number(t["train_seconds"], 1) + (
             f" ({g.ratios['train_seconds']:.2f}x)" if "train_seconds" in g.ratios else ""
         )
         target_rows.append(
             [g.label, f"{g.reached} of {g.n}", steps, _amount(t["tokens"]), seconds, _amount(t["flops"])]
         )
-    lines += _columns(target_rows)
+    lines.append(text_table(target_rows))
+    if any(g.target_at_first for g in result.groups):
+        lines.append("<= : reached by the first validation (it may have come sooner)")
     for g in result.groups:
         if g is not base and "steps" in g.ratios:
+            within = "at most " if g.target_at_first else ""
             lines.append(
-                f"{g.label} reaches {result.target_source_short} in {g.ratios['steps']:.2f}x the steps of {base.label}"
+                f"{g.label} reaches {result.target_source_short} in {within}{g.ratios['steps']:.2f}x "
+                f"the steps of {base.label}"
             )
     lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)
@@ -144,18 +144,11 @@ def format_comparison(result: Comparison) -> str:
 def write_outputs(result: Comparison, out: Path, draw: bool = True) -> list[Path]:
     """compare.csv (a row per group), compare.json (everything, the runs and curves included), and
     compare.png (unless ``draw`` is false) in ``out``."""
-    import csv
-    import io
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = result.csv_rows()
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
     written = [out / "compare.csv", out / "compare.json"]
-    atomic_write_text(written[0], buffer.getvalue())
+    atomic_write_text(written[0], csv_text(result.csv_rows()))
     atomic_write_text(written[1], json.dumps(result.as_json(), indent=2, allow_nan=True) + "\n")
     if draw:
         from wgpt.tools.compare_plot import plot_comparison  # matplotlib with it: only when a figure is drawn
@@ -187,19 +180,24 @@ class SweepComparison(Callback):
 
 
 def report_comparison(sweep_dir: Path) -> None:
+    """The comparison at a sweep's end; a problem is one line, for the sweep itself is over."""
     try:
         jobs, notes = load_jobs([sweep_dir], "val_bpb")
         result = compare_jobs(jobs, "val_bpb", notes=notes)
     except WgptError:
         return  # nothing finished, or nothing to compare: the sweep's own table says so
+    except Exception as e:  # noqa: BLE001 (after the sweep: a traceback would bury its table)
+        print(f"note: no comparison of the seeds: {type(e).__name__}: {e}", file=sys.stderr)
+        return
     if max(g.n for g in result.groups) < 2:
         return  # one seed per setting: the sweep's table is the comparison
+    where = "not saved"
     try:
         written = write_outputs(result, sweep_dir)
-    except (OSError, WgptError) as e:
-        written = []
-        print(f"note: could not write the comparison's files: {e}", file=sys.stderr)
-    print(f"\nComparison over seeds ({', '.join(p.name for p in written)} in {sweep_dir}):", flush=True)
+        where = f"{', '.join(p.name for p in written)} in {sweep_dir}"
+    except Exception as e:  # noqa: BLE001 (the table still prints)
+        print(f"note: could not write the comparison's files: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"\nComparison over seeds ({where}):", flush=True)
     print(format_comparison(result), flush=True)
 
 

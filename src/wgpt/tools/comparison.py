@@ -15,7 +15,7 @@ from wgpt.core.summary import read_run_summary
 from wgpt.core.sweep import split_override
 from wgpt.tools.runs import find_runs, read_metrics, read_overrides, run_labels, tokens_per_step
 from wgpt.util.errors import WgptError
-from wgpt.util.stats import Difference, Interval, crossing, holm, mean_interval, reaches, welch
+from wgpt.util.stats import CONFIDENCE, Difference, Interval, crossing, holm, mean_interval, reaches, welch
 from wgpt.util.stats import paired as paired_difference
 
 AXES = ("steps", "tokens", "train_seconds", "flops")  # what a time to the target is measured in
@@ -40,21 +40,32 @@ class Job:
         return self.values[-1]
 
     def best(self, mode: str) -> float:
-        return min(self.values) if mode == "min" else max(self.values)
+        return float(np.nanmin(self.values) if mode == "min" else np.nanmax(self.values))
 
     def setting(self, key: str) -> str | None:
-        """The job's value of a config key: as overridden, else from its saved config; None: no such key."""
+        """The job's value of a config key: as overridden, else from its saved config (a config
+        group, e.g. ``model``, by the option it chose); None: no such key."""
         for override in reversed(self.overrides):
             k, value = split_override(override)
             if k == key:
                 return value
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
         try:
-            value = OmegaConf.select(OmegaConf.load(self.dir / ".hydra" / "config.yaml"), key, default=_MISSING)
-        except OSError:
+            choices = OmegaConf.load(self.dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+            if key in choices:
+                return str(choices[key])
+        except (OSError, OmegaConfBaseException):
+            pass  # a run dir without Hydra's record: its config alone
+        try:
+            config = OmegaConf.load(self.dir / ".hydra" / "config.yaml")
+            value = OmegaConf.select(config, key, default=_MISSING, throw_on_resolution_failure=False)
+        except (OSError, OmegaConfBaseException):
             return None
-        return None if value is _MISSING else str(value)
+        if value is _MISSING or OmegaConf.is_config(value):
+            return None  # absent, or a whole section (a group the run's record does not name)
+        return str(value)
 
 
 _MISSING = object()
@@ -70,6 +81,7 @@ class Group:
     curve: dict[str, list[float]]  # steps, mean, low, high, tokens, train_seconds, flops
     reached: int  # seeds whose own curve reaches the target
     target: dict[str, float] | None = None  # axis -> amount at the target, on the mean curve
+    target_at_first: bool = False  # reached by the first validation: the amounts are upper bounds
     ratios: dict[str, float] = field(default_factory=dict)  # axis -> this group's amount / the baseline's
     welch: Difference | None = None
     p_adjusted: float = math.nan
@@ -108,6 +120,7 @@ class Comparison:
             row["p_holm"] = g.p_adjusted
             row["target"] = self.target
             row["reached_seeds"] = g.reached
+            row["target_at_first_validation"] = g.target_at_first
             for axis in AXES:
                 row[f"target_{axis}"] = g.target[axis] if g.target else math.nan
                 row[f"{axis}_ratio"] = g.ratios.get(axis, math.nan)
@@ -135,7 +148,12 @@ class Comparison:
                     "welch": difference(g.welch),
                     "p_holm": g.p_adjusted,
                     "paired": difference(g.paired),
-                    "target": {"reached_seeds": g.reached, "at": g.target, "ratio_to_baseline": g.ratios},
+                    "target": {
+                        "reached_seeds": g.reached,
+                        "at": g.target,
+                        "at_first_validation": g.target_at_first,
+                        "ratio_to_baseline": g.ratios,
+                    },
                     "curve": g.curve,
                     "runs": [
                         {"dir": str(j.dir), "seed": j.seed, "final": j.final, "best": j.best(self.mode)} for j in g.jobs
@@ -145,7 +163,7 @@ class Comparison:
         return {
             "metric": self.metric,
             "mode": self.mode,
-            "confidence": 0.95,
+            "confidence": CONFIDENCE,
             "target": {"value": self.target, "source": self.target_source},
             "baseline": self.baseline.label,
             "shared": self.shared,
@@ -197,10 +215,10 @@ def _job(run_dir: Path, metrics: dict[str, list[tuple[int, float]]], metric: str
             flops = totals["train_flops"] / totals["global_step"]  # every step counted full (wgpt.core.speed)
     except (OSError, ValueError, AttributeError):
         pass
-    seen = [seconds[s] for s in steps if s in seconds]
+    timed = [s for s in steps if s in seconds and seconds[s] > 0]
     speeds = [v for _, v in metrics.get("tokens_per_sec", [])]
-    if seen and tokens and seen[-1] > 0:
-        tokens_per_sec = steps[-1] * tokens / seen[-1]
+    if timed and tokens:
+        tokens_per_sec = timed[-1] * tokens / seconds[timed[-1]]
     else:
         tokens_per_sec = float(np.mean(speeds)) if speeds else math.nan
     job = Job(
@@ -231,7 +249,7 @@ def _canonical(value: str | None) -> Any:
 def group_jobs(jobs: Sequence[Job], by: Sequence[str] | None) -> tuple[list[list[Job]], list[str], list[str]]:
     """(groups in order of first appearance, a label per group, the overrides all groups share).
     Default: jobs with the same overrides but seed form a group; ``by``: the same values of those keys."""
-    keys = []
+    keys = []  # per job: ((key, value), ...)
     for job in jobs:
         if by:
             values = []
@@ -241,19 +259,21 @@ def group_jobs(jobs: Sequence[Job], by: Sequence[str] | None) -> tuple[list[list
                     raise WgptError(
                         f"--by {key}: no such key in the config of {job.dir}: pass a config key, e.g. optim.lr"
                     )
-                values.append(f"{key}={value}")
+                values.append((key, value))
             keys.append(tuple(values))
         else:
             own = {k: v for k, v in map(split_override, job.overrides) if k != "seed"}
-            keys.append(tuple(f"{k}={v}" for k, v in sorted(own.items(), key=lambda kv: kv[0])))
+            keys.append(tuple(sorted(own.items())))
     order: dict[tuple, list[Job]] = {}
+    firsts: list[tuple] = []
     for key, job in zip(keys, jobs):
-        canonical = tuple(_canonical(part) for part in key)
+        canonical = tuple((k, _canonical(v)) for k, v in key)  # optim.lr=1e-3 and optim.lr=0.001 alike
+        if canonical not in order:
+            firsts.append(key)
         order.setdefault(canonical, []).append(job)
-    groups = list(order.values())
-    firsts = [keys[jobs.index(g[0])] for g in groups]
-    labels, shared = run_labels([list(k) for k in firsts], [f"group {i + 1}" for i in range(len(groups))])
-    return groups, labels, shared
+    shown = [[f"{k}={v}" for k, v in key] for key in firsts]
+    labels, shared = run_labels(shown, [f"group {i + 1}" for i in range(len(order))])
+    return list(order.values()), labels, shared
 
 
 def find_baseline(groups: list[list[Job]], labels: list[str], baseline: Sequence[str] | None) -> int:
@@ -343,9 +363,23 @@ def compare_jobs(
             g.paired = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
     for g, p in zip(others, holm([g.welch.p for g in others])):
         g.p_adjusted = p
+    notes = list(notes)
     for g in groups:
         g.reached = sum(any(reaches(v, target, mode) for v in j.values) for j in g.jobs)
         g.target = crossing(g.curve["mean"], {a: g.curve[a] for a in AXES}, target, mode)
+        # Reached at the first validation: the amounts are upper bounds (it may have come sooner).
+        g.target_at_first = bool(g.target) and g.target["steps"] == g.curve["steps"][0]
+        longest = max(len(j.steps) for j in g.jobs)
+        if len(g.curve["steps"]) < longest:
+            notes.append(
+                f"{g.label}: its seeds validated at different steps; its mean curve has the "
+                f"{len(g.curve['steps'])} of {longest} validations every seed has"
+            )
+        seeds = [j.seed for j in g.jobs]
+        if paired and len(set(seeds)) < len(seeds):
+            notes.append(f"{g.label}: a seed ran more than once; the paired test takes one run of each")
+    if base.target is None:
+        notes.append(f"the baseline's mean curve never reaches {target:.4f}: no ratios to it")
     if base.target:
         for g in others:
             if g.target:
@@ -355,7 +389,6 @@ def compare_jobs(
                     if base.target[a] and not math.isnan(g.target[a] / base.target[a])
                 }
         base.ratios = {a: 1.0 for a in AXES if base.target[a] and not math.isnan(base.target[a])}
-    notes = list(notes)
     if paired and any(g.paired is not None and g.paired.n < 2 for g in others):
         notes.append("the paired test needs at least 2 seeds run in both groups")
     return Comparison(

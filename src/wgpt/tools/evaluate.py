@@ -27,6 +27,7 @@ from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.tokenizers.base import TokenizerBase
 from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text
+from wgpt.util.tables import text_table
 
 
 class Evaluator:
@@ -99,8 +100,7 @@ def format_results(results: dict[str, dict[str, dict[str, float]]], top_k: Seque
                     str(m["tokens"]),
                 ]
             )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text_table(rows, rule=False)
 
 
 def save_results(path: Path, record: dict[str, Any]) -> None:
