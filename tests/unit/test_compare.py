@@ -12,7 +12,8 @@ import yaml
 from scipy import stats
 
 from wgpt.tools.compare import format_comparison, main
-from wgpt.tools.comparison import compare_jobs, load_jobs
+from wgpt.tools.comparison import compare_jobs
+from wgpt.tools.runs import load_jobs
 from wgpt.util.stats import crossing, holm, mean_interval, paired, welch
 
 A = [2.10, 2.14, 2.12, 2.15]

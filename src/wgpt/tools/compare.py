@@ -26,8 +26,8 @@ from hydra.experimental.callback import Callback
 
 from wgpt.core.launch import rank_tag
 from wgpt.core.report import one_line_errors
-from wgpt.tools.comparison import Comparison, compare_jobs, load_jobs
-from wgpt.tools.runs import SWEEP_DIR
+from wgpt.tools.comparison import Comparison, compare_jobs
+from wgpt.tools.runs import SWEEP_DIR, load_jobs
 from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text
 from wgpt.util.tables import csv_text, text_table

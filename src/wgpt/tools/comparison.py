@@ -3,72 +3,19 @@ by their settings, each group summarized over its seeds and compared with a base
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from wgpt.core.summary import read_run_summary
 from wgpt.core.sweep import split_override
-from wgpt.tools.runs import find_runs, read_metrics, read_overrides, run_labels, tokens_per_step
+from wgpt.tools.runs import Job, run_labels
 from wgpt.util.errors import WgptError
 from wgpt.util.stats import CONFIDENCE, Difference, Interval, crossing, holm, mean_interval, reaches, welch
 from wgpt.util.stats import paired as paired_difference
 
 AXES = ("steps", "tokens", "train_seconds", "flops")  # what a time to the target is measured in
-
-
-@dataclass
-class Job:
-    """One finished run: its settings and its validation curve of the compared metric."""
-
-    dir: Path
-    overrides: list[str]  # as typed, noise dropped (wgpt.tools.runs)
-    seed: str
-    steps: list[int]  # optimizer steps done at each validation
-    values: list[float]  # the metric at each validation
-    seconds: list[float]  # training seconds at each validation (NaN where the run did not log them)
-    tokens_per_step: float  # NaN: unknown
-    flops_per_step: float  # NaN: unknown
-    tokens_per_sec: float
-
-    @property
-    def final(self) -> float:
-        return self.values[-1]
-
-    def best(self, mode: str) -> float:
-        return float(np.nanmin(self.values) if mode == "min" else np.nanmax(self.values))
-
-    def setting(self, key: str) -> str | None:
-        """The job's value of a config key: as overridden, else from its saved config (a config
-        group, e.g. ``model``, by the option it chose); None: no such key."""
-        for override in reversed(self.overrides):
-            k, value = split_override(override)
-            if k == key:
-                return value
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
-        try:
-            choices = OmegaConf.load(self.dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-            if key in choices:
-                return str(choices[key])
-        except (OSError, OmegaConfBaseException):
-            pass  # a run dir without Hydra's record: its config alone
-        try:
-            config = OmegaConf.load(self.dir / ".hydra" / "config.yaml")
-            value = OmegaConf.select(config, key, default=_MISSING, throw_on_resolution_failure=False)
-        except (OSError, OmegaConfBaseException):
-            return None
-        if value is _MISSING or OmegaConf.is_config(value):
-            return None  # absent, or a whole section (a group the run's record does not name)
-        return str(value)
-
-
-_MISSING = object()
 
 
 @dataclass
@@ -170,70 +117,6 @@ class Comparison:
             "groups": groups,
             "notes": self.notes,
         }
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def load_jobs(paths: Sequence[Path], metric: str) -> tuple[list[Job], list[str]]:
-    """The finished jobs (status completed) under ``paths``, each once, with ``metric``'s curve; and
-    notes on the runs left out. One-line errors: nothing finished, or a metric no job logged."""
-    dirs: dict[Path, None] = {}
-    for path in paths:
-        dirs.update(dict.fromkeys(p.resolve() for p in find_runs(Path(path))[0]))
-    jobs, notes, statuses = [], [], {}
-    for run_dir in dirs:
-        status = (read_run_summary(run_dir) or {}).get("status", "unfinished")
-        if status != "completed":
-            statuses[status] = statuses.get(status, 0) + 1
-            notes.append(f"{run_dir} left out: {status}")
-            continue
-        metrics = read_metrics(run_dir)
-        if not metrics.get(metric):
-            logged = ", ".join(sorted(c for c in metrics if c.startswith("val_"))) or "none"
-            raise WgptError(f"--metric {metric}: {run_dir} has no such validation column; it logged: {logged}")
-        jobs.append(_job(run_dir, metrics, metric))
-    if not jobs:
-        found = ", ".join(f"{n} {s}" for s, n in statuses.items())
-        where = " ".join(map(str, paths))
-        raise WgptError(f"no finished job under {where} ({found}): compare runs that completed")
-    return jobs, notes
-
-
-def _job(run_dir: Path, metrics: dict[str, list[tuple[int, float]]], metric: str) -> Job:
-    points = sorted(dict(metrics[metric]).items())  # one value per step: a row rewritten on resume counts once
-    seconds = dict(metrics.get("train_seconds", []))
-    overrides = read_overrides(run_dir)
-    seed = next((v for k, v in map(split_override, overrides) if k == "seed"), None)
-    steps = [s for s, _ in points]
-    tokens = tokens_per_step(run_dir)
-    flops = math.nan
-    try:
-        record = json.loads((run_dir / "record.json").read_text())
-        totals = record.get("totals") or record
-        if totals.get("train_flops") and totals.get("global_step"):
-            flops = totals["train_flops"] / totals["global_step"]  # every step counted full (wgpt.core.speed)
-    except (OSError, ValueError, AttributeError):
-        pass
-    timed = [s for s in steps if s in seconds and seconds[s] > 0]
-    speeds = [v for _, v in metrics.get("tokens_per_sec", [])]
-    if timed and tokens:
-        tokens_per_sec = timed[-1] * tokens / seconds[timed[-1]]
-    else:
-        tokens_per_sec = float(np.mean(speeds)) if speeds else math.nan
-    job = Job(
-        dir=run_dir,
-        overrides=overrides,
-        seed="",
-        steps=steps,
-        values=[v for _, v in points],
-        seconds=[seconds.get(s, math.nan) for s in steps],
-        tokens_per_step=float(tokens) if tokens else math.nan,
-        flops_per_step=flops,
-        tokens_per_sec=tokens_per_sec,
-    )
-    job.seed = seed if seed is not None else (job.setting("seed") or "?")
-    return job
 
 
 # --------------------------------------------------------------------------- grouping
