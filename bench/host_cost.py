@@ -166,14 +166,14 @@ def time_lightning_parts() -> None:
 
 
 def run_train_py(accumulate: int, window: int, extra: list[str], run_dir: str) -> dict:
-    """train.py in this process, its parts timed; the window: from the first micro-batch of step
-    window+1 to the first of step 2*window."""
+    """train.py in this process, its parts timed; the window: from the first batch of step
+    window+1 to the first of step 2*window (train.py loads a step's micro-batches as one batch)."""
     import lightning as L
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
     time_torch_parts()
     marks, advances = {}, [0]
-    first, last = window * accumulate, (2 * window - 1) * accumulate
+    first, last = window, 2 * window - 1  # Lightning's batches: one per optimizer step
     advance = _TrainingEpochLoop.advance
 
     def counted_advance(self, data_fetcher):

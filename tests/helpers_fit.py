@@ -32,9 +32,14 @@ def tiny_module(vocab_size=50304, **kwargs):
     return ModelLightningWrapper(model, learning_rate=1e-2, **kwargs)
 
 
-def datamodule(data_dir, batch_size=4):
+def datamodule(data_dir, batch_size=4, micro_batches=1):
     return DatasetLightningWrapper(
-        {"toy": None}, seq_len=SEQ_LEN, batch_size=batch_size, num_workers=0, data_dir=data_dir
+        {"toy": None},
+        seq_len=SEQ_LEN,
+        batch_size=batch_size,
+        num_workers=0,
+        data_dir=data_dir,
+        micro_batches=micro_batches,
     )
 
 

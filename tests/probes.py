@@ -34,7 +34,7 @@ class FastPathProbe(L.Callback):
         self.facts["lr"].append(optimizer.param_groups[0]["lr"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.facts["batches"] += 1
+        self.facts["batches"] += len(batch[0]) if batch[0].dim() == 3 else 1  # micro-batches: a step's come as one
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:  # gradients of this step, clipped
             self.facts["norm_after_clip"].append(_grad_norm(pl_module))
 

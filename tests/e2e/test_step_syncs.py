@@ -41,13 +41,13 @@ class ScalarReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_trainer(run_dir, steps: int, accumulate: int, callbacks: list) -> L.Trainer:
-    """A CPU fit of ``steps`` optimizer steps, a step every ``accumulate`` micro-batches, logging
-    every 6 steps, with clipping, without validation; profiled as train.py profiles (not at all)."""
+def step_trainer(run_dir, steps: int, callbacks: list) -> L.Trainer:
+    """A CPU fit of ``steps`` optimizer steps, logging every 6 steps, with clipping, without
+    validation; profiled as train.py profiles (not at all). As in train.py, a step's micro-batches
+    come as one batch (the datamodule's ``micro_batches``) and Lightning does not accumulate."""
     return L.Trainer(
         accelerator="cpu",
         max_steps=steps,
-        accumulate_grad_batches=accumulate,
         log_every_n_steps=6,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -63,10 +63,10 @@ def step_trainer(run_dir, steps: int, accumulate: int, callbacks: list) -> L.Tra
 
 def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
     steps = 12
-    trainer = step_trainer(tmp_path / str(accumulate), steps, accumulate, [SpeedMonitor(), ProgressBar()])
+    trainer = step_trainer(tmp_path / str(accumulate), steps, [SpeedMonitor(), ProgressBar()])
     reads = ScalarReads()
     with reads:
-        trainer.fit(tiny_module(), datamodule=datamodule(data_dir, batch_size=2))
+        trainer.fit(tiny_module(), datamodule=datamodule(data_dir, batch_size=2, micro_batches=accumulate))
     assert trainer.global_step == steps
     assert {"train_loss", "tokens_per_sec", "mfu"} <= set(trainer.logged_metrics)
     return reads.calls["reads"]
@@ -99,8 +99,8 @@ def python_calls(tmp_path, data_dir, steps: int, accumulate: int) -> Counter:
             calls[next((who for part, who in owner.items() if part in name), "other")] += 1
 
     run_dir = tmp_path / f"{steps}-{accumulate}"
-    trainer = step_trainer(run_dir, steps, accumulate, default_callbacks(run_dir))
-    module, data = tiny_module(), datamodule(data_dir, batch_size=2)
+    trainer = step_trainer(run_dir, steps, default_callbacks(run_dir))
+    module, data = tiny_module(), datamodule(data_dir, batch_size=2, micro_batches=accumulate)
     sys.setprofile(count)
     try:
         trainer.fit(module, datamodule=data)

@@ -46,26 +46,29 @@ def tiny_gpt() -> GPT:
     return GPT(vocab_size=50304, d_embed=16, n_layers=2, n_heads=2, max_seq_len=SEQ_LEN, dropout=0.0, bias=False)
 
 
-def fit(data_dir: Path, batch_size: int, accumulate: int) -> tuple[dict, dict]:
+def fit(data_dir: Path, batch_size: int, accumulate: int, as_one_batch: bool = False) -> tuple[dict, dict]:
+    """``as_one_batch``: a step's micro-batches come as one batch (as train.py loads them), else
+    Lightning accumulates them."""
     model = tiny_gpt()
     module = ModelLightningWrapper(model, learning_rate=1e-2)
     first = FirstGradients()
     run = trainer(
         max_steps=STEPS,
-        accumulate_grad_batches=accumulate,
+        accumulate_grad_batches=1 if as_one_batch else accumulate,
         gradient_clip_val=1.0,
         precision="32-true",
         limit_val_batches=0,
         callbacks=[first],
     )
-    run.fit(module, datamodule=datamodule(data_dir, batch_size=batch_size))
+    run.fit(module, datamodule=datamodule(data_dir, batch_size, micro_batches=accumulate if as_one_batch else 1))
     assert run.global_step == STEPS
     return first.grads, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_accumulating_k_micro_batches_of_b_trains_as_one_batch_of_k_times_b(tmp_path):
+@pytest.mark.parametrize("as_one_batch", [True, False], ids=["train.py's-step-batches", "lightning-accumulates"])
+def test_accumulating_k_micro_batches_of_b_trains_as_one_batch_of_k_times_b(tmp_path, as_one_batch):
     data_dir = toy_bins(tmp_path)
-    grads_acc, weights_acc = fit(data_dir, batch_size=2, accumulate=4)
+    grads_acc, weights_acc = fit(data_dir, batch_size=2, accumulate=4, as_one_batch=as_one_batch)
     grads_one, weights_one = fit(data_dir, batch_size=8, accumulate=1)
     grads = relative_differences(grads_acc, grads_one)
     assert max(grads.values()) <= 1e-5, grads
@@ -136,19 +139,21 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory, data_dir) -> Path:
-    """A 2-rank DDP run with batch 4 per rank."""
+    """A 2-rank DDP run with batch 2 per rank, 2 micro-batches a step."""
     out = tmp_path_factory.mktemp("ddp")
-    return trained(out, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp")
+    accumulate = ("data.batch_size=2", "trainer.accumulate_grad_batches=2")
+    return trained(out, data_dir, *accumulate, "trainer.devices=2", "trainer.strategy=ddp")
 
 
-def test_ddp_over_two_ranks_trains_as_one_device_with_both_ranks_batches(tmp_path, data_dir, ddp):
+def test_ddp_over_two_ranks_accumulating_trains_as_one_device_with_all_their_batches(tmp_path, data_dir, ddp):
     one = trained(tmp_path, data_dir, "data.batch_size=8", "trainer.devices=1")
     differences = relative_differences(final_weights(ddp), final_weights(one))
     assert max(differences.values()) <= 1e-4, differences
 
 
 def test_fsdp_over_two_ranks_trains_as_ddp_over_two_ranks(tmp_path, data_dir, ddp):
-    fsdp = trained(tmp_path, data_dir, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp")
+    accumulate = ("data.batch_size=2", "trainer.accumulate_grad_batches=2")
+    fsdp = trained(tmp_path, data_dir, *accumulate, "trainer.devices=2", "trainer.strategy=fsdp")
     differences = relative_differences(final_weights(fsdp), final_weights(ddp))
     assert max(differences.values()) <= 1e-4, differences
 

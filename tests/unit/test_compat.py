@@ -77,6 +77,7 @@ SIGNATURES = {
         ("path", POK, None),
         ("weights", POK, None),
         ("tokenizer", POK, None),
+        ("micro_batches", POK, 1),  # added at the end: every earlier call binds as before
     ],
     "ModelLightningWrapper": [
         ("model", POK, REQUIRED),

@@ -8,6 +8,7 @@ import torch
 
 from wgpt.data.datamodule import WindowBatches
 from wgpt.data.diskdataset import DiskDataset
+from wgpt.lightning.module import count_batches_as
 
 from helpers_fit import SEQ_LEN, datamodule, tiny_module, toy_bins, trainer
 
@@ -70,3 +71,37 @@ def test_a_fit_hands_the_modules_steps_input_and_target_pairs_without_a_warning(
     for inputs, targets in seen:
         assert inputs.dtype == targets.dtype == torch.int64 and torch.equal(inputs[:, 1:], targets[:, :-1])
     assert not [w for w in recwarn if "on_after_batch_transfer" in str(w.message)]
+
+
+def test_a_steps_micro_batches_come_as_one_batch_in_the_samplers_order(toy_dir):
+    single, stepped = datamodule(toy_dir, batch_size=2), datamodule(toy_dir, batch_size=2, micro_batches=3)
+    for data in (single, stepped):
+        data.setup("fit")
+    batches = [b.numpy() for b in single.train_dataloader()]
+    steps = [s.numpy() for s in stepped.train_dataloader()]
+    assert len(steps) == -(-len(batches) // 3) == len(stepped.train_dataloader())
+    assert steps[0].shape == (3, 2, SEQ_LEN + 1)
+    np.testing.assert_array_equal(np.concatenate([s.reshape(-1, SEQ_LEN + 1) for s in steps]), np.concatenate(batches))
+    inputs, targets = stepped.on_after_batch_transfer(torch.from_numpy(steps[0]), dataloader_idx=0)
+    assert inputs.shape == targets.shape == (3, 2, SEQ_LEN) and torch.equal(inputs[..., 1:], targets[..., :-1])
+
+
+def test_a_step_position_is_saved_in_the_samplers_batches(toy_dir):
+    data = datamodule(toy_dir, batch_size=2, micro_batches=3)
+    data.setup("fit")
+    sampler = data.train_dataloader().batch_sampler
+    assert sampler.state_dict(2)["steps"] == 6  # two steps of three micro-batches
+    assert sampler.state_dict(10**6)["steps"] == len(sampler.sampler)  # the epoch's last, shorter step
+    resumed = datamodule(toy_dir, batch_size=2, micro_batches=3)
+    resumed.setup("fit")
+    loader = resumed.train_dataloader()
+    loader.batch_sampler.load_state_dict(sampler.state_dict(1))
+    first = next(iter(loader.batch_sampler))
+    assert first == [b for _, b in zip(range(6), iter(sampler.sampler))][3:]
+
+
+def test_a_checkpoint_counting_micro_batches_is_read_in_steps():
+    progress = {"total": {"ready": 8, "completed": 8}, "current": {"ready": 8, "completed": 8}}
+    checkpoint = {"loops": {"fit_loop": {"epoch_loop.batch_progress": progress}}}  # saved by Lightning's accumulation
+    count_batches_as(checkpoint, 4)
+    assert progress == {"total": {"ready": 2, "completed": 2}, "current": {"ready": 2, "completed": 2}}

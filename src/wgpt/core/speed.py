@@ -110,9 +110,11 @@ class SpeedMonitor(Callback):
         # After every micro-batch: counted by shape (~1 us), everything else once per logging step.
         if self._throughput is None:  # not rank 0
             return
-        shape = batch[0].shape
-        self._shapes[shape] += 1
-        if self._shapes[shape] == 1 and hasattr(pl_module, "training_flops"):
+        shape, n = batch[0].shape, 1
+        if len(shape) == 3:  # an optimizer step's n micro-batches of (B, T) (DatasetLightningWrapper.micro_batches)
+            shape, n = shape[1:], shape[0]
+        self._shapes[shape] += n
+        if self._shapes[shape] == n and hasattr(pl_module, "training_flops"):
             # Counted now, at a shape's first micro-batch (cached after): counting it at the logging
             # step would put its cost (~0.2 s for gpt2-tiny) inside the speed measured there.
             pl_module.training_flops(shape)
@@ -188,7 +190,8 @@ def trained_amount(trainer: L.Trainer, pl_module: L.LightningModule, steps: int)
     shape = torch.Size([getattr(data, "batch_size", 0), getattr(data, "seq_len", 0)])  # (B, T)
     if not shape.numel():
         return None, None
-    micro_batches = steps * trainer.accumulate_grad_batches * trainer.world_size
+    per_step = trainer.accumulate_grad_batches * (getattr(data, "micro_batches", 1) or 1)  # one of them is 1
+    micro_batches = steps * per_step * trainer.world_size
     flops = micro_batches * pl_module.training_flops(shape) if hasattr(pl_module, "training_flops") else None
     return micro_batches * shape.numel(), flops
 

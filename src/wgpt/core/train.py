@@ -65,6 +65,11 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         ckpt_path, ckpt_tokenizer = checkpoint_to_resume(cfg, shapes, spec.name, layout)
         init_from = check_init_from(cfg, shapes, ckpt_path)  # a Hugging Face directory to start from
         datamodule = instantiate(cfg.data, tokenizer=spec)
+        # An optimizer step's micro-batches as one batch where the datamodule can (wgpt's): Lightning's
+        # loop then runs once per step (its own accumulation would run it once per micro-batch).
+        steps_as_batches = hasattr(datamodule, "micro_batches")
+        if steps_as_batches:
+            datamodule.micro_batches = cfg.trainer.accumulate_grad_batches
         datamodule.check_ready()  # trains a BPE tokenizer here if it is not trained yet
         tokenizer = datamodule.tokenizer
         check_same_tokenizer(ckpt_path, ckpt_tokenizer, tokenizer)
@@ -80,7 +85,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
     with discarded_on_bad_input(run_dir):  # devices, precision and strategy settings that do not fit this machine
-        trainer_args = trainer_arguments(cfg.trainer, model)
+        trainer_args = trainer_arguments(cfg.trainer, model, steps_as_batches)
     compile = compile_choice(cfg.compile, trainer_args)
     module = ModelLightningWrapper(
         model,

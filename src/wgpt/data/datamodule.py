@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wgpt.data.diskdataset import BinInfo, DiskDataset, bin_path
-from wgpt.data.pdbsampler import PDBSampler
+from wgpt.data.pdbsampler import PDBSampler, StepBatches
 from wgpt.data.prepare import discard, ensure_prepared, unprepared_reason
 from wgpt.data.sources import check_source, process_command, too_small_fix
 from wgpt.data.splits import SPLITS, get_splits
@@ -38,6 +38,10 @@ class DatasetLightningWrapper(L.LightningDataModule):
             through interpolation; the datamodule itself does not use it.
         weights: ``{name: weight}`` mixture weights for the training batches; None draws
             each dataset in proportion to its size.
+        micro_batches: batches of ``batch_size`` per optimizer step (train.py sets it from
+            ``trainer.accumulate_grad_batches``, and Lightning's own accumulation stays at 1): above
+            1, each training batch is a step's ``(micro_batches, batch_size, seq_len + 1)`` windows,
+            which ``ModelLightningWrapper.training_step`` runs a micro-batch at a time.
         tokenizer: the tokenizer of the bins, or a spec of the ``tokenizer`` group (``R50k``,
             ``ByteLevelBPE``) that ``tokenizer`` loads, training it first where it may (``auto_prepare``).
             None: r50k.
@@ -60,12 +64,14 @@ class DatasetLightningWrapper(L.LightningDataModule):
         path: str | None = None,
         weights: Mapping[str, float] | None = None,
         tokenizer=None,
+        micro_batches: int = 1,
     ):
         super().__init__()
         if not datasets:
             raise WgptError("data.datasets is empty: name at least one dataset")
         self.datasets = dict(datasets)
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
+        self.micro_batches = micro_batches
         self.stride_ratio, self.data_dir = stride_ratio, data_dir
         self.sampler = sampler or PDBSampler
         self.auto_prepare, self.path = auto_prepare, path
@@ -182,16 +188,21 @@ class DatasetLightningWrapper(L.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # A batch of these loaders is one (B, T + 1) int32 tensor of windows (WindowLoader): on the
-        # device now, its inputs and targets are views one token apart, in the int64 a loss takes.
+        # A batch of these loaders is one (B, T + 1) int32 tensor of windows (WindowLoader), or a
+        # training step's (k, B, T + 1): on the device now, its inputs and targets are views one
+        # token apart, in the int64 a loss takes.
         windows = batch.long()
-        return windows[:, :-1], windows[:, 1:]
+        return windows[..., :-1], windows[..., 1:]
 
     def train_dataloader(self) -> DataLoader:
         train = [splits["train"] for splits in self.splits.values()]
         world_size, rank = self._world
         extra = {"weights": self.weights} if self.weights is not None else {}
         sampler = self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank, **extra)
+        if self.micro_batches > 1:
+            # One batch per optimizer step: Lightning's loop costs ~0.4 ms of host time per batch
+            # (bench/host_cost.py), a large share of a small model's step on a GPU.
+            sampler = StepBatches(sampler, self.micro_batches)
         return self._loader(
             train,
             ResumableDataLoader,
@@ -249,7 +260,13 @@ class WindowBatches(Dataset):
     def __len__(self) -> int:
         return self.starts[-1]
 
-    def __getitems__(self, indices: Sequence[int]) -> np.ndarray:
+    def __getitems__(self, indices: Sequence[int] | Sequence[Sequence[int]]) -> np.ndarray:
+        if indices and not isinstance(indices[0], int):  # a step's micro-batches (StepBatches)
+            sizes = {len(batch) for batch in indices}
+            if len(sizes) > 1:
+                raise WgptError(f"the sampler's batches of one step differ in size ({sorted(sizes)}): stack equal ones")
+            flat = self.__getitems__([i for batch in indices for i in batch])
+            return flat.reshape(len(indices), -1, flat.shape[-1])  # (k, B, T + 1)
         # A PDBSampler batch comes from one dataset; a sequential one may straddle two.
         parts, begin = [], 0
         while begin < len(indices):

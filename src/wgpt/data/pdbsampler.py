@@ -143,3 +143,41 @@ class PDBSampler(Sampler[list[int]]):
         while True:
             yield from self._rank_batches(self._order(self.sizes[d], d, cycle), self.offsets[d])
             cycle += 1
+
+
+class StepBatches:
+    """A batch sampler's batches ``k`` at a time: the micro-batches of one optimizer step, loaded,
+    handed over by a worker and moved to the device as one batch (``DatasetLightningWrapper``'s
+    ``micro_batches``), so that Lightning's loop and its hooks run once per step, not once per
+    micro-batch. Yields lists of ``k`` batches (fewer at an epoch's end); the data order is the
+    wrapped sampler's. Positions in checkpoints stay in the wrapped sampler's batches."""
+
+    def __init__(self, sampler: PDBSampler, k: int):
+        self.sampler, self.k = sampler, k
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.k)
+
+    def __iter__(self) -> Iterator[list[list[int]]]:
+        step = []
+        for batch in self.sampler:
+            step.append(batch)
+            if len(step) == self.k:
+                yield step
+                step = []
+        if step:
+            yield step
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self, steps: int) -> dict[str, int]:
+        """The wrapped sampler's position after ``steps`` of these batches."""
+        return self.sampler.state_dict(min(steps * self.k, len(self.sampler)))
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)

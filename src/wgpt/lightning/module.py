@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from datetime import datetime
@@ -99,6 +100,7 @@ class ModelLightningWrapper(L.LightningModule):
         self._train_loss_sum = torch.zeros(())  # of optimizer steps since the last validation, for best["train_loss"]
         self._train_loss_count = 0
         self._step_losses: list[torch.Tensor] = []  # of the current optimizer step's micro-batches
+        self._zeroed = False  # gradients zeroed by training_step for the step under way
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count, byte count)
         self._val_rows_left: dict[int, int | None] = {}  # dataloader index -> own windows left (validation_step)
         self._total = None  # optimizer steps the run will take, once known
@@ -137,11 +139,61 @@ class ModelLightningWrapper(L.LightningModule):
             super().__setattr__(name, value)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        self._input_shape = batch[0].shape
-        # Kept on the device, without a sync, and averaged once per optimizer step (on_before_optimizer_step).
+        """The loss of a micro-batch (inputs and targets (B, T)), or of an optimizer step's k
+        micro-batches ((k, B, T) each: ``DatasetLightningWrapper(micro_batches=k)``). Those run one
+        at a time, all but the last with their backward here, gradients summed on this rank; the
+        last's loss goes back to Lightning, whose backward reduces the sum over the ranks and steps."""
+        inputs, targets = batch
+        if inputs.dim() == 2:  # one micro-batch; Lightning accumulates, if asked to
+            loss = self._loss(batch)
+            self._input_shape = inputs.shape
+            # Kept on the device, without a sync, and averaged once per optimizer step (on_before_optimizer_step).
+            self._step_losses.append(loss.detach())
+            return loss
+        k = len(inputs)
+        self._input_shape = inputs.shape
+        strategy = self.trainer.strategy
+        # Lightning zeroes the gradients after this function, before its backward: too late for the
+        # backward passes made here. So they are zeroed now, and optimizer_zero_grad skips its turn.
+        for optimizer in self.trainer.optimizers:
+            optimizer.zero_grad()
+        self._zeroed = True
+        for i in range(k - 1):
+            with self._local_gradients():
+                loss = self._loss((inputs[i], targets[i]))
+                self._step_losses.append(loss.detach())
+                strategy.backward(loss / k, None)  # the precision plugin's scaling and hooks, as Lightning's own
+        loss = self._loss((inputs[-1], targets[-1]))
         self._step_losses.append(loss.detach())
-        return loss
+        return loss / k  # the mean over the step's micro-batches, as one batch of k x B would give
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._zeroed:  # by training_step, before this step's first backward
+            self._zeroed = False
+            return
+        optimizer.zero_grad()
+
+    @contextlib.contextmanager
+    def _local_gradients(self):
+        """Backward passes that only sum gradients on this rank. DDP needs nothing: this runs inside
+        its forward (Lightning's training_step), before its gradient hooks are armed for the step's
+        last backward. FSDP2 is told not to reduce-scatter until then."""
+        if not hasattr(self.model, "set_requires_gradient_sync"):
+            yield
+            return
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    def _batches_per_step(self) -> int:
+        """Micro-batches in one of Lightning's training batches (DatasetLightningWrapper's micro_batches)."""
+        try:
+            datamodule = self.trainer.datamodule
+        except RuntimeError:  # attached to no trainer
+            return 1
+        return getattr(datamodule, "micro_batches", 1) or 1
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if not self._step_losses:  # stepped without a training_step of ours (manual use)
@@ -165,9 +217,12 @@ class ModelLightningWrapper(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> int | None:
-        """FLOPs of a training micro-batch of the latest batch's shape (``training_flops``): Lightning's
-        ThroughputMonitor reads it."""
-        return None if self._input_shape is None else self.training_flops(self._input_shape)
+        """FLOPs of the latest training batch (``training_flops`` of each of its micro-batches):
+        Lightning's ThroughputMonitor reads it."""
+        shape = self._input_shape
+        if shape is None:
+            return None
+        return shape[0] * self.training_flops(shape[1:]) if len(shape) == 3 else self.training_flops(shape)
 
     def training_flops(self, shape: torch.Size) -> int:
         """FLOPs of one training micro-batch (forward and backward) of inputs of ``shape`` (B, T),
@@ -273,8 +328,10 @@ class ModelLightningWrapper(L.LightningModule):
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["micro_batches_per_batch"] = self._batches_per_step()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        count_batches_as(checkpoint, self._batches_per_step())
         best = dict(checkpoint.get("best_metrics", self.best))
         best.setdefault("val_bpb", math.nan)  # a checkpoint made before val_bpb was measured
         self.best = best
@@ -323,3 +380,16 @@ class ModelLightningWrapper(L.LightningModule):
         if self._total is None:
             self._total = max(1, int(self.trainer.estimated_stepping_batches))
         return self._total
+
+
+def count_batches_as(checkpoint: dict, per_batch: int) -> None:
+    """Lightning's count of training batches in ``checkpoint``, made in batches of
+    ``per_batch`` micro-batches: a checkpoint from before a step was one batch counted
+    micro-batches, and a run resumed from it must not think its epoch further along."""
+    saved = checkpoint.get("micro_batches_per_batch", 1)
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if saved == per_batch or not progress:
+        return
+    for counts in (progress.get("total", {}), progress.get("current", {})):
+        for name, count in counts.items():
+            counts[name] = -(-count * saved // per_batch)
