@@ -32,8 +32,11 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
-def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None):
-    dm = DatasetLightningWrapper({"toy": None}, seq_len=SEQ_LEN, batch_size=8, num_workers=2, data_dir=data_dir)
+def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None, micro=1):
+    """``micro``: an optimizer step's 8 windows as that many micro-batches, loaded as one batch."""
+    dm = DatasetLightningWrapper(
+        {"toy": None}, seq_len=SEQ_LEN, batch_size=8 // micro, num_workers=2, data_dir=data_dir, micro_batches=micro
+    )
     callbacks = [RecordBatches(out / "batches")]
     if ckpt_every:  # keeps every step-k checkpoint, as saved during training
         callbacks.append(ModelCheckpoint(out / "ckpt", "step-{step}", every_n_train_steps=ckpt_every, save_top_k=-1))
@@ -60,18 +63,30 @@ def batches(out):
     return [json.loads(line) for line in open(out / "batches" / "rank0.jsonl")]
 
 
+@pytest.mark.parametrize("micro", [1, 2], ids=["one batch a step", "two micro-batches a step"])
 @pytest.mark.parametrize("stop_at", ["mid-epoch", "epoch boundary"])
-def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(toy_dir, tmp_path, stop_at):
-    per_epoch = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=toy_dir)) // 8  # batches of 8, one rank
+def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(toy_dir, tmp_path, stop_at, micro):
+    batches_of = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=toy_dir)) // (8 // micro)  # the sampler's, one rank
+    per_epoch = -(-batches_of // micro)  # optimizer steps
     k = per_epoch // 2 if stop_at == "mid-epoch" else per_epoch
     n = per_epoch + k + 3  # ends inside a later epoch either way
 
-    fit(toy_dir, tmp_path / "full", n)
-    fit(toy_dir, tmp_path / "first", n, ckpt_every=k, stop_at=k)
+    fit(toy_dir, tmp_path / "full", n, micro=micro)
+    fit(toy_dir, tmp_path / "first", n, ckpt_every=k, stop_at=k, micro=micro)
     state = torch.load(tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt", weights_only=True)["loops"]["fit_loop"]
     (position,) = state["state_dict"]["combined_loader"]
-    assert position == {"seed": 0, "epoch": 0, "steps": k, "batch_size": 8, "world_size": 1, "trainer_epoch": 0}
-    fit(toy_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt")
+    # Positions count the sampler's batches, whatever a step holds.
+    steps = min(k * micro, batches_of)
+    assert position == {
+        "seed": 0,
+        "epoch": 0,
+        "steps": steps,
+        "batch_size": 8 // micro,
+        "world_size": 1,
+        "trainer_epoch": 0,
+    }
+    resumed_from = tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt"
+    fit(toy_dir, tmp_path / "resumed", n, ckpt_path=resumed_from, micro=micro)
 
     full, first, resumed = batches(tmp_path / "full"), batches(tmp_path / "first"), batches(tmp_path / "resumed")
     assert [b["step"] for b in resumed] == list(range(k, n))
