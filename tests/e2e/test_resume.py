@@ -32,10 +32,16 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
-def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None, micro=1):
-    """``micro``: an optimizer step's 8 windows as that many micro-batches, loaded as one batch."""
+def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None, micro=1, lightning_accumulates=False):
+    """``micro``: an optimizer step's 8 windows as that many micro-batches, loaded as one batch, or
+    (``lightning_accumulates``, as before wgpt loaded them so) as that many of Lightning's batches."""
     dm = DatasetLightningWrapper(
-        {"toy": None}, seq_len=SEQ_LEN, batch_size=8 // micro, num_workers=2, data_dir=data_dir, micro_batches=micro
+        {"toy": None},
+        seq_len=SEQ_LEN,
+        batch_size=8 // micro,
+        num_workers=2,
+        data_dir=data_dir,
+        micro_batches=1 if lightning_accumulates else micro,
     )
     callbacks = [RecordBatches(out / "batches")]
     if ckpt_every:  # keeps every step-k checkpoint, as saved during training
@@ -54,6 +60,7 @@ def fit(data_dir, out, max_steps, ckpt_path=None, ckpt_every=None, stop_at=None,
         use_distributed_sampler=False,
         callbacks=callbacks,
         enable_checkpointing=bool(ckpt_every),
+        accumulate_grad_batches=micro if lightning_accumulates else 1,
     )
     trainer.fit(tiny_module(), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
@@ -92,6 +99,26 @@ def test_resumed_run_draws_the_batches_of_an_uninterrupted_one(toy_dir, tmp_path
     assert [b["step"] for b in resumed] == list(range(k, n))
     assert first + resumed == full
     assert resumed[0]["epoch"] == (0 if stop_at == "mid-epoch" else 1) and resumed[-1]["epoch"] >= 1
+
+
+def test_a_checkpoint_of_lightnings_own_accumulation_resumes_with_a_step_a_batch(toy_dir, tmp_path):
+    batches_of = len(DiskDataset("toy", "train", SEQ_LEN, data_dir=toy_dir)) // 4
+    k = -(-batches_of // 2) // 2  # mid-epoch, in optimizer steps of 2 micro-batches of 4
+    n = k + 4
+    fit(toy_dir, tmp_path / "full", n, micro=2)
+    fit(toy_dir, tmp_path / "first", n, ckpt_every=k, stop_at=k, micro=2, lightning_accumulates=True)
+    fit(toy_dir, tmp_path / "resumed", n, ckpt_path=tmp_path / "first" / "ckpt" / f"step-step={k}.ckpt", micro=2)
+
+    def windows(out):  # the first 8 tokens of each window, in the order trained
+        found = []
+        for batch in batches(out):
+            for row in batch["windows"]:  # a window's first 8 tokens, or a micro-batch's windows whole
+                found += [w[:8] for w in row] if isinstance(row[0], list) else [row]
+        return found
+
+    resumed = batches(tmp_path / "resumed")
+    assert [b["step"] for b in resumed] == list(range(k, n))  # Lightning resumed at the step, not 2k
+    assert windows(tmp_path / "first") + windows(tmp_path / "resumed") == windows(tmp_path / "full")
 
 
 def test_resuming_from_the_end_of_training_checkpoint_continues_the_data(toy_dir, tmp_path):

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from wgpt.core.devices import GIB, NvmlUnavailable, cpu_precision, get_best_devices
-from wgpt.core.trainer import resolve_hardware, trainer_arguments
+from wgpt.core.strategy import fsdp_strategy, runs_step_batches
+from wgpt.core.trainer import resolve_hardware, trainer_arguments, with_step_batches
 from wgpt.util.errors import WgptError
 
 MODEL = torch.nn.Linear(4, 4)  # needs far less than min_vram
@@ -227,6 +228,16 @@ def test_validation_interval_is_counted_in_optimizer_steps():
     )
     args = trainer_arguments(cfg, MODEL)
     assert args["val_check_interval"] == 200 and "val_every_n_steps" not in args and "max_devices" not in args
+    # A step's micro-batches loaded as one batch (train.py with wgpt's datamodule): 50 batches, no accumulation.
+    stepped, micro_batches = with_step_batches(args)
+    assert (stepped["val_check_interval"], stepped["accumulate_grad_batches"], micro_batches) == (50, 1, 4)
+    assert [runs_step_batches(s) for s in ("auto", "ddp", "fsdp_cpu_offload", "deepspeed_stage_2")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert runs_step_batches(fsdp_strategy())
 
 
 def test_hooks_are_profiled_by_nothing_unless_a_run_asks_for_a_profiler():

@@ -8,7 +8,8 @@ import torch
 
 from wgpt.data.datamodule import WindowBatches
 from wgpt.data.diskdataset import DiskDataset
-from wgpt.lightning.module import count_batches_as
+from wgpt.lightning.steps import count_batches_as
+from wgpt.util.errors import WgptError
 
 from helpers_fit import SEQ_LEN, datamodule, tiny_module, toy_bins, trainer
 
@@ -101,7 +102,32 @@ def test_a_step_position_is_saved_in_the_samplers_batches(toy_dir):
 
 
 def test_a_checkpoint_counting_micro_batches_is_read_in_steps():
-    progress = {"total": {"ready": 8, "completed": 8}, "current": {"ready": 8, "completed": 8}}
-    checkpoint = {"loops": {"fit_loop": {"epoch_loop.batch_progress": progress}}}  # saved by Lightning's accumulation
+    # Saved by Lightning's own accumulation of 4 after the 9th step's end: 34 micro-batches, the
+    # epoch's last step (of 2) at batch 33, completed one behind processed (saved inside the batch's end).
+    progress = {
+        "total": {"ready": 34, "started": 34, "processed": 34, "completed": 33},
+        "current": {"ready": 10, "started": 10, "processed": 10, "completed": 9},
+    }
+    checkpoint = {"global_step": 9, "loops": {"fit_loop": {"epoch_loop.batch_progress": progress}}}
     count_batches_as(checkpoint, 4)
-    assert progress == {"total": {"ready": 2, "completed": 2}, "current": {"ready": 2, "completed": 2}}
+    assert progress["total"] == {"ready": 9, "started": 9, "processed": 9, "completed": 8}
+    assert progress["current"] == {"ready": 3, "started": 3, "processed": 3, "completed": 2}
+    unchanged = {"micro_batches_per_batch": 4, "global_step": 9, "loops": {"fit_loop": {}}}
+    count_batches_as(unchanged, 4)
+    assert unchanged["loops"] == {"fit_loop": {}}
+
+
+def test_a_position_within_a_step_is_refused_in_one_line(toy_dir):
+    data = datamodule(toy_dir, batch_size=2, micro_batches=3)
+    data.setup("fit")
+    sampler = data.train_dataloader().batch_sampler
+    with pytest.raises(WgptError, match=r"position \(4 batches into its epoch\) is not a whole number of steps of "):
+        sampler.load_state_dict(sampler.sampler.state_dict(4))
+    sampler.load_state_dict(sampler.sampler.state_dict(6))  # two steps of three: fine
+
+
+def test_lightning_accumulating_step_batches_too_is_refused(toy_dir):
+    module = tiny_module()
+    run = trainer(max_steps=2, limit_val_batches=0, accumulate_grad_batches=2)
+    with pytest.raises(WgptError, match="loads 3 micro-batches per step and Lightning accumulates 2 batches too"):
+        run.fit(module, datamodule=datamodule(toy_dir, batch_size=2, micro_batches=3))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 
 from wgpt.interop.checkpoint import load_checkpoint
 from wgpt.parallel.sharding import SHARDED_PRECISIONS
@@ -19,6 +19,15 @@ def check_sharded_precision(precision: str) -> None:
             f"trainer.precision={precision} is not supported with trainer.strategy=fsdp: "
             "use bf16-mixed (GPUs since Ampere, most recent CPUs) or 32-true"
         )
+
+
+def runs_step_batches(strategy) -> bool:
+    """Whether a step's micro-batches can run in one training step (wgpt.lightning.steps) under a
+    resolved ``trainer.strategy``: one device, DDP and wgpt's FSDP2 can; Lightning's FSDP1 and
+    DeepSpeed, whose engines expect one backward per forward, keep Lightning's accumulation."""
+    if isinstance(strategy, str):
+        return not strategy.startswith(("fsdp", "deepspeed"))
+    return isinstance(strategy, (DDPStrategy, SingleDeviceStrategy, ShardedStrategy))
 
 
 def fsdp_strategy() -> "ShardedStrategy":

@@ -23,9 +23,10 @@ from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_
 from wgpt.core.record import RECORDED_ENV, write_run_record
 from wgpt.core.report import discarded_on_bad_input
 from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint
+from wgpt.core.strategy import runs_step_batches
 from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.core.sweep import objective, overrides_of
-from wgpt.core.trainer import trainer_arguments
+from wgpt.core.trainer import trainer_arguments, with_step_batches
 from wgpt.core.validate import check_config
 from wgpt.data.tokenizer import tokenizer_spec
 from wgpt.interop.checkpoint import SafeCheckpointIO
@@ -65,11 +66,6 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         ckpt_path, ckpt_tokenizer = checkpoint_to_resume(cfg, shapes, spec.name, layout)
         init_from = check_init_from(cfg, shapes, ckpt_path)  # a Hugging Face directory to start from
         datamodule = instantiate(cfg.data, tokenizer=spec)
-        # An optimizer step's micro-batches as one batch where the datamodule can (wgpt's): Lightning's
-        # loop then runs once per step (its own accumulation would run it once per micro-batch).
-        steps_as_batches = hasattr(datamodule, "micro_batches")
-        if steps_as_batches:
-            datamodule.micro_batches = cfg.trainer.accumulate_grad_batches
         datamodule.check_ready()  # trains a BPE tokenizer here if it is not trained yet
         tokenizer = datamodule.tokenizer
         check_same_tokenizer(ckpt_path, ckpt_tokenizer, tokenizer)
@@ -85,7 +81,11 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     if enable_tf32(cfg.tf32):
         log.info("TF32 matmuls on (tf32=false turns them off)")
     with discarded_on_bad_input(run_dir):  # devices, precision and strategy settings that do not fit this machine
-        trainer_args = trainer_arguments(cfg.trainer, model, steps_as_batches)
+        trainer_args = trainer_arguments(cfg.trainer, model)
+    # An optimizer step's micro-batches as one batch where the datamodule (wgpt's) and the strategy
+    # can: Lightning's loop then runs once per step, where its own accumulation runs it per micro-batch.
+    if hasattr(datamodule, "micro_batches") and runs_step_batches(trainer_args.get("strategy", "auto")):
+        trainer_args, datamodule.micro_batches = with_step_batches(trainer_args)
     compile = compile_choice(cfg.compile, trainer_args)
     module = ModelLightningWrapper(
         model,

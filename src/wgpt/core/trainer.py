@@ -219,19 +219,23 @@ def sharded_arguments(cfg: dict[str, Any], model: nn.Module, on_cpu: bool) -> di
     return {"strategy": fsdp_strategy(), "inference_mode": False}
 
 
-def trainer_arguments(trainer_cfg: DictConfig, model, steps_as_batches: bool = False) -> dict:
+def trainer_arguments(trainer_cfg: DictConfig, model) -> dict:
     """``lightning.Trainer`` keyword arguments from the trainer group, wgpt's own keys translated;
-    without a ``trainer.profiler``, ``NoProfiler``. ``steps_as_batches``: the datamodule loads an
-    optimizer step's ``accumulate_grad_batches`` micro-batches as one batch, so Lightning's own
-    accumulation stays at 1."""
+    without a ``trainer.profiler``, ``NoProfiler``."""
     args = OmegaConf.to_container(trainer_cfg)
     if args.get("profiler") is None:
         from wgpt.core.profiler import NoProfiler  # imports Lightning: not before the config is checked
 
         args["profiler"] = NoProfiler()
     args.pop("activation_checkpointing", None)  # the module's (ModelLightningWrapper), not the Trainer's
-    if steps_as_batches:
-        args["accumulate_grad_batches"] = 1
     # Validation is scheduled in optimizer steps, like checkpoints; Lightning counts batches.
     args["val_check_interval"] = args.pop("val_every_n_steps") * args.get("accumulate_grad_batches", 1)
     return resolve_hardware(args, model)
+
+
+def with_step_batches(args: dict) -> tuple[dict, int]:
+    """``trainer_arguments`` for a datamodule that loads an optimizer step's micro-batches as one
+    batch (wgpt.lightning.steps): Lightning's own accumulation at 1, validation every as many of
+    those batches as steps; and the micro-batches per step."""
+    k = args.get("accumulate_grad_batches", 1)
+    return {**args, "accumulate_grad_batches": 1, "val_check_interval": args["val_check_interval"] // k}, k

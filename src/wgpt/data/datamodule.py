@@ -261,7 +261,7 @@ class WindowBatches(Dataset):
         return self.starts[-1]
 
     def __getitems__(self, indices: Sequence[int] | Sequence[Sequence[int]]) -> np.ndarray:
-        if indices and not isinstance(indices[0], int):  # a step's micro-batches (StepBatches)
+        if indices and isinstance(indices[0], (list, tuple)):  # a step's micro-batches (StepBatches)
             sizes = {len(batch) for batch in indices}
             if len(sizes) > 1:
                 raise WgptError(f"the sampler's batches of one step differ in size ({sorted(sizes)}): stack equal ones")

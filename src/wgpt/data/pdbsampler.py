@@ -180,4 +180,11 @@ class StepBatches:
         return self.sampler.state_dict(min(steps * self.k, len(self.sampler)))
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        position = state.get("steps", 0)
+        if position % self.k and position < len(self.sampler):
+            # Lightning counts batches of steps: a position within a step could not be saved again.
+            raise WgptError(
+                f"the checkpoint's data position ({position} batches into its epoch) is not a whole number of "
+                f"steps of trainer.accumulate_grad_batches={self.k}: resume with the accumulation it was saved with"
+            )
         self.sampler.load_state_dict(state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from datetime import datetime
@@ -18,6 +17,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from wgpt.data.datamodule import own_rows
 from wgpt.data.tokenizer import R50k
 from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
+from wgpt.lightning.steps import backward_locally, check_step_batches, count_batches_as
 from wgpt.models.loss import next_token_loss
 from wgpt.optim import OptimizerFactory, default_optimizer, parameter_kinds
 from wgpt.optim.scheduler import one_cycle
@@ -138,6 +138,10 @@ class ModelLightningWrapper(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    def on_fit_start(self) -> None:
+        if self._batches_per_step() > 1:
+            check_step_batches(self.trainer)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """The loss of a micro-batch (inputs and targets (B, T)), or of an optimizer step's k
         micro-batches ((k, B, T) each: ``DatasetLightningWrapper(micro_batches=k)``). Those run one
@@ -152,17 +156,15 @@ class ModelLightningWrapper(L.LightningModule):
             return loss
         k = len(inputs)
         self._input_shape = inputs.shape
-        strategy = self.trainer.strategy
         # Lightning zeroes the gradients after this function, before its backward: too late for the
         # backward passes made here. So they are zeroed now, and optimizer_zero_grad skips its turn.
         for optimizer in self.trainer.optimizers:
             optimizer.zero_grad()
         self._zeroed = True
         for i in range(k - 1):
-            with self._local_gradients():
-                loss = self._loss((inputs[i], targets[i]))
-                self._step_losses.append(loss.detach())
-                strategy.backward(loss / k, None)  # the precision plugin's scaling and hooks, as Lightning's own
+            loss = self._loss((inputs[i], targets[i]))
+            self._step_losses.append(loss.detach())
+            backward_locally(self, loss / k)
         loss = self._loss((inputs[-1], targets[-1]))
         self._step_losses.append(loss.detach())
         return loss / k  # the mean over the step's micro-batches, as one batch of k x B would give
@@ -172,20 +174,6 @@ class ModelLightningWrapper(L.LightningModule):
             self._zeroed = False
             return
         optimizer.zero_grad()
-
-    @contextlib.contextmanager
-    def _local_gradients(self):
-        """Backward passes that only sum gradients on this rank. DDP needs nothing: this runs inside
-        its forward (Lightning's training_step), before its gradient hooks are armed for the step's
-        last backward. FSDP2 is told not to reduce-scatter until then."""
-        if not hasattr(self.model, "set_requires_gradient_sync"):
-            yield
-            return
-        self.model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.model.set_requires_gradient_sync(True)
 
     def _batches_per_step(self) -> int:
         """Micro-batches in one of Lightning's training batches (DatasetLightningWrapper's micro_batches)."""
@@ -380,16 +368,3 @@ class ModelLightningWrapper(L.LightningModule):
         if self._total is None:
             self._total = max(1, int(self.trainer.estimated_stepping_batches))
         return self._total
-
-
-def count_batches_as(checkpoint: dict, per_batch: int) -> None:
-    """Lightning's count of training batches in ``checkpoint``, made in batches of
-    ``per_batch`` micro-batches: a checkpoint from before a step was one batch counted
-    micro-batches, and a run resumed from it must not think its epoch further along."""
-    saved = checkpoint.get("micro_batches_per_batch", 1)
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    if saved == per_batch or not progress:
-        return
-    for counts in (progress.get("total", {}), progress.get("current", {})):
-        for name, count in counts.items():
-            counts[name] = -(-count * saved // per_batch)
