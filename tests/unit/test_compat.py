@@ -321,7 +321,11 @@ def test_the_fixture_runs_overrides_still_compose_the_same_model():
     checkpoint = torch.load(FIXTURE / "checkpoints" / "recent.ckpt", map_location="cpu", weights_only=True)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    assert model.config == checkpoint["model_config"]
+    saved = checkpoint["model_config"]
+    assert {k: v for k, v in model.config.items() if k in saved} == saved
+    added = {k: v for k, v in model.config.items() if k not in saved}  # knobs added since: at their defaults
+    defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()}
+    assert added == {k: defaults[k] for k in added}
 
 
 def test_the_fixture_is_whole_and_small():

@@ -28,6 +28,8 @@ SHAPES = {
     "gpt2-relu-untied": (GPT, dict(activation="relu", tie_embeddings=False)),
     "llama-gqa-tied": (Llama, dict(n_kv_heads=2, multiple_of=16, tie_embeddings=True)),
     "llama-mha-bias-gelu-untied": (Llama, dict(n_kv_heads=None, bias=True, activation="gelu", tie_embeddings=False)),
+    "gpt2-relu2-dropouts": (GPT, dict(activation="relu2", dropout_attn=0.1, dropout_resid=0.2)),
+    "llama-relu2-zero-init": (Llama, dict(activation="relu2", multiple_of=16, zero_init=True)),
 }
 
 

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from wgpt.models import GPT, Llama, Transformer, padded_vocab_size
+from wgpt.models.layers import ReLU2
 from wgpt.models.rotary import apply_rotary, rotary_tables
 from wgpt.models.transformer import GatedMLP, ModelConfigError
 from wgpt.tools.generate import generate
@@ -142,7 +143,11 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
         rope_theta=123.0,
         bias=False,
         dropout=0.25,
+        dropout_embed=0.1,
+        dropout_attn=0.2,
+        dropout_resid=0.3,
         tie_embeddings=False,
+        zero_init=True,
         sdpa=False,
         name="x",
     )
@@ -161,7 +166,11 @@ FLIP_GPT2 = dict(
     n_kv_heads=2,
     bias=False,
     dropout=0.1,
+    dropout_embed=0.2,
+    dropout_attn=0.3,
+    dropout_resid=0.4,
     tie_embeddings=False,
+    zero_init=True,
     sdpa=False,
 )
 
@@ -174,7 +183,11 @@ FLIP_LLAMA = dict(
     n_kv_heads=None,
     bias=True,
     dropout=0.1,
+    dropout_embed=0.2,
+    dropout_attn=0.3,
+    dropout_resid=0.4,
     tie_embeddings=False,
+    zero_init=True,
     sdpa=False,
 )
 
@@ -201,7 +214,9 @@ def test_norm_knob(preset, norm, kind):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("activation, kind", [("gelu", nn.GELU), ("silu", nn.SiLU), ("relu", nn.ReLU)])
+@pytest.mark.parametrize(
+    "activation, kind", [("gelu", nn.GELU), ("silu", nn.SiLU), ("relu", nn.ReLU), ("relu2", ReLU2)]
+)
 def test_activation_knob(preset, activation, kind):
     model = build_on_meta(preset, activation=activation)
     assert all(type(block.mlp.act) is kind for block in model.blocks)
@@ -280,6 +295,30 @@ def test_dropout_knob(preset, dropout):
     assert all(block.attn.dropout == dropout for block in model.blocks)  # attention weights
 
 
+def test_dropout_by_place_overrides_the_one_value_where_set():
+    model = GPT(**SMALL, dropout=0.1, dropout_attn=0.3, dropout_resid=0.0)
+    assert model.drop.p == 0.1  # dropout_embed unset: dropout's
+    assert all(b.attn.dropout == 0.3 and b.dropout.p == 0.0 for b in model.blocks)
+    with pytest.raises(ModelConfigError, match=r"dropout_embed=1\.5 is not a probability in \[0, 1\), or null"):
+        GPT(**SMALL, dropout_embed=1.5)
+
+
+def test_relu2_is_squared_relu():
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
+    torch.testing.assert_close(ReLU2()(x), torch.tensor([0.0, 0.0, 0.0, 0.25, 9.0]))
+
+
+@torch.no_grad()
+def test_zero_init_starts_every_block_as_the_identity():
+    model = GPT(**SMALL, zero_init=True).eval()
+    projections = [p for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    assert len(projections) == 2 * SMALL["n_layers"] and all(not p.any() for p in projections)
+    tokens = torch.randint(0, 128, (2, 8))
+    embedded = model.wte(tokens) + model.wpe(torch.arange(8))
+    torch.testing.assert_close(model.hidden_states(tokens), model.final_norm(embedded))
+    assert GPT(**SMALL).blocks[0].attn.proj.weight.any()  # off by default
+
+
 def test_dropout_acts_in_training_only():
     model = GPT(**SMALL, dropout=0.2)
     x = torch.randint(0, 128, (2, 16))
@@ -346,6 +385,8 @@ MIXES = [
         ),
     ),
     (Llama, dict(n_kv_heads=1, activation="gelu", sdpa=False, multiple_of=16)),  # GeGLU, multi-query
+    (GPT, dict(activation="relu2", dropout_attn=0.1, dropout_resid=0.05)),  # squared ReLU, dropout by place
+    (Llama, dict(activation="relu2", multiple_of=16, dropout_embed=0.1)),  # gated squared ReLU
 ]
 
 
@@ -434,7 +475,7 @@ def test_bad_shapes_are_refused():
     "knobs, message",
     [
         (dict(norm="batchnorm"), "norm='batchnorm' is not one of layernorm, rmsnorm"),
-        (dict(activation="tanh"), "activation='tanh' is not one of gelu, silu, relu"),
+        (dict(activation="tanh"), "activation='tanh' is not one of gelu, silu, relu, relu2"),
         (dict(pos="alibi"), "pos='alibi' is not one of learned, rotary"),
         (dict(gated="yes"), "gated='yes' is not true or false"),
         (dict(tie_embeddings=1), "tie_embeddings=1 is not true or false"),

@@ -4,7 +4,7 @@ two settings of it (gpt.py, llama.py), and every mix of the two is a config over
 Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). The knobs:
 
     norm            layernorm (GPT-2; with bias when ``bias``) | rmsnorm (Llama; no bias)
-    activation      gelu (tanh approximation, as GPT-2) | silu | relu
+    activation      gelu (tanh approximation, as GPT-2) | silu | relu | relu2 (squared ReLU)
     gated           false: proj(act(fc(x))), 4 x d_embed wide (GPT-2)
                     true:  proj(act(gate(x)) * up(x)), a GLU (SwiGLU with silu, as Llama), 2/3 of
                            that width (the same parameters) times ffn_dim_multiplier, rounded up
@@ -15,7 +15,11 @@ Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). The knobs:
                     attention); None: one per query head (multi-head attention, GPT-2)
     bias            biases in every linear layer and LayerNorm (GPT-2) or none (Llama)
     dropout         probability on the embeddings, attention weights and both residual branches
+    dropout_embed, dropout_attn, dropout_resid
+                    each place's own probability where set (None: ``dropout``'s)
     tie_embeddings  the output layer reuses the token embedding matrix (GPT-2) or has its own
+    zero_init       the output projections of attention and MLP start at zero (each block starts
+                    as the identity; modded-nanogpt), instead of GPT-2's depth-scaled init
     sdpa            PyTorch's fused attention kernels, or the attention written out (attention.py)
 
 Shapes: B batch, T sequence length, C = d_embed, H query heads, K key/value heads (K divides H),
@@ -26,44 +30,17 @@ from __future__ import annotations
 
 import inspect
 import math
-from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from wgpt.models.attention import causal_attention
+from wgpt.models.knobs import Activation, ModelConfigError, Norm, Positions, check_knobs  # noqa: F401  (re-exported)
 from wgpt.models.kv_cache import KVCache
+from wgpt.models.layers import MLP, GatedMLP, make_norm, mlp_hidden_size  # noqa: F401  (GatedMLP: re-exported)
 from wgpt.models.loss import linear_cross_entropy
 from wgpt.models.rotary import apply_rotary, rotary_tables
-from wgpt.util.errors import WgptError
-
-Norm = Literal["layernorm", "rmsnorm"]
-Activation = Literal["gelu", "silu", "relu"]
-Positions = Literal["learned", "rotary"]
-
-ACTIVATIONS = {"gelu": partial(nn.GELU, approximate="tanh"), "silu": nn.SiLU, "relu": nn.ReLU}
-
-
-class ModelConfigError(WgptError, ValueError):
-    """A knob with a value the model cannot be built with (a ValueError too, like bad shapes)."""
-
-
-def make_norm(norm: Norm, d_embed: int, eps: float, bias: bool) -> nn.Module:
-    if norm == "layernorm":
-        return nn.LayerNorm(d_embed, eps=eps, bias=bias)
-    return nn.RMSNorm(d_embed, eps=eps)  # scale only: it centres nothing, so it has no bias to learn
-
-
-def mlp_hidden_size(d_embed: int, gated: bool, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
-    """GPT-2's 4 x d_embed; gated, Llama's 2/3 of that (three matrices, so the same parameters as
-    two), times ffn_dim_multiplier, rounded up to a multiple of multiple_of."""
-    if not gated:
-        return 4 * d_embed
-    hidden = int(2 * 4 * d_embed / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * math.ceil(hidden / multiple_of)
 
 
 class Attention(nn.Module):
@@ -97,34 +74,6 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # heads side by side again
 
 
-class MLP(nn.Module):
-    """proj(act(fc(x))): (B, T, C) -> (B, T, F) -> (B, T, C)."""
-
-    def __init__(self, d_embed: int, hidden: int, activation: Activation, bias: bool):
-        super().__init__()
-        self.fc = nn.Linear(d_embed, hidden, bias=bias)
-        self.act = ACTIVATIONS[activation]()
-        self.proj = nn.Linear(hidden, d_embed, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc(x)))
-
-
-class GatedMLP(nn.Module):
-    """A gated linear unit, proj(act(gate(x)) * up(x)): SwiGLU with silu, GeGLU with gelu, ReGLU
-    with relu. (B, T, C) -> 2 x (B, T, F) -> (B, T, C)."""
-
-    def __init__(self, d_embed: int, hidden: int, activation: Activation, bias: bool):
-        super().__init__()
-        self.gate_up = nn.Linear(d_embed, 2 * hidden, bias=bias)  # gate and up in one matmul
-        self.act = ACTIVATIONS[activation]()
-        self.proj = nn.Linear(hidden, d_embed, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.proj(self.act(gate) * up)
-
-
 class Block(nn.Module):
     def __init__(
         self,
@@ -137,15 +86,16 @@ class Block(nn.Module):
         activation: Activation,
         gated: bool,
         bias: bool,
-        dropout: float,
+        attn_dropout: float,
+        resid_dropout: float,
         sdpa: bool,
     ):
         super().__init__()
         self.attn_norm = make_norm(norm, d_embed, norm_eps, bias)
-        self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, dropout, sdpa)
+        self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa)
         self.mlp_norm = make_norm(norm, d_embed, norm_eps, bias)
         self.mlp = (GatedMLP if gated else MLP)(d_embed, hidden, activation, bias)
-        self.dropout = nn.Dropout(dropout)  # on each branch, before it joins the residual stream
+        self.dropout = nn.Dropout(resid_dropout)  # on each branch, before it joins the residual stream
 
     def forward(
         self,
@@ -218,7 +168,11 @@ class Transformer(nn.Module):
         rope_theta: float = 10000.0,
         bias: bool = True,
         dropout: float = 0.0,
+        dropout_embed: float | None = None,
+        dropout_attn: float | None = None,
+        dropout_resid: float | None = None,
         tie_embeddings: bool = True,
+        zero_init: bool = False,
         sdpa: bool = True,
         name: str = "transformer",
     ):
@@ -241,7 +195,11 @@ class Transformer(nn.Module):
             rope_theta=rope_theta,
             bias=bias,
             dropout=dropout,
+            dropout_embed=dropout_embed,
+            dropout_attn=dropout_attn,
+            dropout_resid=dropout_resid,
             tie_embeddings=tie_embeddings,
+            zero_init=zero_init,
             sdpa=sdpa,
         )
         check_knobs(self.config)
@@ -258,9 +216,23 @@ class Transformer(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         else:
             self.wpe = nn.Embedding(max_seq_len, d_embed)
-        self.drop = nn.Dropout(dropout)
+        place = lambda p: dropout if p is None else p  # noqa: E731  (a place's own, else the one value)
+        self.drop = nn.Dropout(place(dropout_embed))
         self.blocks = nn.ModuleList(
-            Block(d_embed, n_heads, n_kv_heads, hidden, norm, norm_eps, activation, gated, bias, dropout, sdpa)
+            Block(
+                d_embed,
+                n_heads,
+                n_kv_heads,
+                hidden,
+                norm,
+                norm_eps,
+                activation,
+                gated,
+                bias,
+                place(dropout_attn),
+                place(dropout_resid),
+                sdpa,
+            )  # fmt: skip
             for _ in range(n_layers)
         )
         self.final_norm = make_norm(norm, d_embed, norm_eps, bias)
@@ -270,8 +242,11 @@ class Transformer(nn.Module):
 
         self.apply(_init_weights)
         for name_, p in self.named_parameters():
-            if name_.endswith("proj.weight"):  # GPT-2: residual projections scaled by depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
+            if name_.endswith("proj.weight"):  # the projections into the residual stream
+                if zero_init:
+                    nn.init.zeros_(p)
+                else:  # GPT-2: scaled by depth
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
 
     def forward(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token ids (B, T) -> next-token logits (B, T, V). With a cache (see ``new_cache``), the
@@ -317,53 +292,6 @@ class Transformer(nn.Module):
             device=device or weight.device,
             dtype=dtype or weight.dtype,
         )
-
-
-def check_knobs(config: dict) -> None:
-    """A one-line ModelConfigError for the first knob of a Transformer ``config`` that cannot be built."""
-    for key in ("vocab_size", "d_embed", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
-        _check_positive_int(key, config[key])
-    if config["n_kv_heads"] is not None:
-        _check_positive_int("n_kv_heads", config["n_kv_heads"])
-    for key, choices in (("norm", Norm), ("activation", Activation), ("pos", Positions)):
-        if config[key] not in get_args(choices):
-            raise ModelConfigError(f"{key}={config[key]!r} is not one of {', '.join(get_args(choices))}")
-    for key in ("gated", "bias", "tie_embeddings", "sdpa"):
-        if not isinstance(config[key], bool):
-            raise ModelConfigError(f"{key}={config[key]!r} is not true or false")
-    if not _is_number(config["dropout"]) or not 0 <= config["dropout"] < 1:
-        raise ModelConfigError(f"dropout={config['dropout']!r} is not a probability in [0, 1): 0.0 turns dropout off")
-    for key in ("norm_eps", "rope_theta"):
-        if not _is_number(config[key]) or config[key] <= 0:
-            raise ModelConfigError(f"{key}={config[key]!r} is not a number > 0")
-    multiplier = config["ffn_dim_multiplier"]
-    if multiplier is not None and (not _is_number(multiplier) or multiplier <= 0):
-        raise ModelConfigError(f"ffn_dim_multiplier={multiplier!r} is not a number > 0, or null for 1")
-    if multiplier is not None and not config["gated"]:
-        raise ModelConfigError(
-            f"ffn_dim_multiplier={multiplier} sizes gated MLPs only (a plain one is 4 x d_embed): "
-            "set gated=true or ffn_dim_multiplier=null"
-        )
-    d_embed, n_heads = config["d_embed"], config["n_heads"]
-    if d_embed % n_heads:
-        raise ModelConfigError(f"d_embed={d_embed} is not divisible by n_heads={n_heads}")
-    n_kv_heads = config["n_kv_heads"]
-    if n_kv_heads is not None and n_heads % n_kv_heads:
-        raise ModelConfigError(f"n_kv_heads={n_kv_heads} does not divide n_heads={n_heads}")
-    if config["pos"] == "rotary" and (d_embed // n_heads) % 2:
-        raise ModelConfigError(
-            f"pos='rotary' rotates pairs of features, but the head size d_embed/n_heads = {d_embed}/{n_heads} "
-            f"= {d_embed // n_heads} is odd: change d_embed or n_heads, or use pos=learned"
-        )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_positive_int(key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelConfigError(f"{key}={value!r} is not a positive integer")
 
 
 def _init_weights(module: nn.Module) -> None:

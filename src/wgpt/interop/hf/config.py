@@ -47,9 +47,16 @@ ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
 MODEL_CLASSES = {GPT2: "wgpt.models.gpt.GPT", LLAMA: "wgpt.models.llama.Llama"}
 # wgpt's activations under each class's names: GPT-2 calls the tanh GELU "gelu_new", Llama's
 # config takes any of transformers' ACT2FN names.
-GPT2_ACTIVATIONS = {"gelu": "gelu_new", "silu": "silu", "relu": "relu"}
-LLAMA_ACTIVATIONS = {"gelu": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"}
-HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
+GPT2_ACTIVATIONS = {"gelu": "gelu_new", "silu": "silu", "relu": "relu", "relu2": "relu2"}
+LLAMA_ACTIVATIONS = {"gelu": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu", "relu2": "relu2"}
+HF_ACTIVATIONS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+    "relu2": "relu2",  # transformers' ReLUSquaredActivation
+}
 # Knobs that fix the weights' shapes or the function they compute: an init_from directory must
 # agree on every one of them with the model it is loaded into.
 ARCHITECTURE_KNOBS = (
@@ -77,7 +84,7 @@ KNOBS_IN_HF = {
     "max_seq_len": "n_positions, max_position_embeddings",
     "norm": "GPT-2: layernorm only; Llama: rmsnorm only",
     "norm_eps": "layer_norm_epsilon, rms_norm_eps",
-    "activation": "activation_function, hidden_act (gelu_new, silu, relu)",
+    "activation": "activation_function, hidden_act (gelu_new, silu, relu, relu2)",
     "gated": "GPT-2: false only; Llama: true only",
     "multiple_of": "Llama: intermediate_size, with ffn_dim_multiplier",
     "ffn_dim_multiplier": "Llama: intermediate_size, with multiple_of",
@@ -85,6 +92,10 @@ KNOBS_IN_HF = {
     "rope_theta": "Llama: rope_theta, rope_parameters",
     "bias": "GPT-2: true only; Llama: attention_bias and mlp_bias",
     "dropout": "resid/embd/attn_pdrop, attention_dropout (training only: inference is the same)",
+    "dropout_embed": "GPT-2: embd_pdrop (training only)",
+    "dropout_attn": "GPT-2: attn_pdrop; Llama: attention_dropout (training only)",
+    "dropout_resid": "GPT-2: resid_pdrop (training only)",
+    "zero_init": "not exported: how weights start, not what the model computes",
     "tie_embeddings": "tie_word_embeddings",
     "sdpa": "not exported: how attention runs, not what it computes",
     "name": "wgpt.json: the preset the model was trained as",
@@ -158,9 +169,9 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "f
             "n_head": c["n_heads"],
             "n_inner": 4 * c["d_embed"],
             "activation_function": GPT2_ACTIVATIONS[c["activation"]],
-            "resid_pdrop": c["dropout"],
-            "embd_pdrop": c["dropout"],
-            "attn_pdrop": c["dropout"],
+            "resid_pdrop": _place(c, "dropout_resid"),
+            "embd_pdrop": _place(c, "dropout_embed"),
+            "attn_pdrop": _place(c, "dropout_attn"),
             "layer_norm_epsilon": c["norm_eps"],
             "initializer_range": 0.02,
             "scale_attn_weights": True,
@@ -192,7 +203,7 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "f
         "mlp_bias": c["bias"],
         # HF Llama drops out attention weights only; wgpt's residual and embedding dropout is
         # for training, so inference is the same either way.
-        "attention_dropout": c["dropout"],
+        "attention_dropout": _place(c, "dropout_attn"),
         "tie_word_embeddings": c["tie_embeddings"],
         "initializer_range": 0.02,
         "pretraining_tp": 1,
@@ -200,6 +211,12 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "f
         "dtype": dtype,
         **ids,
     }
+
+
+def _place(c: Mapping[str, Any], key: str) -> float:
+    """A place's dropout: its own where set, else the one value (configs from before it had none)."""
+    value = c.get(key)
+    return c["dropout"] if value is None else value
 
 
 def generation_config(config: Mapping[str, Any], tokenizer) -> dict[str, Any]:
