@@ -246,6 +246,12 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
         (GPT, dict(gated=True), "model.gated=true has no GPT2LMHeadModel (learned positions) equivalent"),
         (Llama, dict(gated=False), "model.gated=false has no LlamaForCausalLM (rotary positions) equivalent"),
         (Llama, dict(norm="layernorm"), "model.norm=layernorm has no LlamaForCausalLM (rotary positions) equivalent"),
+        (
+            Llama,
+            dict(parallel_block=True),
+            "model.parallel_block=true has no LlamaForCausalLM (rotary positions) equivalent (its blocks are "
+            "sequential)",
+        ),
     ],
 )
 def test_a_knob_without_a_transformers_equivalent_is_refused_before_anything_is_written(

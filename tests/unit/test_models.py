@@ -148,6 +148,7 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
         dropout_resid=0.3,
         tie_embeddings=False,
         zero_init=True,
+        parallel_block=True,
         sdpa=False,
         name="x",
     )
@@ -171,6 +172,7 @@ FLIP_GPT2 = dict(
     dropout_resid=0.4,
     tie_embeddings=False,
     zero_init=True,
+    parallel_block=True,
     sdpa=False,
 )
 
@@ -188,6 +190,7 @@ FLIP_LLAMA = dict(
     dropout_resid=0.4,
     tie_embeddings=False,
     zero_init=True,
+    parallel_block=True,
     sdpa=False,
 )
 
@@ -303,6 +306,17 @@ def test_dropout_by_place_overrides_the_one_value_where_set():
         GPT(**SMALL, dropout_embed=1.5)
 
 
+def test_a_parallel_block_adds_both_branches_of_one_norm_and_has_no_other():
+    torch.manual_seed(0)
+    model = GPT(**SMALL, parallel_block=True).eval()
+    block = model.blocks[0]
+    assert block.mlp_norm is None and not any("mlp_norm" in n for n, _ in model.named_parameters())
+    x = torch.randn(2, 8, SMALL["d_embed"])
+    with torch.no_grad():
+        h = block.attn_norm(x)
+        torch.testing.assert_close(block(x), x + block.attn(h) + block.mlp(h))
+
+
 def test_relu2_is_squared_relu():
     x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
     torch.testing.assert_close(ReLU2()(x), torch.tensor([0.0, 0.0, 0.0, 0.25, 9.0]))
@@ -387,6 +401,8 @@ MIXES = [
     (Llama, dict(n_kv_heads=1, activation="gelu", sdpa=False, multiple_of=16)),  # GeGLU, multi-query
     (GPT, dict(activation="relu2", dropout_attn=0.1, dropout_resid=0.05)),  # squared ReLU, dropout by place
     (Llama, dict(activation="relu2", multiple_of=16, dropout_embed=0.1)),  # gated squared ReLU
+    (GPT, dict(parallel_block=True, dropout=0.1)),  # GPT-J's block
+    (Llama, dict(parallel_block=True, n_kv_heads=1, multiple_of=16)),  # PaLM's, multi-query
 ]
 
 

@@ -20,6 +20,8 @@ Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). The knobs:
     tie_embeddings  the output layer reuses the token embedding matrix (GPT-2) or has its own
     zero_init       the output projections of attention and MLP start at zero (each block starts
                     as the identity; modded-nanogpt), instead of GPT-2's depth-scaled init
+    parallel_block  x + attn(norm(x)) + mlp(norm(x)), one norm for both (GPT-J, PaLM), instead of
+                    the two residual steps above
     sdpa            PyTorch's fused attention kernels, or the attention written out (attention.py)
 
 Shapes: B batch, T sequence length, C = d_embed, H query heads, K key/value heads (K divides H),
@@ -89,11 +91,15 @@ class Block(nn.Module):
         attn_dropout: float,
         resid_dropout: float,
         sdpa: bool,
+        parallel: bool = False,
     ):
         super().__init__()
+        self.parallel = parallel
         self.attn_norm = make_norm(norm, d_embed, norm_eps, bias)
         self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa)
-        self.mlp_norm = make_norm(norm, d_embed, norm_eps, bias)
+        # Parallel: attn_norm feeds both branches, and there is no mlp_norm (a parameter without a
+        # gradient would fail DDP's check that every parameter gets one).
+        self.mlp_norm = None if parallel else make_norm(norm, d_embed, norm_eps, bias)
         self.mlp = (GatedMLP if gated else MLP)(d_embed, hidden, activation, bias)
         self.dropout = nn.Dropout(resid_dropout)  # on each branch, before it joins the residual stream
 
@@ -104,6 +110,9 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
+        if self.parallel:  # GPT-J, PaLM: both branches read one normalized input, added together
+            h = self.attn_norm(x)
+            return x + self.dropout(self.attn(h, rope, cache, layer)) + self.dropout(self.mlp(h))
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
@@ -173,6 +182,7 @@ class Transformer(nn.Module):
         dropout_resid: float | None = None,
         tie_embeddings: bool = True,
         zero_init: bool = False,
+        parallel_block: bool = False,
         sdpa: bool = True,
         name: str = "transformer",
     ):
@@ -200,6 +210,7 @@ class Transformer(nn.Module):
             dropout_resid=dropout_resid,
             tie_embeddings=tie_embeddings,
             zero_init=zero_init,
+            parallel_block=parallel_block,
             sdpa=sdpa,
         )
         check_knobs(self.config)
@@ -232,7 +243,8 @@ class Transformer(nn.Module):
                 place(dropout_attn),
                 place(dropout_resid),
                 sdpa,
-            )  # fmt: skip
+                parallel_block,
+            )
             for _ in range(n_layers)
         )
         self.final_norm = make_norm(norm, d_embed, norm_eps, bias)

@@ -96,6 +96,7 @@ KNOBS_IN_HF = {
     "dropout_attn": "GPT-2: attn_pdrop; Llama: attention_dropout (training only)",
     "dropout_resid": "GPT-2: resid_pdrop (training only)",
     "zero_init": "not exported: how weights start, not what the model computes",
+    "parallel_block": "false only: GPT-2's and Llama's blocks are sequential",
     "tie_embeddings": "tie_word_embeddings",
     "sdpa": "not exported: how attention runs, not what it computes",
     "name": "wgpt.json: the preset the model was trained as",
@@ -137,10 +138,11 @@ def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.tran
             ("gated", not config["gated"], "its MLP is gated (gate, up, down)"),
         ]
         fix = "train with pos=learned for a GPT-2-shaped export, or with Llama's settings"
+    wrong.append(("parallel_block", config.get("parallel_block", False), "its blocks are sequential"))
     for knob, bad, why in wrong:
         if bad:
             raise WgptError(
-                f"model.{knob}={shown_value(config[knob])} has no {name} equivalent ({why}): "
+                f"model.{knob}={shown_value(config.get(knob))} has no {name} equivalent ({why}): "
                 f"it cannot be exported; {fix}"
             )
     return family
