@@ -30,6 +30,8 @@ SHAPES = {
     "llama-mha-bias-gelu-untied": (Llama, dict(n_kv_heads=None, bias=True, activation="gelu", tie_embeddings=False)),
     "gpt2-relu2-dropouts": (GPT, dict(activation="relu2", dropout_attn=0.1, dropout_resid=0.2)),
     "llama-relu2-zero-init": (Llama, dict(activation="relu2", multiple_of=16, zero_init=True)),
+    "gpt2-no-norm-gains": (GPT, dict(norm_affine=False)),
+    "llama-no-norm-gains": (Llama, dict(norm_affine=False, multiple_of=16)),
 }
 
 
@@ -246,6 +248,11 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
         (GPT, dict(gated=True), "model.gated=true has no GPT2LMHeadModel (learned positions) equivalent"),
         (Llama, dict(gated=False), "model.gated=false has no LlamaForCausalLM (rotary positions) equivalent"),
         (Llama, dict(norm="layernorm"), "model.norm=layernorm has no LlamaForCausalLM (rotary positions) equivalent"),
+        (
+            Llama,
+            dict(norm="cosinenorm"),
+            "model.norm=cosinenorm has no LlamaForCausalLM (rotary positions) equivalent (it has RMSNorm only)",
+        ),
         (
             Llama,
             dict(parallel_block=True),

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from wgpt.models import GPT, Llama, Transformer, padded_vocab_size
-from wgpt.models.layers import ReLU2
+from wgpt.models.layers import CosineNorm, ReLU2
 from wgpt.models.rotary import apply_rotary, rotary_tables
 from wgpt.models.transformer import GatedMLP, ModelConfigError
 from wgpt.tools.generate import generate
@@ -135,6 +135,7 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
         max_seq_len=8,
         norm="rmsnorm",
         norm_eps=1e-3,
+        norm_affine=False,
         activation="silu",
         gated=True,
         multiple_of=8,
@@ -161,6 +162,7 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
 # Every knob flipped from the preset's value.
 FLIP_GPT2 = dict(
     norm="rmsnorm",
+    norm_affine=False,
     activation="silu",
     gated=True,
     pos="rotary",
@@ -179,6 +181,7 @@ FLIP_GPT2 = dict(
 
 FLIP_LLAMA = dict(
     norm="layernorm",
+    norm_affine=False,
     activation="relu",
     gated=False,
     pos="learned",
@@ -210,7 +213,9 @@ def test_every_knob_is_a_command_line_override_on_every_preset(preset):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("norm, kind", [("layernorm", nn.LayerNorm), ("rmsnorm", nn.RMSNorm)])
+@pytest.mark.parametrize(
+    "norm, kind", [("layernorm", nn.LayerNorm), ("rmsnorm", nn.RMSNorm), ("cosinenorm", CosineNorm)]
+)
 def test_norm_knob(preset, norm, kind):
     model = build_on_meta(preset, norm=norm, norm_eps=1e-6)
     assert all(type(m) is kind and m.eps == 1e-6 for m in norms(model))
@@ -317,6 +322,21 @@ def test_a_parallel_block_adds_both_branches_of_one_norm_and_has_no_other():
         torch.testing.assert_close(block(x), x + block.attn(h) + block.mlp(h))
 
 
+def test_cosinenorm_starts_as_rmsnorm_without_gains_and_learns_one_scale():
+    x = torch.randn(2, 5, 32)
+    norm = CosineNorm(32, eps=1e-12)
+    torch.testing.assert_close(norm(x), F.rms_norm(x, (32,), eps=1e-12 / 32))
+    assert [p.shape for p in norm.parameters()] == [torch.Size([1])]
+    assert not list(CosineNorm(32, 1e-6, affine=False).parameters())
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "cosinenorm"])
+def test_norm_affine_false_leaves_the_norms_without_parameters(norm):
+    model = GPT(**SMALL, norm=norm, norm_affine=False)
+    assert not [n for n, _ in model.named_parameters() if "norm" in n]
+    assert [n for n, _ in GPT(**SMALL, norm=norm).named_parameters() if "norm" in n]
+
+
 def test_relu2_is_squared_relu():
     x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
     torch.testing.assert_close(ReLU2()(x), torch.tensor([0.0, 0.0, 0.0, 0.25, 9.0]))
@@ -402,6 +422,8 @@ MIXES = [
     (GPT, dict(activation="relu2", dropout_attn=0.1, dropout_resid=0.05)),  # squared ReLU, dropout by place
     (Llama, dict(activation="relu2", multiple_of=16, dropout_embed=0.1)),  # gated squared ReLU
     (GPT, dict(parallel_block=True, dropout=0.1)),  # GPT-J's block
+    (GPT, dict(norm="cosinenorm", pos="rotary")),
+    (Llama, dict(norm_affine=False, multiple_of=16)),  # RMSNorm without gains
     (Llama, dict(parallel_block=True, n_kv_heads=1, multiple_of=16)),  # PaLM's, multi-query
 ]
 
@@ -490,7 +512,7 @@ def test_bad_shapes_are_refused():
 @pytest.mark.parametrize(
     "knobs, message",
     [
-        (dict(norm="batchnorm"), "norm='batchnorm' is not one of layernorm, rmsnorm"),
+        (dict(norm="batchnorm"), "norm='batchnorm' is not one of layernorm, rmsnorm, cosinenorm"),
         (dict(activation="tanh"), "activation='tanh' is not one of gelu, silu, relu, relu2"),
         (dict(pos="alibi"), "pos='alibi' is not one of learned, rotary"),
         (dict(gated="yes"), "gated='yes' is not true or false"),

@@ -24,10 +24,32 @@ class ReLU2(nn.Module):
 ACTIVATIONS = {"gelu": partial(nn.GELU, approximate="tanh"), "silu": nn.SiLU, "relu": nn.ReLU, "relu2": ReLU2}
 
 
-def make_norm(norm: Norm, d_embed: int, eps: float, bias: bool) -> nn.Module:
+class CosineNorm(nn.Module):
+    """x / ||x|| times one learned scale, initialized to sqrt(C) (templateGPT's CosineNorm): at the
+    start it equals RMSNorm without gains, x / rms(x); where RMSNorm learns a gain per feature,
+    this learns one for all. ``affine`` false: the scale stays sqrt(C). (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, d_embed: int, eps: float, affine: bool = True):
+        super().__init__()
+        self.eps, self.d_embed = eps, d_embed
+        # Shape (1,), not a 0-d tensor: FSDP shards parameters along their first dimension.
+        self.scale = nn.Parameter(torch.full((1,), math.sqrt(d_embed))) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # the sum of squares in float32, as RMSNorm's
+        unit = xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + self.eps)
+        scale = self.scale if self.scale is not None else math.sqrt(self.d_embed)
+        return (unit * scale).to(x.dtype)
+
+
+def make_norm(norm: Norm, d_embed: int, eps: float, bias: bool, affine: bool = True) -> nn.Module:
+    """``affine`` false: no learned gain (nor LayerNorm's bias)."""
     if norm == "layernorm":
-        return nn.LayerNorm(d_embed, eps=eps, bias=bias)
-    return nn.RMSNorm(d_embed, eps=eps)  # scale only: it centres nothing, so it has no bias to learn
+        return nn.LayerNorm(d_embed, eps=eps, elementwise_affine=affine, bias=bias and affine)
+    if norm == "cosinenorm":
+        return CosineNorm(d_embed, eps, affine)
+    # RMSNorm scales only: it centres nothing, so it has no bias to learn.
+    return nn.RMSNorm(d_embed, eps=eps, elementwise_affine=affine)
 
 
 def mlp_hidden_size(d_embed: int, gated: bool, multiple_of: int, ffn_dim_multiplier: float | None) -> int:

@@ -3,7 +3,9 @@ two settings of it (gpt.py, llama.py), and every mix of the two is a config over
 
 Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). The knobs:
 
-    norm            layernorm (GPT-2; with bias when ``bias``) | rmsnorm (Llama; no bias)
+    norm            layernorm (GPT-2; with bias when ``bias``) | rmsnorm (Llama; no bias) |
+                    cosinenorm (x / ||x|| times one learned scale, layers.CosineNorm)
+    norm_affine     the norms' learned gains (and LayerNorm's bias); false: none
     activation      gelu (tanh approximation, as GPT-2) | silu | relu | relu2 (squared ReLU)
     gated           false: proj(act(fc(x))), 4 x d_embed wide (GPT-2)
                     true:  proj(act(gate(x)) * up(x)), a GLU (SwiGLU with silu, as Llama), 2/3 of
@@ -85,6 +87,7 @@ class Block(nn.Module):
         hidden: int,
         norm: Norm,
         norm_eps: float,
+        norm_affine: bool,
         activation: Activation,
         gated: bool,
         bias: bool,
@@ -95,11 +98,11 @@ class Block(nn.Module):
     ):
         super().__init__()
         self.parallel = parallel
-        self.attn_norm = make_norm(norm, d_embed, norm_eps, bias)
+        self.attn_norm = make_norm(norm, d_embed, norm_eps, bias, norm_affine)
         self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa)
         # Parallel: attn_norm feeds both branches, and there is no mlp_norm (a parameter without a
         # gradient would fail DDP's check that every parameter gets one).
-        self.mlp_norm = None if parallel else make_norm(norm, d_embed, norm_eps, bias)
+        self.mlp_norm = None if parallel else make_norm(norm, d_embed, norm_eps, bias, norm_affine)
         self.mlp = (GatedMLP if gated else MLP)(d_embed, hidden, activation, bias)
         self.dropout = nn.Dropout(resid_dropout)  # on each branch, before it joins the residual stream
 
@@ -169,6 +172,7 @@ class Transformer(nn.Module):
         max_seq_len: int = 1024,
         norm: Norm = "layernorm",
         norm_eps: float = 1e-5,
+        norm_affine: bool = True,
         activation: Activation = "gelu",
         gated: bool = False,
         multiple_of: int = 256,
@@ -197,6 +201,7 @@ class Transformer(nn.Module):
             max_seq_len=max_seq_len,
             norm=norm,
             norm_eps=norm_eps,
+            norm_affine=norm_affine,
             activation=activation,
             gated=gated,
             multiple_of=multiple_of,
@@ -237,6 +242,7 @@ class Transformer(nn.Module):
                 hidden,
                 norm,
                 norm_eps,
+                norm_affine,
                 activation,
                 gated,
                 bias,
@@ -247,7 +253,7 @@ class Transformer(nn.Module):
             )
             for _ in range(n_layers)
         )
-        self.final_norm = make_norm(norm, d_embed, norm_eps, bias)
+        self.final_norm = make_norm(norm, d_embed, norm_eps, bias, norm_affine)
         self.lm_head = nn.Linear(d_embed, vocab_size, bias=False)
         if tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one matrix embeds tokens and scores them

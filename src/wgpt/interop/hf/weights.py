@@ -16,6 +16,8 @@ log = logging.getLogger("wgpt")
 
 def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: str) -> dict[str, torch.Tensor]:
     """wgpt weights (``model.state_dict()`` names) -> the transformers class's, contiguous, tied ones once."""
+    if not config.get("norm_affine", True):
+        state = {**state, **unit_gains(state, config)}  # transformers' norms have gains: ones compute the same
     out: dict[str, torch.Tensor] = {}
     H, K = config["n_heads"], config["n_kv_heads"] or config["n_heads"]
     D = config["d_embed"] // H
@@ -66,6 +68,21 @@ def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: 
     if not config["tie_embeddings"]:
         out["lm_head.weight"] = state["lm_head.weight"]
     return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def unit_gains(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Gains of ones (and, for a LayerNorm with bias, biases of zeros) for every norm of a model
+    ``config`` without learned gains (``norm_affine=false``), by wgpt name."""
+    norms = [f"blocks.{i}.{n}" for i in range(config["n_layers"]) for n in ("attn_norm", "mlp_norm")]
+    if config.get("parallel_block"):
+        norms = [n for n in norms if not n.endswith("mlp_norm")]
+    d, like = config["d_embed"], state["wte.weight"]
+    gains = {}
+    for norm in [*norms, "final_norm"]:
+        gains[f"{norm}.weight"] = torch.ones(d, dtype=like.dtype, device=like.device)
+        if config["norm"] == "layernorm" and config["bias"]:
+            gains[f"{norm}.bias"] = torch.zeros(d, dtype=like.dtype, device=like.device)
+    return gains
 
 
 def _halves(w: torch.Tensor, heads: int) -> torch.Tensor:
@@ -156,6 +173,13 @@ def from_hf(
         out["lm_head.weight"] = out["wte.weight"]
     else:
         out["lm_head.weight"] = take("lm_head.weight")
+    if not config.get("norm_affine", True):  # the model has no gains: they must be the unit ones
+        for name, unit in unit_gains(out, config).items():
+            if not torch.equal(out.pop(name), unit.to(out["wte.weight"].dtype)):
+                raise WgptError(
+                    f"{source}: its norm gain {name} is not all ones (bias zeros), so it cannot load into a model "
+                    "with model.norm_affine=false: load it with model.norm_affine=true"
+                )
     extra = next((name for name in w if name not in used), None)
     if extra is not None:
         raise WgptError(
