@@ -250,6 +250,11 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
         (Llama, dict(norm="layernorm"), "model.norm=layernorm has no LlamaForCausalLM (rotary positions) equivalent"),
         (
             Llama,
+            dict(qk_norm=True),
+            "model.qk_norm=true has no LlamaForCausalLM (rotary positions) equivalent (it does not normalize queries",
+        ),
+        (
+            Llama,
             dict(norm="cosinenorm"),
             "model.norm=cosinenorm has no LlamaForCausalLM (rotary positions) equivalent (it has RMSNorm only)",
         ),

@@ -136,6 +136,7 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
         norm="rmsnorm",
         norm_eps=1e-3,
         norm_affine=False,
+        qk_norm=True,
         activation="silu",
         gated=True,
         multiple_of=8,
@@ -163,6 +164,7 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
 FLIP_GPT2 = dict(
     norm="rmsnorm",
     norm_affine=False,
+    qk_norm=True,
     activation="silu",
     gated=True,
     pos="rotary",
@@ -182,6 +184,7 @@ FLIP_GPT2 = dict(
 FLIP_LLAMA = dict(
     norm="layernorm",
     norm_affine=False,
+    qk_norm=True,
     activation="relu",
     gated=False,
     pos="learned",
@@ -337,6 +340,18 @@ def test_norm_affine_false_leaves_the_norms_without_parameters(norm):
     assert [n for n, _ in GPT(**SMALL, norm=norm).named_parameters() if "norm" in n]
 
 
+@torch.no_grad()
+def test_qk_norm_normalizes_each_heads_queries_and_keys_before_the_rotation():
+    model = Llama(**SMALL, qk_norm=True, n_kv_heads=2, norm_eps=1e-12).eval()
+    attn = model.blocks[0].attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (SMALL["d_embed"] // SMALL["n_heads"],)
+    seen = {}
+    attn.q_norm.register_forward_hook(lambda m, args, out: seen.setdefault("q", out))
+    model(torch.randint(0, 128, (2, 8)))
+    torch.testing.assert_close(seen["q"].pow(2).mean(-1), torch.ones(2, 4, 8), rtol=1e-3, atol=1e-3)  # unit RMS
+    assert GPT(**SMALL).blocks[0].attn.q_norm is None  # off by default
+
+
 def test_relu2_is_squared_relu():
     x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
     torch.testing.assert_close(ReLU2()(x), torch.tensor([0.0, 0.0, 0.0, 0.25, 9.0]))
@@ -424,6 +439,8 @@ MIXES = [
     (GPT, dict(parallel_block=True, dropout=0.1)),  # GPT-J's block
     (GPT, dict(norm="cosinenorm", pos="rotary")),
     (Llama, dict(norm_affine=False, multiple_of=16)),  # RMSNorm without gains
+    (Llama, dict(qk_norm=True, n_kv_heads=2, multiple_of=16)),  # QK-norm before the rotation, grouped heads
+    (GPT, dict(qk_norm=True, norm="cosinenorm")),
     (Llama, dict(parallel_block=True, n_kv_heads=1, multiple_of=16)),  # PaLM's, multi-query
 ]
 

@@ -25,7 +25,7 @@ def check_knobs(config: dict) -> None:
     for key, choices in (("norm", Norm), ("activation", Activation), ("pos", Positions)):
         if config[key] not in get_args(choices):
             raise ModelConfigError(f"{key}={config[key]!r} is not one of {', '.join(get_args(choices))}")
-    for key in ("norm_affine", "gated", "bias", "tie_embeddings", "zero_init", "parallel_block", "sdpa"):
+    for key in ("norm_affine", "qk_norm", "gated", "bias", "tie_embeddings", "zero_init", "parallel_block", "sdpa"):
         if not isinstance(config[key], bool):
             raise ModelConfigError(f"{key}={config[key]!r} is not true or false")
     if not _is_number(config["dropout"]) or not 0 <= config["dropout"] < 1:

@@ -6,6 +6,8 @@ Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). The knobs:
     norm            layernorm (GPT-2; with bias when ``bias``) | rmsnorm (Llama; no bias) |
                     cosinenorm (x / ||x|| times one learned scale, layers.CosineNorm)
     norm_affine     the norms' learned gains (and LayerNorm's bias); false: none
+    qk_norm         queries and keys normalized per head by the model's norm (gains over the head
+                    dimension, shared by the heads) before the rotation and the product (OLMo 2, Qwen3)
     activation      gelu (tanh approximation, as GPT-2) | silu | relu | relu2 (squared ReLU)
     gated           false: proj(act(fc(x))), 4 x d_embed wide (GPT-2)
                     true:  proj(act(gate(x)) * up(x)), a GLU (SwiGLU with silu, as Llama), 2/3 of
@@ -34,7 +36,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -50,13 +53,25 @@ from wgpt.models.rotary import apply_rotary, rotary_tables
 class Attention(nn.Module):
     """Causal self-attention with H query and K key/value heads (K = H: multi-head attention)."""
 
-    def __init__(self, d_embed: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float, sdpa: bool):
+    def __init__(
+        self,
+        d_embed: int,
+        n_heads: int,
+        n_kv_heads: int,
+        bias: bool,
+        dropout: float,
+        sdpa: bool,
+        qk_norm: Callable[[int], nn.Module] | None = None,
+    ):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_embed // n_heads
         self.dropout, self.sdpa = dropout, sdpa
         self.wq = nn.Linear(d_embed, n_heads * self.head_dim, bias=bias)
         self.wkv = nn.Linear(d_embed, 2 * n_kv_heads * self.head_dim, bias=bias)
         self.proj = nn.Linear(n_heads * self.head_dim, d_embed, bias=bias)
+        # QK-norm: a norm over each head's D features (its gains shared by the heads), made by ``qk_norm(D)``.
+        self.q_norm = qk_norm(self.head_dim) if qk_norm else None
+        self.k_norm = qk_norm(self.head_dim) if qk_norm else None
 
     def forward(
         self,
@@ -69,6 +84,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         kv = self.wkv(x).view(B, T, 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, 2K, T, D)
         k, v = kv.chunk(2, dim=1)  # (B, K, T, D) each
+        if self.q_norm is not None:  # before the rotation, which keeps their norms
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # rotary: positions enter here, as rotations of queries and keys
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is None:
@@ -95,11 +112,13 @@ class Block(nn.Module):
         resid_dropout: float,
         sdpa: bool,
         parallel: bool = False,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.parallel = parallel
         self.attn_norm = make_norm(norm, d_embed, norm_eps, bias, norm_affine)
-        self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa)
+        head_norm = partial(make_norm, norm, eps=norm_eps, bias=False, affine=norm_affine) if qk_norm else None
+        self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa, head_norm)
         # Parallel: attn_norm feeds both branches, and there is no mlp_norm (a parameter without a
         # gradient would fail DDP's check that every parameter gets one).
         self.mlp_norm = None if parallel else make_norm(norm, d_embed, norm_eps, bias, norm_affine)
@@ -173,6 +192,7 @@ class Transformer(nn.Module):
         norm: Norm = "layernorm",
         norm_eps: float = 1e-5,
         norm_affine: bool = True,
+        qk_norm: bool = False,
         activation: Activation = "gelu",
         gated: bool = False,
         multiple_of: int = 256,
@@ -202,6 +222,7 @@ class Transformer(nn.Module):
             norm=norm,
             norm_eps=norm_eps,
             norm_affine=norm_affine,
+            qk_norm=qk_norm,
             activation=activation,
             gated=gated,
             multiple_of=multiple_of,
@@ -250,6 +271,7 @@ class Transformer(nn.Module):
                 place(dropout_resid),
                 sdpa,
                 parallel_block,
+                qk_norm,
             )
             for _ in range(n_layers)
         )

@@ -111,6 +111,7 @@ def architecture(config: Mapping[str, Any], model_class: str = "wgpt.models.tran
         ]
         fix = "train with pos=learned for a GPT-2-shaped export, or with Llama's settings"
     wrong.append(("parallel_block", config.get("parallel_block", False), "its blocks are sequential"))
+    wrong.append(("qk_norm", config.get("qk_norm", False), "it does not normalize queries and keys"))
     for knob, bad, why in wrong:
         if bad:
             raise WgptError(

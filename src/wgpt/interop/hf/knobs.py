@@ -13,6 +13,7 @@ KNOBS_IN_HF = {
     "norm": "GPT-2: layernorm only; Llama: rmsnorm only (cosinenorm: neither)",
     "norm_eps": "layer_norm_epsilon, rms_norm_eps",
     "norm_affine": "false: gains of ones (and LayerNorm biases of zeros) in the export, required back on import",
+    "qk_norm": "false only: neither GPT-2 nor Llama normalizes queries and keys (Qwen3 does; not mapped yet)",
     "activation": "activation_function, hidden_act (gelu_new, silu, relu, relu2)",
     "gated": "GPT-2: false only; Llama: true only",
     "multiple_of": "Llama: intermediate_size, with ffn_dim_multiplier",
