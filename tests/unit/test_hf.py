@@ -351,3 +351,25 @@ def test_weights_that_do_not_fit_name_the_model_values_the_directory_implies(bpe
         WgptError, match="tokenizer bpe300 .*, this run uses r50k .*: train with tokenizer=bpe tokenizer.vocab_size=300"
     ):
         load_hf_weights(GPT(vocab_size=50304, d_embed=32, n_layers=2, n_heads=4, max_seq_len=64), out, R50k().load())
+
+
+def test_an_export_from_before_the_newer_knobs_still_loads(bpe, tmp_path):
+    """A wgpt.json written before norm_affine, qk_norm, ... existed: those knobs are at their defaults."""
+    model = tiny(GPT, 320)
+    out = export(save_checkpoint(model, tmp_path / "m.ckpt", bpe), tmp_path / "hf")
+    record = json.loads((out / "wgpt.json").read_text())
+    newer = ("norm_affine", "qk_norm", "dropout_embed", "dropout_attn", "dropout_resid", "zero_init", "parallel_block")
+    record["model_config"] = {k: v for k, v in record["model_config"].items() if k not in newer}
+    (out / "wgpt.json").write_text(json.dumps(record))
+    back, _ = model_from_hf_dir(out)
+    tokens = torch.randint(0, 320, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("knob", ["qk_norm", "parallel_block"])
+def test_init_from_refuses_a_model_with_qk_norm_or_parallel_blocks(knob, bpe, tmp_path):
+    out = export(save_checkpoint(tiny(GPT, 320, norm_affine=False), tmp_path / "m.ckpt", bpe), tmp_path / "hf")
+    target = tiny(GPT, 320, norm_affine=False, **{knob: True})
+    with pytest.raises(WgptError, match=rf"\({knob}=true\) does not fit: its config.json implies model.{knob}=false"):
+        load_hf_weights(target, out, bpe)

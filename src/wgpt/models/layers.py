@@ -26,8 +26,9 @@ ACTIVATIONS = {"gelu": partial(nn.GELU, approximate="tanh"), "silu": nn.SiLU, "r
 
 class CosineNorm(nn.Module):
     """x / ||x|| times one learned scale, initialized to sqrt(C) (templateGPT's CosineNorm): at the
-    start it equals RMSNorm without gains, x / rms(x); where RMSNorm learns a gain per feature,
-    this learns one for all. ``affine`` false: the scale stays sqrt(C). (B, T, C) -> (B, T, C)."""
+    start it equals RMSNorm without gains, x / rms(x) (with eps added to the sum of squares, where
+    RMSNorm adds it to their mean); where RMSNorm learns a gain per feature, this learns one for
+    all. ``affine`` false: the scale stays sqrt(C). (B, T, C) -> (B, T, C)."""
 
     def __init__(self, d_embed: int, eps: float, affine: bool = True):
         super().__init__()

@@ -29,13 +29,14 @@ What differs between the two layouts, and is converted both ways:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from wgpt.interop.hf.knobs import KNOBS_IN_HF  # noqa: F401  (tests and docs read it here)
-from wgpt.models.transformer import mlp_hidden_size
+from wgpt.models.transformer import Transformer, mlp_hidden_size
 from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
@@ -67,12 +68,15 @@ ARCHITECTURE_KNOBS = (
     "n_kv_heads",
     "norm",
     "norm_affine",
+    "qk_norm",
     "activation",
     "gated",
     "pos",
     "bias",
     "tie_embeddings",
+    "parallel_block",
 )
+KNOB_DEFAULTS = {k: p.default for k, p in inspect.signature(Transformer).parameters.items()}
 
 
 # Export.
@@ -324,7 +328,9 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
     name = made.get("name") or d.path.name
     # Gains of ones in config.json's model are a wgpt model's without gains where wgpt.json says so.
     affine = made.get("norm_affine", True)
-    config = dict(vocab_size=c.get("vocab_size"), **config, norm_affine=affine, dropout=0.0, sdpa=True, name=name)
+    # Neither class has QK-norm or parallel blocks (export refuses them).
+    plain = dict(norm_affine=affine, qk_norm=False, parallel_block=False)
+    config = dict(vocab_size=c.get("vocab_size"), **config, **plain, dropout=0.0, sdpa=True, name=name)
     return MODEL_CLASSES[d.family], config
 
 
@@ -346,7 +352,8 @@ def check_fits_config(d: HFDir, model_config: Mapping[str, Any]) -> dict[str, An
     its weights: a one-line WgptError listing the ``model.*`` overrides that make it so."""
 
     _, implied = implied_config(d)
-    ours = dict(model_config)
+    # A knob a config lacks (one saved before the knob existed) is at its default.
+    ours = {**KNOB_DEFAULTS, **model_config}
     norm = lambda c, k: (c[k] or c["n_heads"]) if k == "n_kv_heads" else c[k]  # noqa: E731  (null: one per query head)
     knobs = list(ARCHITECTURE_KNOBS)
     if implied["pos"] == "learned":

@@ -177,8 +177,8 @@ def from_hf(
         for name, unit in unit_gains(out, config).items():
             if not torch.equal(out.pop(name), unit.to(out["wte.weight"].dtype)):
                 raise WgptError(
-                    f"{source}: its norm gain {name} is not all ones (bias zeros), so it cannot load into a model "
-                    "with model.norm_affine=false: load it with model.norm_affine=true"
+                    f"{source}: its norm gain {name} is not all ones (bias zeros), though its wgpt.json says the "
+                    "model has no gains (norm_affine=false): the directory was changed after export"
                 )
     extra = next((name for name in w if name not in used), None)
     if extra is not None:
