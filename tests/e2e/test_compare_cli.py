@@ -40,3 +40,5 @@ def test_a_sweep_over_seeds_ends_with_the_comparison(tmp_path, data_dir):
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["target"] == {"value": 100.0, "source": "--target"}
     assert [g["n"] for g in saved["groups"]] == [2, 2]
+    at = saved["groups"][0]["target"]["at"]  # reached at the first validation, after 4 steps
+    assert at["steps"] == 4 and at["tokens"] > 0 and at["flops"] > 0  # FLOPs per step from each run's record.json

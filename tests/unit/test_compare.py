@@ -94,7 +94,7 @@ def make_run(root, name, overrides, curve, *, status="completed", norm="layernor
             writer.writerow([0, step, value + 0.1, "", ""])
             writer.writerow([0, step, "", value, 10.0 * (i + 1) if seconds else ""])
     (run / "summary.json").write_text(json.dumps({"status": status}))
-    (run / "record.json").write_text(json.dumps({"totals": {"global_step": 100 * len(curve), "train_flops": 1e9}}))
+    (run / "record.json").write_text(json.dumps({"global_step": 100 * len(curve), "train_flops": 1e9}))
     return run
 
 

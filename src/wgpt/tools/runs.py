@@ -256,14 +256,13 @@ def _job(run_dir: Path, metrics: dict[str, list[tuple[int, float]]], metric: str
     seed = next((v for k, v in map(split_override, overrides) if k == "seed"), None)
     steps = [s for s, _ in points]
     tokens = tokens_per_step(run_dir)
-    flops = math.nan
+    flops = math.nan  # unknown without record.json's totals (finish_run_record): a run from before it
     try:
         record = json.loads((run_dir / "record.json").read_text())
-        totals = record.get("totals") or record
-        if totals.get("train_flops") and totals.get("global_step"):
-            flops = totals["train_flops"] / totals["global_step"]  # every step counted full (wgpt.core.speed)
-    except (OSError, ValueError, AttributeError):
-        pass
+    except (OSError, ValueError):
+        record = {}
+    if isinstance(record, dict) and record.get("train_flops") and record.get("global_step"):
+        flops = record["train_flops"] / record["global_step"]  # every step counted full (wgpt.core.speed)
     timed = [s for s in steps if s in seconds and seconds[s] > 0]
     speeds = [v for _, v in metrics.get("tokens_per_sec", [])]
     if timed and tokens:
