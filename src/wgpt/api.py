@@ -61,11 +61,12 @@ def load_model_from_config(cfg: DictConfig):
     state is left as it was). Its knobs are checked first, one line for a bad one."""
     import torch
 
-    vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)
-    build_on_meta(cfg.model, vocab_size)
+    spec = tokenizer_spec(cfg)
+    vocab_size = padded_vocab_size(spec.vocab_size)
+    build_on_meta(cfg.model, vocab_size, spec.eos_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model, vocab_size)
+        return build_model(cfg.model, vocab_size, spec.eos_token_id)
 
 
 def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:

@@ -118,3 +118,63 @@ def test_eager_loss_never_holds_the_whole_batch_of_logits(monkeypatch):
     plain = largest_tensor_bytes(lambda: reference(hidden, weight, targets, "mean").backward())
     assert plain >= N * V * 4  # the float32 logits of every row
     assert chunked <= V * C * 4  # the weight's gradient is now the largest: 16 rows of logits are smaller
+
+
+def capped_reference(hidden, weight, targets, reduction, cap, z_loss):
+    logits = (hidden @ weight.T).float()
+    logits = logits if cap is None else cap * torch.tanh(logits / cap)
+    loss = F.cross_entropy(logits, targets, reduction=reduction)
+    if z_loss:
+        z = z_loss * logits.logsumexp(-1).square()
+        loss = loss + (z.mean() if reduction == "mean" else z.sum())
+    return loss
+
+
+@pytest.mark.parametrize("cap, z_loss", [(2.0, None), (None, 0.1), (1.5, 0.05)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_capped_chunked_loss_and_z_loss_equal_the_plain_formulas(monkeypatch, cap, z_loss, reduction):
+    torch.manual_seed(0)
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 96)  # several uneven chunks
+    hidden, weight, targets = torch.randn(50, 16), torch.randn(96, 16), torch.randint(0, 96, (50,))
+
+    def chunked(h, w, t, r):
+        return linear_cross_entropy(h, w, t, r, softcap=cap, z_loss=z_loss)
+
+    got = loss_and_grads(chunked, hidden, weight, targets, reduction)
+    want = loss_and_grads(
+        lambda h, w, t, r: capped_reference(h, w, t, r, cap, z_loss), hidden, weight, targets, reduction
+    )
+    for g, w in zip(got, want):  # float32 sums of a different order: 1e-4
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got[0], reference(hidden, weight, targets, reduction))  # the knobs did something
+
+
+def test_capped_chunked_loss_passes_a_float64_gradient_check():
+    torch.manual_seed(0)
+    hidden = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (9,))
+    # float32 softmax inside: a tolerance to match, on float64 inputs.
+    assert torch.autograd.gradcheck(
+        lambda h, w: linear_cross_entropy(h, w, targets, "mean", softcap=1.5, z_loss=0.1),
+        (hidden, weight),
+        eps=1e-3,
+        atol=1e-3,
+        rtol=1e-3,
+    )
+
+
+def test_capped_loss_is_the_cross_entropy_of_the_models_capped_logits():
+    torch.manual_seed(0)
+    model = GPT(**TINY, logit_softcap=3.0, z_loss=1e-2)
+    x, y = torch.randint(0, 320, (3, 16)), torch.randint(0, 320, (3, 16))
+    logits = model(x)
+    assert logits.abs().max() < 3.0
+    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    terms = model.loss_terms(x, y)  # training mode: the z-loss term is added
+    torch.testing.assert_close(terms.cross_entropy, ce.detach())
+    z = 1e-2 * logits.flatten(0, 1).float().logsumexp(-1).square().mean()
+    torch.testing.assert_close(terms.z_loss, z.detach())
+    torch.testing.assert_close(terms.objective, (ce + z).detach())
+    model.eval()  # evaluation reports the cross-entropy alone
+    torch.testing.assert_close(next_token_loss(model, x, y), ce.detach())

@@ -151,6 +151,13 @@ def test_gpt_and_llama_take_every_knob_and_pass_it_on(cls):
         tie_embeddings=False,
         zero_init=True,
         parallel_block=True,
+        logit_softcap=30.0,
+        z_loss=1e-4,
+        attn_window=4,
+        window_pattern="SL",
+        document_mask=True,
+        document_positions=True,
+        eot_id=3,
         sdpa=False,
         name="x",
     )
@@ -177,6 +184,13 @@ FLIP_GPT2 = dict(
     tie_embeddings=False,
     zero_init=True,
     parallel_block=True,
+    logit_softcap=30.0,
+    z_loss=1e-4,
+    attn_window=64,
+    window_pattern="SL",
+    document_mask=True,
+    document_positions=True,
+    eot_id=3,
     sdpa=False,
 )
 
@@ -197,6 +211,12 @@ FLIP_LLAMA = dict(
     tie_embeddings=False,
     zero_init=True,
     parallel_block=True,
+    logit_softcap=30.0,
+    z_loss=1e-4,
+    attn_window=64,
+    window_pattern="LSSS",
+    document_mask=True,
+    eot_id=3,  # not document_positions: it needs rotary positions, which this flips off
     sdpa=False,
 )
 
@@ -442,6 +462,9 @@ MIXES = [
     (Llama, dict(qk_norm=True, n_kv_heads=2, multiple_of=16)),  # QK-norm before the rotation, grouped heads
     (GPT, dict(qk_norm=True, norm="cosinenorm")),
     (Llama, dict(parallel_block=True, n_kv_heads=1, multiple_of=16)),  # PaLM's, multi-query
+    (GPT, dict(logit_softcap=5.0, attn_window=6, window_pattern="SL")),  # capped, local-global
+    (Llama, dict(document_mask=True, document_positions=True, eot_id=7, attn_window=5, multiple_of=16, z_loss=1e-3)),
+    (GPT, dict(document_mask=True, eot_id=7, sdpa=False, n_kv_heads=2)),
 ]
 
 

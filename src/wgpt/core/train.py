@@ -58,7 +58,9 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
             continued_at = own["global_step"]
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
         spec = tokenizer_spec(cfg)
-        shapes = build_on_meta(cfg.model, padded_vocab_size(spec.vocab_size))  # no memory behind them
+        shapes = build_on_meta(
+            cfg.model, padded_vocab_size(spec.vocab_size), spec.eos_token_id
+        )  # no memory behind them
         optimizer = optimizer_factory(cfg.optim)
         # Built once on the meta-device model: a rule no parameter fits fails here, and a checkpoint
         # of another optimizer is told apart by its state's layout.
@@ -74,7 +76,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         schedule = instantiate(cfg.optim.scheduler)
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True)
-    model = build_model(cfg.model, vocab_size=padded_vocab_size(len(tokenizer)))
+    model = build_model(cfg.model, padded_vocab_size(len(tokenizer)), tokenizer.eos_token_id)
     if init_from is not None:
         with discarded_on_bad_input(run_dir):  # weights that do not match their own config.json
             start_from(model, init_from)

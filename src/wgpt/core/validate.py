@@ -81,7 +81,8 @@ def check_config(cfg: DictConfig) -> None:
     check_targets(cfg, "", own_keys={"optim": OPTIM_KEYS})
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
-    model = build_on_meta(cfg.model, padded_vocab_size(tokenizer_spec(cfg).vocab_size))
+    spec = tokenizer_spec(cfg)
+    model = build_on_meta(cfg.model, padded_vocab_size(spec.vocab_size), spec.eos_token_id)
     if cfg.trainer.get("activation_checkpointing"):
         model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
     if cfg.trainer.get("strategy") == FSDP:

@@ -46,6 +46,7 @@ class R50k:
 
     name = R50K
     vocab_size = 50259
+    eos_token_id = 50256  # <|end_of_text|>, after r50k_base's 50,256 ranks
 
     def load(
         self,
@@ -82,6 +83,8 @@ class ByteLevelBPE:
     """``tokenizer=bpe``: a byte-level BPE of ``vocab_size`` tokens (the 3 specials included),
     trained once on the train split of ``train_on`` (null: the data config's first dataset),
     from at most ``max_train_chars`` characters of it."""
+
+    eos_token_id = 0  # training puts the specials first, <|end_of_text|> at 0 (tokenizers/bpe.py)
 
     def __init__(self, vocab_size: int = 4096, train_on: str | None = None, max_train_chars: int = 200_000_000):
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not MIN_VOCAB <= vocab_size <= MAX_VOCAB:

@@ -77,6 +77,7 @@ class ModelLightningWrapper(L.LightningModule):
             model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
         self._configured = False
         self._compile = compile
+        self._z_loss = bool(getattr(model, "config", {}).get("z_loss"))  # its term is logged as train_z_loss
         # dynamic=False: a graph per batch shape (training, validation), not one slower general graph.
         self._loss_fn = torch.compile(next_token_loss, dynamic=False) if compile else next_token_loss
         # Kept apart from the module: FSDP may wrap or shard it, and these must stay readable.
@@ -128,6 +129,18 @@ class ModelLightningWrapper(L.LightningModule):
         inputs, targets = batch  # (B, T) each
         return self._loss_fn(self.model, inputs, targets, reduction)
 
+    def _train_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The objective of a training micro-batch. What is logged of it stays on the device, without
+        a sync, and is averaged once per optimizer step (on_before_optimizer_step): the cross-entropy,
+        and with a z-loss (the model's ``z_loss``) the pair (cross-entropy, z-loss term)."""
+        if not self._z_loss:
+            loss = self._loss_fn(self.model, inputs, targets)
+            self._step_losses.append(loss.detach())
+            return loss
+        terms = self._loss_fn(self.model, inputs, targets, terms=True)
+        self._step_losses.append(torch.stack([terms.cross_entropy, terms.z_loss]))
+        return terms.objective
+
     # Set per micro-batch (by Lightning twice for each hook it calls, ~30 times): never a parameter,
     # buffer or submodule, so nn.Module.__setattr__'s checks for those (~1 us a set) are skipped.
     _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_input_shape"})
@@ -149,11 +162,8 @@ class ModelLightningWrapper(L.LightningModule):
         last's loss goes back to Lightning, whose backward reduces the sum over the ranks and steps."""
         inputs, targets = batch
         if inputs.dim() == 2:  # one micro-batch; Lightning accumulates, if asked to
-            loss = self._loss(batch)
             self._input_shape = inputs.shape
-            # Kept on the device, without a sync, and averaged once per optimizer step (on_before_optimizer_step).
-            self._step_losses.append(loss.detach())
-            return loss
+            return self._train_loss(inputs, targets)
         k = len(inputs)
         self._input_shape = inputs.shape
         # Lightning zeroes the gradients after this function, before its backward: too late for the
@@ -162,12 +172,10 @@ class ModelLightningWrapper(L.LightningModule):
             optimizer.zero_grad()
         self._zeroed = True
         for i in range(k - 1):
-            loss = self._loss((inputs[i], targets[i]))
-            self._step_losses.append(loss.detach())
-            backward_locally(self, loss / k)
-        loss = self._loss((inputs[-1], targets[-1]))
-        self._step_losses.append(loss.detach())
-        return loss / k  # the mean over the step's micro-batches, as one batch of k x B would give
+            backward_locally(self, self._train_loss(inputs[i], targets[i]) / k)
+        return (
+            self._train_loss(inputs[-1], targets[-1]) / k
+        )  # the mean over the step's micro-batches, as one batch of k x B would give
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         if self._zeroed:  # by training_step, before this step's first backward
@@ -187,7 +195,9 @@ class ModelLightningWrapper(L.LightningModule):
         if not self._step_losses:  # stepped without a training_step of ours (manual use)
             return
         losses, self._step_losses = self._step_losses, []
-        step_loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        step_loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)
+        if self._z_loss:  # (cross-entropy, z-loss term)
+            step_loss, step_z_loss = step_loss.unbind()
         self._train_loss_sum = self._train_loss_sum.to(step_loss.device) + step_loss
         self._train_loss_count += 1
         # Logged at the steps Lightning writes (and the last), not every step: self.log costs ~0.7 ms
@@ -202,6 +212,8 @@ class ModelLightningWrapper(L.LightningModule):
         )
         if every and (step % every == 0 or last):
             self.log("train_loss", step_loss)
+            if self._z_loss:
+                self.log("train_z_loss", step_z_loss)
 
     @property
     def flops_per_batch(self) -> int | None:

@@ -13,21 +13,26 @@ if typing.TYPE_CHECKING:
     import torch
 
 
-def build_model(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
-    """The model of a ``model`` config node, for ``vocab_size`` tokens (the tokenizer's, padded)."""
+def build_model(model_cfg: DictConfig, vocab_size: int, eot_id: int | None = None) -> torch.nn.Module:
+    """The model of a ``model`` config node, for ``vocab_size`` tokens (the tokenizer's, padded).
+    ``eot_id``: the tokenizer's end-of-text id, given to a model with document masking on whose
+    config leaves ``eot_id`` null."""
     from hydra.utils import instantiate
 
-    return instantiate(model_cfg, vocab_size=vocab_size)
+    extra = {}
+    if model_cfg.get("document_mask") and "eot_id" in model_cfg and model_cfg.eot_id is None and eot_id is not None:
+        extra["eot_id"] = eot_id
+    return instantiate(model_cfg, vocab_size=vocab_size, **extra)
 
 
-def build_on_meta(model_cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
+def build_on_meta(model_cfg: DictConfig, vocab_size: int, eot_id: int | None = None) -> torch.nn.Module:
     """Build the model on the meta device (shapes only, no memory): its constructor's checks run."""
     import torch
     from hydra.errors import InstantiationException
 
     try:
         with torch.device("meta"):
-            return build_model(model_cfg, vocab_size)
+            return build_model(model_cfg, vocab_size, eot_id)
     except InstantiationException as e:
         cause = e.__cause__ or e
         name = model_cfg.get("name", model_cfg._target_)

@@ -25,7 +25,8 @@ def check_knobs(config: dict) -> None:
     for key, choices in (("norm", Norm), ("activation", Activation), ("pos", Positions)):
         if config[key] not in get_args(choices):
             raise ModelConfigError(f"{key}={config[key]!r} is not one of {', '.join(get_args(choices))}")
-    for key in ("norm_affine", "qk_norm", "gated", "bias", "tie_embeddings", "zero_init", "parallel_block", "sdpa"):
+    switches = ("norm_affine", "qk_norm", "gated", "bias", "tie_embeddings", "zero_init", "parallel_block")
+    for key in (*switches, "document_mask", "document_positions", "sdpa"):
         if not isinstance(config[key], bool):
             raise ModelConfigError(f"{key}={config[key]!r} is not true or false")
     if not _is_number(config["dropout"]) or not 0 <= config["dropout"] < 1:
@@ -45,6 +46,8 @@ def check_knobs(config: dict) -> None:
             f"ffn_dim_multiplier={multiplier} sizes gated MLPs only (a plain one is 4 x d_embed): "
             "set gated=true or ffn_dim_multiplier=null"
         )
+    _check_output_knobs(config)
+    _check_mask_knobs(config)
     d_embed, n_heads = config["d_embed"], config["n_heads"]
     if d_embed % n_heads:
         raise ModelConfigError(f"d_embed={d_embed} is not divisible by n_heads={n_heads}")
@@ -55,6 +58,45 @@ def check_knobs(config: dict) -> None:
         raise ModelConfigError(
             f"pos='rotary' rotates pairs of features, but the head size d_embed/n_heads = {d_embed}/{n_heads} "
             f"= {d_embed // n_heads} is odd: change d_embed or n_heads, or use pos=learned"
+        )
+
+
+def _check_output_knobs(config: dict) -> None:
+    cap = config["logit_softcap"]
+    if cap is not None and (not _is_number(cap) or not 0 < cap < float("inf")):
+        raise ModelConfigError(f"logit_softcap={cap!r} is not a number > 0 (e.g. 30.0), or null for no cap")
+    z_loss = config["z_loss"]
+    if z_loss is not None and (not _is_number(z_loss) or not 0 <= z_loss < float("inf")):
+        raise ModelConfigError(f"z_loss={z_loss!r} is not a weight >= 0 (PaLM's: 1e-4), or null for none")
+
+
+def _check_mask_knobs(config: dict) -> None:
+    window, pattern = config["attn_window"], config["window_pattern"]
+    if window is not None:
+        _check_positive_int("attn_window", window)
+    if pattern is not None:
+        if not isinstance(pattern, str) or not pattern or set(pattern) - {"S", "L"}:
+            raise ModelConfigError(
+                f"window_pattern={pattern!r} is not a string of S (windowed) and L (full) layers, e.g. SSSL"
+            )
+        if window is None:
+            raise ModelConfigError(
+                f"window_pattern={pattern!r} chooses windowed layers, but attn_window is null: set it"
+            )
+    eot_id = config["eot_id"]
+    if eot_id is not None and (isinstance(eot_id, bool) or not isinstance(eot_id, int) or eot_id < 0):
+        raise ModelConfigError(f"eot_id={eot_id!r} is not a token id (an integer >= 0), or null for the tokenizer's")
+    if config["document_mask"] and eot_id is None:
+        raise ModelConfigError(
+            "document_mask=true needs the end-of-text id: eot_id is null (train.py sets it from the tokenizer)"
+        )
+    if eot_id is not None and eot_id >= config["vocab_size"]:
+        raise ModelConfigError(f"eot_id={eot_id} is not below vocab_size={config['vocab_size']}")
+    if config["document_positions"] and not config["document_mask"]:
+        raise ModelConfigError("document_positions=true restarts positions at document borders: set document_mask=true")
+    if config["document_positions"] and config["pos"] != "rotary":
+        raise ModelConfigError(
+            f"document_positions=true restarts rotary positions, but pos={config['pos']!r}: set pos=rotary"
         )
 
 

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 class KVCache:
     """Preallocated keys and values of every layer, and ``pos``: how many positions they hold,
-    which is also the position of the next token fed to the model."""
+    which is also the position of the next token fed to the model. With document masking
+    (masks.py) the model also keeps here each position's document (``documents``, (B, S)), the
+    next token's (``next_document``, (B,)) and where that one started (``doc_start``, (B,))."""
 
     def __init__(
         self,
@@ -30,26 +32,33 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.max_len = max_len
         self.pos = 0
+        self.documents = torch.zeros(batch_size, max_len, dtype=torch.int32, device=device)
+        self.next_document = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.doc_start = torch.zeros(batch_size, dtype=torch.long, device=device)
 
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
-    ) -> torch.Tensor:
-        """Store the new keys and values k, v (B, K, T, D) of ``layer`` at positions pos..pos+T-1,
-        then attend the queries q (B, H, T, D) to every position so far: (B, H, T, D)."""
-        start, T = self.pos, q.size(2)
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys and values k, v (B, K, T, D) of ``layer`` at positions pos..pos+T-1;
+        returns those of every position so far, (B, K, pos + T, D) each."""
+        start, T = self.pos, k.size(2)
         end = start + T
         if end > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: no room for {T} more after {start}")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        k, v = self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, K, start + T, D)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of the new queries q (B, H, T, D) to every position so far, k, v
+        (B, K, pos + T, D) as ``store`` returns them: (B, H, T, D)."""
+        start, T = self.pos, q.size(2)
         if start == 0:  # a prefill: plain causal attention over the new tokens
             mask, causal = None, True
         elif T == 1:  # one new token: it may see every cached position, so no mask
             mask, causal = None, False
         else:  # new token i (at position start + i) sees positions 0..start + i
-            mask, causal = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(diagonal=start), False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=enable_gqa)
+            mask, causal = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start), False
+        gqa = k.size(1) != q.size(1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
 
     def advance(self, T: int) -> None:
         """Called by the model once every layer has stored its T new positions."""

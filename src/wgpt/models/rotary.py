@@ -18,7 +18,10 @@ def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each consecutive pair of x (B, heads, T, D) by its position's angle; cos, sin (T, D // 2)."""
+    """Rotate each consecutive pair of x (B, heads, T, D) by its position's angle; cos, sin (T, D // 2),
+    or (B, T, D // 2) where each row has positions of its own (masks.positions_in_documents)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D/2): the same for every head
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, heads, T, D/2) each
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)

@@ -26,6 +26,20 @@ Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). The knobs:
                     as the identity; modded-nanogpt), instead of GPT-2's depth-scaled init
     parallel_block  x + attn(norm(x)) + mlp(norm(x)), one norm for both (GPT-J, PaLM), instead of
                     the two residual steps above
+    logit_softcap   logits squashed as cap * tanh(logits / cap) (Gemma 2), in forward() and the loss
+    z_loss          weight of PaLM's auxiliary loss log(Z)^2 (Z: the softmax's normalizer), added
+                    in training mode only (validation reports the cross-entropy alone)
+    attn_window     a query sees the latest attn_window positions only, itself included (sliding
+                    window attention; Mistral, Gemma 2); None: every earlier position
+    window_pattern  which layers are windowed: a string over the layers, repeated when shorter
+                    (S: windowed, L: full, e.g. SSSL); None: every layer. The last layer is not
+                    forced full: end the pattern in L for that
+    document_mask   attention never crosses an end-of-text token (``eot_id``, which closes its own
+                    document): packed documents do not see each other (masks.py)
+    document_positions
+                    rotary positions restart at 0 at every document (document_mask only)
+    eot_id          the end-of-text id document masking looks for; train.py sets it from the
+                    tokenizer where it is None
     sdpa            PyTorch's fused attention kernels, or the attention written out (attention.py)
 
 Shapes: B batch, T sequence length, C = d_embed, H query heads, K key/value heads (K divides H),
@@ -37,62 +51,18 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from wgpt.models.attention import causal_attention
+from wgpt.models.attention import Attention
 from wgpt.models.knobs import Activation, ModelConfigError, Norm, Positions, check_knobs  # noqa: F401  (re-exported)
 from wgpt.models.kv_cache import KVCache
 from wgpt.models.layers import MLP, GatedMLP, make_norm, mlp_hidden_size  # noqa: F401  (GatedMLP: re-exported)
-from wgpt.models.loss import linear_cross_entropy
-from wgpt.models.rotary import apply_rotary, rotary_tables
-
-
-class Attention(nn.Module):
-    """Causal self-attention with H query and K key/value heads (K = H: multi-head attention)."""
-
-    def __init__(
-        self,
-        d_embed: int,
-        n_heads: int,
-        n_kv_heads: int,
-        bias: bool,
-        dropout: float,
-        sdpa: bool,
-        qk_norm: Callable[[int], nn.Module] | None = None,
-    ):
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_embed // n_heads
-        self.dropout, self.sdpa = dropout, sdpa
-        self.wq = nn.Linear(d_embed, n_heads * self.head_dim, bias=bias)
-        self.wkv = nn.Linear(d_embed, 2 * n_kv_heads * self.head_dim, bias=bias)
-        self.proj = nn.Linear(n_heads * self.head_dim, d_embed, bias=bias)
-        # QK-norm: a norm over each head's D features (its gains shared by the heads), made by ``qk_norm(D)``.
-        self.q_norm = qk_norm(self.head_dim) if qk_norm else None
-        self.k_norm = qk_norm(self.head_dim) if qk_norm else None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | None = None,
-        layer: int = 0,
-    ) -> torch.Tensor:
-        B, T, C = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        kv = self.wkv(x).view(B, T, 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, 2K, T, D)
-        k, v = kv.chunk(2, dim=1)  # (B, K, T, D) each
-        if self.q_norm is not None:  # before the rotation, which keeps their norms
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:  # rotary: positions enter here, as rotations of queries and keys
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if cache is None:
-            y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.sdpa)
-        else:  # decoding: the cache keeps the K heads only (rotated), as attention needs no more
-            y = cache.attend(layer, q, k, v, enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # heads side by side again
+from wgpt.models.loss import LossTerms, linear_loss_terms, softcapped
+from wgpt.models.masks import AttentionMasks, document_ids, positions_in_documents, windows_by_layer
+from wgpt.models.rotary import rotary_tables
 
 
 class Block(nn.Module):
@@ -113,12 +83,13 @@ class Block(nn.Module):
         sdpa: bool,
         parallel: bool = False,
         qk_norm: bool = False,
+        window: int | None = None,
     ):
         super().__init__()
         self.parallel = parallel
         self.attn_norm = make_norm(norm, d_embed, norm_eps, bias, norm_affine)
         head_norm = partial(make_norm, norm, eps=norm_eps, bias=False, affine=norm_affine) if qk_norm else None
-        self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa, head_norm)
+        self.attn = Attention(d_embed, n_heads, n_kv_heads, bias, attn_dropout, sdpa, head_norm, window)
         # Parallel: attn_norm feeds both branches, and there is no mlp_norm (a parameter without a
         # gradient would fail DDP's check that every parameter gets one).
         self.mlp_norm = None if parallel else make_norm(norm, d_embed, norm_eps, bias, norm_affine)
@@ -131,11 +102,12 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        masks: AttentionMasks | None = None,
     ) -> torch.Tensor:
         if self.parallel:  # GPT-J, PaLM: both branches read one normalized input, added together
             h = self.attn_norm(x)
-            return x + self.dropout(self.attn(h, rope, cache, layer)) + self.dropout(self.mlp(h))
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
+            return x + self.dropout(self.attn(h, rope, cache, layer, masks)) + self.dropout(self.mlp(h))
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer, masks))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -207,6 +179,13 @@ class Transformer(nn.Module):
         tie_embeddings: bool = True,
         zero_init: bool = False,
         parallel_block: bool = False,
+        logit_softcap: float | None = None,
+        z_loss: float | None = None,
+        attn_window: int | None = None,
+        window_pattern: str | None = None,
+        document_mask: bool = False,
+        document_positions: bool = False,
+        eot_id: int | None = None,
         sdpa: bool = True,
         name: str = "transformer",
     ):
@@ -237,6 +216,13 @@ class Transformer(nn.Module):
             tie_embeddings=tie_embeddings,
             zero_init=zero_init,
             parallel_block=parallel_block,
+            logit_softcap=logit_softcap,
+            z_loss=z_loss,
+            attn_window=attn_window,
+            window_pattern=window_pattern,
+            document_mask=document_mask,
+            document_positions=document_positions,
+            eot_id=eot_id,
             sdpa=sdpa,
         )
         check_knobs(self.config)
@@ -244,6 +230,11 @@ class Transformer(nn.Module):
         hidden = mlp_hidden_size(d_embed, gated, multiple_of, ffn_dim_multiplier)
         self.max_seq_len = max_seq_len
         self.rotary = pos == "rotary"
+        self.logit_softcap, self.z_loss = logit_softcap, z_loss
+        # Document masking's end-of-text id, None without it; positions restart per document where set.
+        self.eot_id = eot_id if document_mask else None
+        self.document_positions = document_positions
+        self.masked = document_mask or attn_window is not None  # attention is more than causal
 
         self.wte = nn.Embedding(vocab_size, d_embed)
         if self.rotary:
@@ -272,8 +263,9 @@ class Transformer(nn.Module):
                 sdpa,
                 parallel_block,
                 qk_norm,
+                window,
             )
-            for _ in range(n_layers)
+            for window in windows_by_layer(n_layers, attn_window, window_pattern)
         )
         self.final_norm = make_norm(norm, d_embed, norm_eps, bias, norm_affine)
         self.lm_head = nn.Linear(d_embed, vocab_size, bias=False)
@@ -289,15 +281,22 @@ class Transformer(nn.Module):
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
 
     def forward(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, V). With a cache (see ``new_cache``), the
-        tokens continue the sequence it holds: they take positions cache.pos.. and are added to it."""
-        return self.lm_head(self.hidden_states(input, cache))  # (B, T, V)
+        """Token ids (B, T) -> next-token logits (B, T, V), soft-capped where ``logit_softcap`` is set.
+        With a cache (see ``new_cache``), the tokens continue the sequence it holds: they take
+        positions cache.pos.. and are added to it."""
+        return softcapped(self.lm_head(self.hidden_states(input, cache)), self.logit_softcap)  # (B, T, V)
 
     def loss(self, input: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy of the next-token predictions for ``input`` (B, T) against ``targets`` (B, T),
-        without the (B, T, V) logits in memory (see loss.py): what training and evaluation call."""
+        without the (B, T, V) logits in memory (see loss.py): what training and evaluation call.
+        In training mode, with ``z_loss`` set, its term is added."""
+        return self.loss_terms(input, targets, reduction).objective
+
+    def loss_terms(self, input: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> LossTerms:
+        """``loss`` with the cross-entropy and the z-loss term apart, for logging."""
         hidden = self.hidden_states(input).flatten(0, 1)  # (B*T, C)
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets.flatten(), reduction)
+        z_loss = self.z_loss if self.training else None  # a training objective, like dropout
+        return linear_loss_terms(hidden, self.lm_head.weight, targets.flatten(), reduction, self.logit_softcap, z_loss)
 
     def hidden_states(self, input: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token ids (B, T) -> the final norm's output (B, T, C), what the output layer scores."""
@@ -306,17 +305,38 @@ class Transformer(nn.Module):
         if start + T > self.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}")
         x = self.wte(input)  # (B, T, C)
+        masks = self.attention_masks(input, cache) if self.masked else None
         rope = None
-        if self.rotary:
+        if self.rotary and self.document_positions:  # each token's position in its own document
+            doc_start = None if cache is None else cache.doc_start
+            positions, next_start = positions_in_documents(input, self.eot_id, start, doc_start)  # (B, T)
+            if cache is not None:
+                cache.doc_start = next_start
+            rope = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, D/2) each
+        elif self.rotary:
             rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2) each
         else:
             x = x + self.wpe(torch.arange(start, start + T, device=input.device))  # (T, C), every row alike
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i)
+            x = block(x, rope, cache, i, masks)
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x)
+
+    def attention_masks(self, input: torch.Tensor, cache: KVCache | None = None) -> AttentionMasks:
+        """The masks of a forward pass over ``input`` (B, T), shared by its layers; with a cache,
+        the new tokens' documents are added to it."""
+        start, T = (0 if cache is None else cache.pos), input.size(1)
+        if self.eot_id is None:  # windows only
+            return AttentionMasks(start, T, input.device)
+        if cache is None:
+            docs = document_ids(input, self.eot_id)  # (B, T)
+            return AttentionMasks(0, T, input.device, docs, docs)
+        docs = document_ids(input, self.eot_id, first=cache.next_document)
+        cache.documents[:, start : start + T] = docs
+        cache.next_document = docs[:, -1] + (input[:, -1] == self.eot_id).int()
+        return AttentionMasks(start, T, input.device, docs, cache.documents[:, : start + T])
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """An empty KVCache for ``batch_size`` sequences of up to ``max_len`` (max_seq_len) tokens,
