@@ -88,6 +88,8 @@ MOVED: dict[str, tuple[str, dict[str, str]]] = {
     "wgpt.hf": (
         "wgpt.interop.hf.config",
         {
+            "implied_config": "wgpt.interop.hf.implied",
+            "check_fits_config": "wgpt.interop.hf.implied",
             "to_hf": "wgpt.interop.hf.weights",
             "from_hf": "wgpt.interop.hf.weights",
             "read_weights": "wgpt.interop.hf.weights",

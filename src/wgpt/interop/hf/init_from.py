@@ -7,7 +7,8 @@ import logging
 
 import torch.nn as nn
 
-from wgpt.interop.hf.config import ARCHITECTURES, HFDir, check_fits_config
+from wgpt.interop.hf.config import ARCHITECTURES, HFDir
+from wgpt.interop.hf.implied import check_fits_config
 from wgpt.interop.hf.reading import load_hf_weights, read_hf_dir
 from wgpt.interop.hf.tokenizer import check_hf_tokenizer, check_hf_vocab
 from wgpt.models import padded_vocab_size

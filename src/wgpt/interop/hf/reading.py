@@ -16,10 +16,9 @@ from wgpt.interop.hf.config import (
     WEIGHTS_FILE,
     WGPT_FILE,
     HFDir,
-    check_fits_config,
-    implied_config,
     shown_value,
 )
+from wgpt.interop.hf.implied import check_fits_config, implied_config
 from wgpt.interop.hf.tokenizer import check_hf_tokenizer, check_hf_vocab
 from wgpt.interop.hf.weights import from_hf, pad_vocab, read_weights
 from wgpt.models import padded_vocab_size
