@@ -32,7 +32,10 @@ SHAPES = {
     "llama-relu2-zero-init": (Llama, dict(activation="relu2", multiple_of=16, zero_init=True)),
     "gpt2-no-norm-gains": (GPT, dict(norm_affine=False)),
     "llama-no-norm-gains": (Llama, dict(norm_affine=False, multiple_of=16)),
+    "qwen3-gqa-untied": (Llama, dict(qk_norm=True, n_kv_heads=2, multiple_of=16)),
+    "qwen3-no-norm-gains-tied": (Llama, dict(qk_norm=True, norm_affine=False, multiple_of=16, tie_embeddings=True)),
 }
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_an_export_loads_in_transformers_with_the_same_logits_and_imports_back(s
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the temporary dir renamed away
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == [{GPT: "GPT2LMHeadModel", Llama: "LlamaForCausalLM"}[cls]]
+    assert config["architectures"] == [ARCHITECTURES[shape.split("-")[0]]]
     assert config["vocab_size"] == model.config["vocab_size"] == 320  # padded, as trained
 
     tokens = torch.randint(0, len(bpe), (2, 40), generator=torch.Generator().manual_seed(1))
@@ -99,7 +102,7 @@ def test_a_bfloat16_export_halves_the_weights_and_imports_back_rounded(bpe, tmp_
         assert b.dtype == torch.float32 and torch.equal(a.to(torch.bfloat16).float(), b), name
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt2-bare", "llama", "llama-bias"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt2-bare", "llama", "llama-bias", "qwen3"])
 def test_transformers_models_import_into_wgpt_with_the_same_logits(family, tmp_path):
     torch.manual_seed(0)
     if family.startswith("gpt2"):
@@ -107,7 +110,9 @@ def test_transformers_models_import_into_wgpt_with_the_same_logits(family, tmp_p
         hf = transformers.GPT2LMHeadModel(config)
         saved = hf.transformer if family == "gpt2-bare" else hf  # the hub's gpt2 is a bare GPT2Model save
     else:
-        config = transformers.LlamaConfig(
+        bias = dict(attention_bias=True, mlp_bias=True) if family == "llama-bias" else {}
+        # Qwen3's head_dim defaults to 128, not hidden_size / num_attention_heads.
+        config = (transformers.Qwen3Config if family == "qwen3" else transformers.LlamaConfig)(
             vocab_size=100,
             hidden_size=32,
             intermediate_size=72,
@@ -117,11 +122,11 @@ def test_transformers_models_import_into_wgpt_with_the_same_logits(family, tmp_p
             max_position_embeddings=64,
             rope_theta=1000.0,
             rms_norm_eps=1e-5,
-            attention_bias=family == "llama-bias",
-            mlp_bias=family == "llama-bias",
+            head_dim=8,
+            **bias,
             tie_word_embeddings=False,
         )
-        hf = saved = transformers.LlamaForCausalLM(config)
+        hf = saved = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0.0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
@@ -138,8 +143,9 @@ def test_transformers_models_import_into_wgpt_with_the_same_logits(family, tmp_p
         ours, theirs = model(tokens), hf.eval()(tokens).logits
     print(f"{family}: logits max abs diff {(ours - theirs).abs().max().item():.2e}")
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
-    if family.startswith("llama"):  # an MLP width that 8/3 x hidden_size does not give: sized by the knobs
+    if not family.startswith("gpt2"):  # an MLP width that 8/3 x hidden_size does not give: sized by the knobs
         assert model.blocks[0].mlp.proj.in_features == 72 and model.config["rope_theta"] == 1000.0
+    assert model.config["qk_norm"] == (family == "qwen3")
 
 
 def test_the_exported_tokenizers_encode_and_decode_as_wgpt(bpe, tmp_path):
@@ -248,11 +254,8 @@ def test_weights_beside_a_checkpoint_store_tied_embeddings_once_and_rebuild_the_
         (GPT, dict(gated=True), "model.gated=true has no GPT2LMHeadModel (learned positions) equivalent"),
         (Llama, dict(gated=False), "model.gated=false has no LlamaForCausalLM (rotary positions) equivalent"),
         (Llama, dict(norm="layernorm"), "model.norm=layernorm has no LlamaForCausalLM (rotary positions) equivalent"),
-        (
-            Llama,
-            dict(qk_norm=True),
-            "model.qk_norm=true has no LlamaForCausalLM (rotary positions) equivalent (it does not normalize queries",
-        ),
+        (GPT, dict(qk_norm=True), "model.qk_norm=true has no GPT2LMHeadModel (learned positions) equivalent (it does"),
+        (Llama, dict(qk_norm=True, bias=True), "model.bias=true has no Qwen3ForCausalLM (rotary positions, qk_norm) "),
         (
             Llama,
             dict(norm="cosinenorm"),
@@ -312,7 +315,7 @@ def test_a_directory_that_is_not_a_model_is_refused_in_one_line(tmp_path):
         tmp_path / "nope": "does not exist: give a Hugging Face model directory",
         tmp_path / "empty": "has no config.json: it is not a Hugging Face model directory",
         tmp_path / "bin": "holds pytorch_model.bin, not model.safetensors: wgpt reads safetensors only",
-        tmp_path / "mistral": "holds a model_type=mistral model: wgpt loads gpt2 (GPT2LMHeadModel) and llama",
+        tmp_path / "mistral": "holds a model_type=mistral model: wgpt loads gpt2 (GPT2LMHeadModel), llama (",
     }
     for path, message in cases.items():
         with pytest.raises(WgptError) as error:
@@ -373,3 +376,4 @@ def test_init_from_refuses_a_model_with_qk_norm_or_parallel_blocks(knob, bpe, tm
     target = tiny(GPT, 320, norm_affine=False, **{knob: True})
     with pytest.raises(WgptError, match=rf"\({knob}=true\) does not fit: its config.json implies model.{knob}=false"):
         load_hf_weights(target, out, bpe)
+

@@ -1,5 +1,5 @@
 """``export.py``: any model source (a run's checkpoint, a ``.safetensors``) written as a Hugging
-Face directory that ``transformers`` loads (GPT2LMHeadModel or LlamaForCausalLM): weights,
+Face directory that ``transformers`` loads (GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM): weights,
 config.json, generation_config.json and the tokenizer files, replaced atomically."""
 
 from __future__ import annotations

@@ -11,10 +11,13 @@ from wgpt.interop.hf.config import (
     GPT2,
     HF_ACTIVATIONS,
     KNOB_DEFAULTS,
+    LLAMA,
     MODEL_CLASSES,
+    QWEN3,
     HFDir,
     shown_value,
 )
+from wgpt.interop.hf.windows import layer_windows, window_knobs
 from wgpt.models.transformer import mlp_hidden_size
 from wgpt.util.errors import WgptError
 
@@ -75,24 +78,24 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
             refuse(
                 f"hidden_act={act}", "wgpt's gated MLP takes silu, gelu (tanh approximation, gelu_pytorch_tanh) or relu"
             )
-        if (
-            isinstance(d_embed, int)
-            and isinstance(n_heads, int)
-            and get("head_dim", d_embed // n_heads) != d_embed // n_heads
-        ):
-            refuse(
-                f"head_dim={c['head_dim']}",
-                f"wgpt's heads are hidden_size / num_attention_heads = {d_embed // n_heads} wide",
-            )
+        if isinstance(d_embed, int) and isinstance(n_heads, int):
+            # Qwen3Config's head_dim defaults to 128, not to hidden_size / num_attention_heads.
+            head_dim = get("head_dim", 128 if d.family == QWEN3 else d_embed // n_heads)
+            if head_dim != d_embed // n_heads:
+                refuse(
+                    f"head_dim={head_dim}",
+                    f"wgpt's heads are hidden_size / num_attention_heads = {d_embed // n_heads} wide",
+                )
         rope = get("rope_parameters") or get("rope_scaling") or {}
         if not isinstance(rope, dict):
             refuse(f"rope_parameters={rope}", "wgpt's rotary positions are the plain ones, rope_type=default")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             refuse(f"rope type {rope_type}", "wgpt's rotary positions are the plain ones, rope_type=default")
-        if bool(get("attention_bias", False)) != bool(get("mlp_bias", False)):
+        mlp_bias = get("mlp_bias", False) if d.family == LLAMA else False  # Qwen3's MLP has no biases
+        if bool(get("attention_bias", False)) != bool(mlp_bias):
             refuse(
-                f"attention_bias={get('attention_bias', False)}, mlp_bias={get('mlp_bias', False)}",
+                f"attention_bias={get('attention_bias', False)}, mlp_bias={mlp_bias}",
                 "wgpt's bias knob is for every linear layer",
             )
         width = get("intermediate_size")
@@ -116,11 +119,18 @@ def implied_config(d: HFDir) -> tuple[str, dict[str, Any]]:
         )
     made = (d.wgpt or {}).get("model_config") or {}  # the wgpt model an export came from
     name = made.get("name") or d.path.name
-    # Gains of ones in config.json's model are a wgpt model's without gains where wgpt.json says so.
+    # What config.json cannot say, an export's wgpt.json does: gains of ones there are a wgpt
+    # model's without gains, and documents masked from each other in training (the same model on
+    # a sequence of one document, which is all transformers sees).
     affine = made.get("norm_affine", True)
-    # Neither class has QK-norm or parallel blocks (export refuses them).
-    plain = dict(norm_affine=affine, qk_norm=False, parallel_block=False)
-    config = dict(vocab_size=c.get("vocab_size"), **config, **plain, dropout=0.0, sdpa=True, name=name)
+    # Qwen3 alone normalizes queries and keys; no class has parallel blocks (export refuses them).
+    plain = dict(norm_affine=affine, qk_norm=d.family == QWEN3, parallel_block=False)
+    # Knobs newer than the Transformer of a saved config, left out at their defaults: the config
+    # then also builds a Transformer from before them.
+    newer = window_knobs(c, source) if d.family == QWEN3 else {}
+    if made.get("document_mask"):
+        newer["document_mask"] = True
+    config = dict(vocab_size=c.get("vocab_size"), **config, **plain, **newer, dropout=0.0, sdpa=True, name=name)
     return MODEL_CLASSES[d.family], config
 
 
@@ -142,18 +152,27 @@ def check_fits_config(d: HFDir, model_config: Mapping[str, Any]) -> dict[str, An
     its weights: a one-line WgptError listing the ``model.*`` overrides that make it so."""
 
     _, implied = implied_config(d)
-    # A knob a config lacks (one saved before the knob existed) is at its default.
-    ours = {**KNOB_DEFAULTS, **model_config}
-    norm = lambda c, k: (c[k] or c["n_heads"]) if k == "n_kv_heads" else c[k]  # noqa: E731  (null: one per query head)
+    # A knob a config lacks (saved before the knob existed, or left out at its default) is at its default.
+    theirs, ours = {**KNOB_DEFAULTS, **implied}, {**KNOB_DEFAULTS, **model_config}
+    # Windows differ where a layer's does: window_pattern=SL is SLSL's, attn_window=null is pattern L's.
+    windows_differ = layer_windows(theirs) != layer_windows(ours)
+
+    def differs(k: str) -> bool:
+        if k in ("attn_window", "window_pattern"):
+            return windows_differ and theirs[k] != ours[k]
+        if k == "n_kv_heads":  # null: one per query head
+            return (theirs[k] or theirs["n_heads"]) != (ours[k] or ours["n_heads"])
+        return theirs[k] != ours[k]
+
     knobs = list(ARCHITECTURE_KNOBS)
     if implied["pos"] == "learned":
         knobs.append("max_seq_len")  # the learned position table's rows
-    differ = [k for k in knobs if k not in ours or norm(implied, k) != norm(ours, k)]
+    differ = [k for k in knobs if differs(k)]
     width = lambda c: mlp_hidden_size(c["d_embed"], c["gated"], c["multiple_of"], c["ffn_dim_multiplier"])  # noqa: E731
     if implied["gated"] and not differ and width(implied) != width(ours):
         differ += ["multiple_of", "ffn_dim_multiplier"]
     if differ:
-        overrides = " ".join(f"model.{k}={shown_value(implied[k])}" for k in differ)
+        overrides = " ".join(f"model.{k}={shown_value(theirs[k])}" for k in differ)
         has = ", ".join(f"{k}={shown_value(ours.get(k))}" for k in differ)
         made_by = ((d.wgpt or {}).get("model_config") or {}).get("name")
         preset = f"model={made_by} with the overrides of its run" if made_by else "the preset it was trained as"

@@ -57,7 +57,7 @@ def read_hf_dir(path: str | Path, key: str = "init_from") -> HFDir:
     if model_type not in ARCHITECTURES:
         raise WgptError(
             f"{source} holds a model_type={model_type} model: "
-            "wgpt loads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM) only"
+            "wgpt loads gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM) and qwen3 (Qwen3ForCausalLM) only"
         )
     if (path / INDEX_FILE).is_file():
         try:

@@ -1,5 +1,5 @@
 """Weights between wgpt's names and layouts and transformers' (GPT-2's fused Conv1D ``c_attn``,
-Llama's rotary halves), both ways, and the vocabulary padding wgpt's embedding tables carry."""
+Llama's and Qwen3's rotary halves), both ways, and the vocabulary padding wgpt's embedding tables carry."""
 
 from __future__ import annotations
 
@@ -54,6 +54,9 @@ def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: 
                 h + f"mlp.up_proj.{suffix}": up,
                 h + f"mlp.down_proj.{suffix}": ours[f"mlp.proj.{suffix}"],
             }
+        if config.get("qk_norm"):  # Qwen3: the gains scale the features the rows above make, in their order
+            out[h + "self_attn.q_norm.weight"] = _halves(ours["attn.q_norm.weight"], 1)
+            out[h + "self_attn.k_norm.weight"] = _halves(ours["attn.k_norm.weight"], 1)
         out[h + "input_layernorm.weight"] = ours["attn_norm.weight"]
         out[h + "post_attention_layernorm.weight"] = ours["mlp_norm.weight"]
     if family == GPT2:
@@ -73,15 +76,18 @@ def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: 
 def unit_gains(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Gains of ones (and, for a LayerNorm with bias, biases of zeros) for every norm of a model
     ``config`` without learned gains (``norm_affine=false``), by wgpt name."""
-    norms = [f"blocks.{i}.{n}" for i in range(config["n_layers"]) for n in ("attn_norm", "mlp_norm")]
-    if config.get("parallel_block"):
-        norms = [n for n in norms if not n.endswith("mlp_norm")]
-    d, like = config["d_embed"], state["wte.weight"]
+    d, blocks = config["d_embed"], range(config["n_layers"])
+    per_block = ("attn_norm",) if config.get("parallel_block") else ("attn_norm", "mlp_norm")
+    sizes = {f"blocks.{i}.{n}": d for i in blocks for n in per_block} | {"final_norm": d}
+    biased = {norm for norm in sizes if config["norm"] == "layernorm" and config["bias"]}
+    if config.get("qk_norm"):  # over each head's features, never with a bias (transformer.py's Block)
+        sizes |= {f"blocks.{i}.attn.{n}": d // config["n_heads"] for i in blocks for n in ("q_norm", "k_norm")}
+    like = state["wte.weight"]
     gains = {}
-    for norm in [*norms, "final_norm"]:
-        gains[f"{norm}.weight"] = torch.ones(d, dtype=like.dtype, device=like.device)
-        if config["norm"] == "layernorm" and config["bias"]:
-            gains[f"{norm}.bias"] = torch.zeros(d, dtype=like.dtype, device=like.device)
+    for norm, size in sizes.items():
+        gains[f"{norm}.weight"] = torch.ones(size, dtype=like.dtype, device=like.device)
+        if norm in biased:
+            gains[f"{norm}.bias"] = torch.zeros(size, dtype=like.dtype, device=like.device)
     return gains
 
 
@@ -157,6 +163,9 @@ def from_hf(
                 ),
                 p + f"mlp.proj.{suffix}": take(m + f"down_proj.{suffix}"),
             }
+        if config["qk_norm"]:
+            out[p + "attn.q_norm.weight"] = _pairs(take(h + "self_attn.q_norm.weight"), 1)
+            out[p + "attn.k_norm.weight"] = _pairs(take(h + "self_attn.k_norm.weight"), 1)
         out[p + "attn_norm.weight"] = take(h + "input_layernorm.weight")
         out[p + "mlp_norm.weight"] = take(h + "post_attention_layernorm.weight")
     if family == GPT2:
