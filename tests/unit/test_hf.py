@@ -8,10 +8,12 @@ import shutil
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from wgpt.data.tokenizer import R50k
 from wgpt.interop.checkpoint import save_weights, write_weights_beside
 from wgpt.interop.export import export
+from wgpt.interop.hf.init_from import check_init_from, start_from
 from wgpt.interop.hf.reading import load_hf_weights, model_from_hf_dir, read_hf_dir
 from wgpt.interop.sources import load_model_source
 from wgpt.models import GPT, Llama, padded_vocab_size
@@ -377,3 +379,17 @@ def test_init_from_refuses_a_model_with_qk_norm_or_parallel_blocks(knob, bpe, tm
     with pytest.raises(WgptError, match=rf"\({knob}=true\) does not fit: its config.json implies model.{knob}=false"):
         load_hf_weights(target, out, bpe)
 
+
+@pytest.mark.parametrize("cls, knobs", [(GPT, {}), (Llama, dict(qk_norm=True, multiple_of=16))], ids=["gpt2", "qwen3"])
+def test_init_from_takes_an_export_without_norm_gains_into_the_same_model_only(cls, knobs, bpe, tmp_path):
+    model = tiny(cls, 320, norm_affine=False, **knobs)
+    out = export(save_checkpoint(model, tmp_path / "m.ckpt", bpe), tmp_path / "hf")
+    cfg = OmegaConf.create({"init_from": str(out)})
+    fresh = cls(**model.config)  # the same config, weights of its own
+    start_from(fresh, check_init_from(cfg, fresh, None))  # as train.py init_from=<dir> does
+    assert fresh.state_dict().keys() == model.state_dict().keys()  # no gains: the unit ones stay in the export
+    for name, weight in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], weight), name
+    with pytest.raises(WgptError) as error:
+        check_init_from(cfg, cls(**{**model.config, "norm_affine": True}), None)
+    assert "(norm_affine=true) does not fit: its config.json implies model.norm_affine=false: " in str(error.value)
