@@ -52,7 +52,7 @@ def test_gpt2_tiny_tree_with_shapes_and_parameters(tmp_path):
     assert result.returncode == 0, result.stderr
     top, root = result.stdout.splitlines()[:2]
     assert top.startswith(f"Model gpt2-tiny (wgpt.models.GPT): {parameter_count(*overrides):,} parameters")
-    assert "input (2, 16) int64 token ids" in top and "vocab_size 50,304; run on meta" in top
+    assert "input (2, 16) int64 token ids" in top and "vocab_size 50,304; run on meta" in top  # no dropout: not shown
     assert root.startswith("model GPT  (2, 16) int64 → (2, 16, 50304)")
     lines = modules(result.stdout)
     assert lines["wte"] == "wte Embedding  (2, 16) int64 → (2, 16, 192)  9,658,368 params"
@@ -65,11 +65,12 @@ def test_gpt2_tiny_tree_with_shapes_and_parameters(tmp_path):
     assert lines["lm_head"] == "lm_head Linear  (2, 16, 192) → (2, 16, 50304)  weight tied to wte.weight"
 
 
-def test_llama3_tiny_with_a_bpe_vocabulary_trains_nothing(tmp_path):
+def test_llama3_tiny_with_a_bpe_vocabulary_and_dropout_trains_nothing(tmp_path):
     bpe = ["tokenizer=bpe", "tokenizer.vocab_size=4096"]
-    result = shapes(tmp_path, "model=llama3-tiny", *bpe, "data.batch_size=2", "data.seq_len=16")
+    dropout = ["model.dropout=0.1", "model.dropout_resid=0"]  # each place its own, else dropout's
+    result = shapes(tmp_path, "model=llama3-tiny", *bpe, *dropout, "data.batch_size=2", "data.seq_len=16")
     assert result.returncode == 0, result.stderr
-    assert "vocab_size 4,096; run on meta" in result.stdout.splitlines()[0]
+    assert "vocab_size 4,096; dropout embed 0.1, attn 0.1, resid 0; run on meta" in result.stdout.splitlines()[0]
     lines = modules(result.stdout)
     assert [name for name in lines if re.fullmatch(r"blocks\.\d+", name)] == [f"blocks.{i}" for i in range(6)]
     assert lines["wte"] == "wte Embedding  (2, 16) int64 → (2, 16, 192)  786,432 params"

@@ -4,9 +4,10 @@ Overrides are those of the training config (conf/train.yaml): ``model=llama3-tin
 model.n_layers=2 data.batch_size=2 data.seq_len=16 tokenizer=bpe tokenizer.vocab_size=4096``.
 The model is built as train.py builds it (the tokenizer config's vocabulary, padded to a multiple
 of 64; no tokenizer is trained or loaded) and called once on a (data.batch_size, data.seq_len)
-batch of token ids. It prints the total parameter count, then a tree of the modules: each one's
-class, what it was called with and what it returned (shapes; the dtype where it is not the
-default float), and its parameters.
+batch of token ids. It prints the total parameter count (and, where one is not 0, the dropout
+probability at each place: embed, attn, resid), then a tree of the modules: each one's class,
+what it was called with and what it returned (shapes; the dtype where it is not the default
+float), and its parameters.
 
 The pass runs on the meta device, where tensors have shapes but no memory, so a 1B-parameter
 config costs nothing; a model whose forward needs values (``.item()``, an op without a meta
@@ -32,6 +33,7 @@ from wgpt.core.compose import compose_train_config, split_arguments
 from wgpt.core.report import one_line_errors
 from wgpt.core.validate import check_values
 from wgpt.data.tokenizer import tokenizer_spec
+from wgpt.interop.hf.config import DROPOUT_PLACES, place_dropout
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
 from wgpt.util.checks import check_targets
@@ -173,12 +175,24 @@ def module_tree(model: nn.Module, calls: dict[nn.Module, list[Call]]) -> Tree:
     return add(None, "model", "", model)
 
 
+def dropout_note(model: nn.Module) -> str:
+    """The headline's ``; dropout embed 0.1, attn 0.1, resid 0``: the probability at each place (its
+    own dropout_<place>, else dropout), where one is not 0; nothing for a model without those knobs."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or "dropout" not in config:
+        return ""
+    places = {place: place_dropout(config, place) for place in DROPOUT_PLACES}
+    if not any(places.values()):
+        return ""
+    return "; dropout " + ", ".join(f"{place} {p:g}" for place, p in places.items())
+
+
 def headline(cfg: DictConfig, model: nn.Module, input: torch.Tensor, vocab_size: int, where: str) -> str:
     total = sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
     return (
         f"Model {cfg.model.get('name', type(model).__name__)} ({cfg.model._target_}): {total:,} parameters "
         f"({total / 1e6:.2f}M); input {describe(input)} token ids (data.batch_size x data.seq_len), "
-        f"vocab_size {vocab_size:,}; run on {where}"
+        f"vocab_size {vocab_size:,}{dropout_note(model)}; run on {where}"
     )
 
 
