@@ -364,6 +364,7 @@ def test_an_export_from_before_the_newer_knobs_still_loads(bpe, tmp_path):
     out = export(save_checkpoint(model, tmp_path / "m.ckpt", bpe), tmp_path / "hf")
     record = json.loads((out / "wgpt.json").read_text())
     newer = ("norm_affine", "qk_norm", "dropout_embed", "dropout_attn", "dropout_resid", "zero_init", "parallel_block")
+    newer += ("attn_window", "window_pattern", "logit_softcap", "z_loss", "document_mask", "document_positions")
     record["model_config"] = {k: v for k, v in record["model_config"].items() if k not in newer}
     (out / "wgpt.json").write_text(json.dumps(record))
     back, _ = model_from_hf_dir(out)

@@ -54,7 +54,7 @@ def to_hf(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], family: 
                 h + f"mlp.up_proj.{suffix}": up,
                 h + f"mlp.down_proj.{suffix}": ours[f"mlp.proj.{suffix}"],
             }
-        if config.get("qk_norm"):  # Qwen3: the gains scale the features the rows above make, in their order
+        if config.get("qk_norm"):  # Qwen3: a gain per feature of a head, reordered as the q and k rows are
             out[h + "self_attn.q_norm.weight"] = _halves(ours["attn.q_norm.weight"], 1)
             out[h + "self_attn.k_norm.weight"] = _halves(ours["attn.k_norm.weight"], 1)
         out[h + "input_layernorm.weight"] = ours["attn_norm.weight"]
@@ -79,7 +79,7 @@ def unit_gains(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
     d, blocks = config["d_embed"], range(config["n_layers"])
     per_block = ("attn_norm",) if config.get("parallel_block") else ("attn_norm", "mlp_norm")
     sizes = {f"blocks.{i}.{n}": d for i in blocks for n in per_block} | {"final_norm": d}
-    biased = {norm for norm in sizes if config["norm"] == "layernorm" and config["bias"]}
+    biased = set(sizes) if config["norm"] == "layernorm" and config["bias"] else set()
     if config.get("qk_norm"):  # over each head's features, never with a bias (transformer.py's Block)
         sizes |= {f"blocks.{i}.attn.{n}": d // config["n_heads"] for i in blocks for n in ("q_norm", "k_norm")}
     like = state["wte.weight"]
