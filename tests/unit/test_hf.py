@@ -36,6 +36,8 @@ SHAPES = {
     "llama-no-norm-gains": (Llama, dict(norm_affine=False, multiple_of=16)),
     "qwen3-gqa-untied": (Llama, dict(qk_norm=True, n_kv_heads=2, multiple_of=16)),
     "qwen3-no-norm-gains-tied": (Llama, dict(qk_norm=True, norm_affine=False, multiple_of=16, tie_embeddings=True)),
+    # Windows of 5 over 40 tokens, every other layer (Qwen3's layer_types): HF's sliding window is ours.
+    "qwen3-windows-SL": (Llama, dict(qk_norm=True, multiple_of=16, attn_window=5, window_pattern="SL", z_loss=1e-4)),
 }
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 

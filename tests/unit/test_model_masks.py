@@ -218,3 +218,11 @@ def test_bad_mask_and_output_knobs_are_one_line_errors(knobs, message):
     with pytest.raises(ModelConfigError) as e:
         GPT(**{**SMALL, **knobs})
     assert str(e.value) == message
+
+
+def test_shapes_headline_names_the_attention_and_output_knobs_that_are_on():
+    from wgpt.tools.shapes import variant_note
+
+    assert variant_note(GPT(**SMALL)) == ""
+    model = Llama(**SMALL, multiple_of=16, attn_window=8, window_pattern="SL", document_mask=True, eot_id=EOT, z_loss=1e-4)
+    assert variant_note(model) == "; attn_window 8, window_pattern SL, document_mask (eot_id 7), z_loss 0.0001"

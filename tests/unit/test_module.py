@@ -165,3 +165,19 @@ def test_an_epoch_budget_resumed_in_its_last_epoch_still_ends_with_a_validation(
     resumed, module = fit(ckpt_path=tmp_path / f"step={middle}.ckpt", callbacks=[ValidateAtEnd()])
     assert resumed.global_step == 2 * per_epoch
     assert module.best["step"] == 2 * per_epoch and math.isfinite(module.last_val_loss)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_a_z_loss_is_trained_and_logged_apart_from_the_cross_entropy(toy_dir, micro_batches):
+    torch.manual_seed(0)
+    eot = Tokenizer().eos_token_id  # documents masked apart too: the toy windows hold end-of-text tokens
+    model = GPT(
+        vocab_size=50304, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN, z_loss=0.5, document_mask=True, eot_id=eot
+    )
+    module = ModelLightningWrapper(model, learning_rate=1e-2)
+    fit = trainer(max_steps=3, log_every_n_steps=1, limit_val_batches=2, val_check_interval=3)
+    fit.fit(module, datamodule=datamodule(toy_dir, micro_batches=micro_batches))
+    metrics = {name: float(value) for name, value in fit.callback_metrics.items()}
+    # log(Z) starts near log(50304) = 10.8: a term of 0.5 x 10.8^2 ~ 58, against a cross-entropy ~ 10.8.
+    assert 20 < metrics["train_z_loss"] < 70
+    assert 5 < metrics["train_loss"] < 12 and 5 < metrics["val_loss"] < 12  # the cross-entropy alone

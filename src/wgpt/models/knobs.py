@@ -12,6 +12,25 @@ Activation = Literal["gelu", "silu", "relu", "relu2"]
 Positions = Literal["learned", "rotary"]
 
 
+DROPOUT_PLACES = ("embed", "attn", "resid")  # where the Transformer drops out (dropout_<place>)
+# Knobs that change attention or the output, at their off values: what tools show where set.
+VARIANT_KNOBS = {
+    "attn_window": None,
+    "window_pattern": None,
+    "document_mask": False,
+    "document_positions": False,
+    "logit_softcap": None,
+    "z_loss": None,
+}
+
+
+def place_dropout(config: dict, place: str) -> float:
+    """The dropout probability at ``place`` (DROPOUT_PLACES) of a Transformer ``config``: its
+    own ``dropout_<place>`` where set, else ``dropout`` (also for configs from before places had one)."""
+    value = config.get(f"dropout_{place}")
+    return config["dropout"] if value is None else value
+
+
 class ModelConfigError(WgptError, ValueError):
     """A knob with a value the model cannot be built with (a ValueError too, like bad shapes)."""
 

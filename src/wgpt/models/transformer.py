@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 
 from wgpt.models.attention import Attention
-from wgpt.models.knobs import Activation, ModelConfigError, Norm, Positions, check_knobs  # noqa: F401  (re-exported)
+from wgpt.models.knobs import Activation, ModelConfigError, Norm, Positions, check_knobs, place_dropout  # noqa: F401  (re-exported)
 from wgpt.models.kv_cache import KVCache
 from wgpt.models.layers import MLP, GatedMLP, make_norm, mlp_hidden_size  # noqa: F401  (GatedMLP: re-exported)
 from wgpt.models.loss import LossTerms, linear_loss_terms, softcapped
@@ -244,8 +244,7 @@ class Transformer(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         else:
             self.wpe = nn.Embedding(max_seq_len, d_embed)
-        place = lambda p: dropout if p is None else p  # noqa: E731  (a place's own, else the one value)
-        self.drop = nn.Dropout(place(dropout_embed))
+        self.drop = nn.Dropout(place_dropout(self.config, "embed"))
         self.blocks = nn.ModuleList(
             Block(
                 d_embed,
@@ -258,8 +257,8 @@ class Transformer(nn.Module):
                 activation,
                 gated,
                 bias,
-                place(dropout_attn),
-                place(dropout_resid),
+                place_dropout(self.config, "attn"),
+                place_dropout(self.config, "resid"),
                 sdpa,
                 parallel_block,
                 qk_norm,

@@ -33,9 +33,9 @@ from wgpt.core.compose import compose_train_config, split_arguments
 from wgpt.core.report import one_line_errors
 from wgpt.core.validate import check_values
 from wgpt.data.tokenizer import tokenizer_spec
-from wgpt.interop.hf.config import DROPOUT_PLACES, place_dropout
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
+from wgpt.models.knobs import DROPOUT_PLACES, VARIANT_KNOBS, place_dropout
 from wgpt.util.checks import check_targets
 from wgpt.util.errors import WgptError
 
@@ -108,15 +108,15 @@ def trace(model: nn.Module, input: torch.Tensor) -> dict[nn.Module, list[Call]]:
     return calls
 
 
-def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int]):
+def build_and_trace(cfg: DictConfig, vocab_size: int, batch: tuple[int, int], eot_id: int | None = None):
     """(model, calls, input, where it ran): on the meta device where the model allows, else on the CPU."""
-    model = build_on_meta(cfg.model, vocab_size)  # on meta; a bad knob is one WgptError line
+    model = build_on_meta(cfg.model, vocab_size, eot_id)  # on meta; a bad knob is one WgptError line
     input = torch.zeros(batch, dtype=torch.long, device="meta")
     try:
         return model, trace(model, input), input, "meta"
     except Exception as e:  # an op with no meta kernel, or one that reads values (.item(), `if tensor:`)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    model = build_model(cfg.model, vocab_size)
+    model = build_model(cfg.model, vocab_size, eot_id)
     input = torch.zeros(batch, dtype=torch.long)
     return model, trace(model, input), input, f"cpu (not on meta: {reason})"
 
@@ -187,12 +187,25 @@ def dropout_note(model: nn.Module) -> str:
     return "; dropout " + ", ".join(f"{place} {p:g}" for place, p in places.items())
 
 
+def variant_note(model: nn.Module) -> str:
+    """The headline's ``; attn_window 16, window_pattern SL, logit_softcap 30``: the attention and
+    output knobs (VARIANT_KNOBS) not at their off values; nothing for a model without them."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        return ""
+    on = [(k, config[k]) for k, off in VARIANT_KNOBS.items() if k in config and config[k] != off]
+    shown = [k if v is True else f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in on]
+    if config.get("document_mask"):
+        shown = [f"document_mask (eot_id {config['eot_id']})" if k == "document_mask" else k for k in shown]
+    return "; " + ", ".join(shown) if shown else ""
+
+
 def headline(cfg: DictConfig, model: nn.Module, input: torch.Tensor, vocab_size: int, where: str) -> str:
     total = sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
     return (
         f"Model {cfg.model.get('name', type(model).__name__)} ({cfg.model._target_}): {total:,} parameters "
         f"({total / 1e6:.2f}M); input {describe(input)} token ids (data.batch_size x data.seq_len), "
-        f"vocab_size {vocab_size:,}{dropout_note(model)}; run on {where}"
+        f"vocab_size {vocab_size:,}{dropout_note(model)}{variant_note(model)}; run on {where}"
     )
 
 
@@ -219,8 +232,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         check_values(cfg)  # what train.py checks first: batch size and sequence length among them
         check_targets(cfg.model, "model")  # a misspelled model key, named with its close matches
-        vocab_size = padded_vocab_size(tokenizer_spec(cfg).vocab_size)  # the spec alone: nothing trained
-        model, calls, input, where = build_and_trace(cfg, vocab_size, (cfg.data.batch_size, cfg.data.seq_len))
+        spec = tokenizer_spec(cfg)  # the spec alone: nothing trained
+        vocab_size = padded_vocab_size(spec.vocab_size)
+        batch = (cfg.data.batch_size, cfg.data.seq_len)
+        model, calls, input, where = build_and_trace(cfg, vocab_size, batch, spec.eos_token_id)
     print_tree(headline(cfg, model, input, vocab_size, where), module_tree(model, calls))
 
 

@@ -42,6 +42,7 @@ from typing import Any, Mapping
 
 from wgpt.interop.hf.knobs import KNOBS_IN_HF  # noqa: F401  (tests and docs read it here)
 from wgpt.interop.hf.windows import layer_windows, qwen3_windows
+from wgpt.models.knobs import place_dropout
 from wgpt.models.transformer import Transformer, mlp_hidden_size
 from wgpt.util.errors import WgptError
 
@@ -83,22 +84,12 @@ ARCHITECTURE_KNOBS = (
     "parallel_block",
     "attn_window",
     "window_pattern",
-    "document_mask",
-    "document_positions",
     "logit_softcap",
 )
-# Each knob's default, for a config saved before the knob existed. The first ones are knobs this
-# mapping knows that a Transformer may still lack (at these values it computes what one without
-# them does); the Transformer's own signature says the rest, and wins where it has them.
-KNOB_DEFAULTS = {
-    "attn_window": None,
-    "window_pattern": None,
-    "logit_softcap": None,
-    "z_loss": None,
-    "document_mask": False,
-    "document_positions": False,
-    **{k: p.default for k, p in inspect.signature(Transformer).parameters.items()},
-}
+# Each knob's default, for a config saved before the knob existed. Not in ARCHITECTURE_KNOBS,
+# though they change what the model computes: document_mask and document_positions, which say
+# how training packs text (starting from a model trained on single documents is the usual case).
+KNOB_DEFAULTS = {k: p.default for k, p in inspect.signature(Transformer).parameters.items()}
 
 
 # Export.
@@ -245,16 +236,6 @@ def hf_config(config: Mapping[str, Any], family: str, tokenizer, dtype: str = "f
         "dtype": dtype,
         **ids,
     }
-
-
-DROPOUT_PLACES = ("embed", "attn", "resid")  # where the Transformer drops out (dropout_<place>)
-
-
-def place_dropout(config: Mapping[str, Any], place: str) -> float:
-    """The dropout probability at ``place`` (DROPOUT_PLACES) of a Transformer ``config``: its
-    own ``dropout_<place>`` where set, else ``dropout`` (also for configs from before places had one)."""
-    value = config.get(f"dropout_{place}")
-    return config["dropout"] if value is None else value
 
 
 def generation_config(config: Mapping[str, Any], tokenizer) -> dict[str, Any]:

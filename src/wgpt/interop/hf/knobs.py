@@ -32,6 +32,7 @@ KNOBS_IN_HF = {
     "logit_softcap": "null only: no class caps its logits",
     "z_loss": "not exported: a training loss term, not what the model computes",
     "document_mask": "wgpt.json only: a sequence of one document (what transformers is given) attends the same",
+    "eot_id": "wgpt.json only (document_mask's end-of-text id; the tokenizer's eos_token_id)",
     "document_positions": "false only: transformers counts positions from the sequence's start, not each document's",
     "tie_embeddings": "tie_word_embeddings",
     "sdpa": "not exported: how attention runs, not what it computes",
