@@ -2,9 +2,9 @@
 # The GPU figures in one script (docs/performance.md, "GPU figures"), for a machine with a CUDA GPU
 # and a short lease: each part runs under its own timeout and appends its row to the results file
 # as soon as it ends, so a part that fails or runs out of time costs only itself, and any part can
-# be run again alone. About 6 minutes in all.
+# be run again alone. About 8 minutes in all.
 #
-#   bash bench/gpu.sh                      # every part: overhead tiny fsdp tests
+#   bash bench/gpu.sh                      # every part: overhead tiny fsdp masks tests
 #   bash bench/gpu.sh tiny fsdp            # some parts
 #   bash bench/gpu.sh --dry-run            # every part on the CPU, at a tiny shape, for a few steps (CI runs this)
 #   bash bench/gpu.sh --out results.md     # where rows go (default: bench/gpu-results.md; a dry run: a temporary file;
@@ -15,6 +15,8 @@
 #             (bench/overhead.py): tokens/s, MFU, peak memory
 #   tiny      the tiny bench shape (bench/overhead.py --shape tiny), accumulation 4, 7 alternating pairs
 #   fsdp      llama3-1b, FSDP + activation checkpointing + compile, 30 steps of train.py
+#   masks     attention masks (window, documents) at a GPT-2 small layer's shape: compiled FlexAttention
+#             against SDPA with a boolean mask and plain causal SDPA (bench/masks.py kernels)
 #   tests     the GPU-only tests (pytest -m gpu)
 #
 # It installs nothing. It needs torch (with CUDA, unless --dry-run), lightning, hydra-core, omegaconf,
@@ -31,12 +33,12 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT="$2"; shift ;;
-    overhead|tiny|fsdp|tests) PARTS+=("$1") ;;
-    *) echo "bench/gpu.sh: unknown argument '$1' (parts: overhead tiny fsdp tests; --dry-run; --out FILE)" >&2; exit 2 ;;
+    overhead|tiny|fsdp|masks|tests) PARTS+=("$1") ;;
+    *) echo "bench/gpu.sh: unknown argument '$1' (parts: overhead tiny fsdp masks tests; --dry-run; --out FILE)" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(overhead tiny fsdp tests)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(overhead tiny fsdp masks tests)
 if [ -z "$OUT" ]; then
   if [ $DRY = 1 ]; then OUT=$(mktemp -t gpu-dry-run-XXXX.md); else OUT=bench/gpu-results.md; fi
 fi
@@ -82,7 +84,7 @@ run_part() {
   code=$?
   end=$(date +%s)
   # The result: bench/overhead.py's table rows, or the part's last line.
-  result=$(grep '^| ' "$TMP/$name.log" | grep -v '^| model\|^|---' | tr '\n' ' ')
+  result=$(grep '^| ' "$TMP/$name.log" | grep -v '^| model\|^| mask\|^|---' | tr '\n' ' ')
   [ -z "$result" ] && result=$(tail -n 1 "$TMP/$name.log")
   result=${result//|/\\|}
   case $code in
@@ -119,6 +121,7 @@ for part in "${PARTS[@]}"; do
       fsdp)     run_part fsdp 120 bash -c "$FSDP_RUN" fsdp model=gpt2-tiny model.n_layers=2 model.d_embed=32 model.n_heads=2 \
                   data.batch_size=2 data.num_workers=0 trainer.accelerator=cpu trainer.devices=2 trainer.strategy=fsdp \
                   trainer.activation_checkpointing=true compile=false trainer.max_steps=3 trainer.log_every_n_steps=1 ;;
+      masks)    run_part masks 120 "$PYTHON" bench/masks.py kernels --batch 2 --seq 32 --steps 2 ;;
       tests)    run_part tests 120 "$PYTHON" -m pytest -m gpu -n 0 -q -p no:cacheprovider ;;
     esac
   else
@@ -129,6 +132,8 @@ for part in "${PARTS[@]}"; do
                   --accumulate 4 ;;
       fsdp)     run_part fsdp 90 bash -c "$FSDP_RUN" fsdp model=llama3-1b trainer.strategy=fsdp trainer.activation_checkpointing=true \
                   compile=true trainer.max_steps=30 trainer.log_every_n_steps=10 ;;
+      masks)    run_part masks 120 "$PYTHON" bench/masks.py kernels --batch 16 --heads 12 --seq 1024 --head-dim 64 \
+                  --window-len 256 --doc-len 256 ;;
       tests)    run_part tests 60 "$PYTHON" -m pytest -m gpu -n 0 -q -p no:cacheprovider ;;
     esac
   fi

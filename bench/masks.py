@@ -19,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 
 from harness import TRAIN_ONLY, fmt, last, median, train_py, window_overrides
 
@@ -49,7 +50,7 @@ def kernels(args) -> None:
     import torch
 
     from wgpt.models.attention import causal_attention, written_out_attention
-    from wgpt.models.masks import AttentionMasks, compiled_flex_attention
+    from wgpt.models.masks import AttentionMasks, flex_attention
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32, torch.bfloat16]
@@ -88,16 +89,13 @@ def kernels(args) -> None:
             (f"documents (mean {args.doc_len})", None, docs),
         ):
             masks = AttentionMasks(0, T, device, masked_docs, masked_docs)
+            allowed = masks.dense(window)
             paths = {
-                "SDPA bool mask": lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
-                    q, k, v, attn_mask=masks.dense(window)
-                ),
-                "written out": lambda q, k, v: written_out_attention(q, k, v, masks.dense(window)),
+                "SDPA bool mask": partial(torch.nn.functional.scaled_dot_product_attention, attn_mask=allowed),
+                "written out": partial(written_out_attention, allowed=allowed),
             }
             if device == "cuda":
-                paths["FlexAttention (compiled)"] = lambda q, k, v: compiled_flex_attention()(
-                    q, k, v, block_mask=masks.block(window)
-                )
+                paths["FlexAttention (compiled)"] = partial(flex_attention, block_mask=masks.block(window))
             for path, fn in paths.items():
                 print(f"| {name} | {path} | {dtype} | {timed(fn, q, k, v):.2f} |")
 

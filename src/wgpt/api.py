@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from wgpt.core.compose import compose_train_config, repo_root
 from wgpt.core.report import FULL_ERROR, describe_config_error
 from wgpt.core.validate import check_config
-from wgpt.data.tokenizer import tokenizer_spec
+from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec
 from wgpt.interop.sources import load_model_source
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
@@ -62,11 +62,11 @@ def load_model_from_config(cfg: DictConfig):
     import torch
 
     spec = tokenizer_spec(cfg)
-    vocab_size = padded_vocab_size(spec.vocab_size)
-    build_on_meta(cfg.model, vocab_size, spec.eos_token_id)
+    vocab_size, eot_id = padded_vocab_size(spec.vocab_size), end_of_text_id(spec)
+    build_on_meta(cfg.model, vocab_size, eot_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model, vocab_size, spec.eos_token_id)
+        return build_model(cfg.model, vocab_size, eot_id)
 
 
 def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:

@@ -141,31 +141,38 @@ def test_ctrl_c_stops_every_sharded_rank_at_one_step_and_saves_recent(tmp_path, 
 
 def test_compiled_sharded_blocks_are_whole_graphs_that_match_eager(tmp_path):
     """compile=true under FSDP compiles each block's forward (with its activation checkpointing)
-    as one graph, fullgraph: no break at FSDP's hooks. Loss and gradients match eager sharding."""
+    as one graph, fullgraph: no break at FSDP's hooks, none at the attention masks (windows and
+    documents). Loss and gradients match eager sharding, with soft-capped logits and a z-loss
+    (``loss_terms``, an entry method FSDP gathers the weights for)."""
     import torch.distributed as dist
     from torch._dynamo.utils import counters
     from torch.distributed.device_mesh import init_device_mesh
 
     from wgpt.models import Llama
+    from wgpt.models.loss import next_token_loss
     from wgpt.parallel.sharding import checkpoint_activations, compile_blocks, shard
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
         torch.manual_seed(0)
-        eager = Llama(vocab_size=128, d_embed=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, multiple_of=16)
+        knobs = dict(attn_window=5, document_mask=True, eot_id=7, logit_softcap=5.0, z_loss=1e-3)
+        shape = dict(vocab_size=128, d_embed=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, multiple_of=16)
+        eager = Llama(**shape, **knobs)
         compiled = Llama(**eager.config)
         compiled.load_state_dict(eager.state_dict())
         checkpoint_activations(compiled.blocks)
         compile_blocks(compiled.blocks)
-        x = torch.randint(0, 128, (2, 16))
+        x = torch.randint(8, 128, (2, 16))
+        x[:, 6] = 7  # two documents
         losses = []
         counters.clear()
         for model in (eager, compiled):
             shard(model, mesh, "32-true")
-            loss = model.loss(x, x)
-            loss.backward()
-            losses.append(loss.detach())
+            terms = next_token_loss(model, x, x, terms=True)
+            terms.objective.backward()
+            assert terms.z_loss > 0
+            losses.append(terms.objective.detach())
         assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # both blocks, one graph
         torch.testing.assert_close(losses[1], losses[0])
         for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):

@@ -224,5 +224,53 @@ def test_shapes_headline_names_the_attention_and_output_knobs_that_are_on():
     from wgpt.tools.shapes import variant_note
 
     assert variant_note(GPT(**SMALL)) == ""
-    model = Llama(**SMALL, multiple_of=16, attn_window=8, window_pattern="SL", document_mask=True, eot_id=EOT, z_loss=1e-4)
+    model = Llama(
+        **SMALL, multiple_of=16, attn_window=8, window_pattern="SL", document_mask=True, eot_id=EOT, z_loss=1e-4
+    )
     assert variant_note(model) == "; attn_window 8, window_pattern SL, document_mask (eot_id 7), z_loss 0.0001"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_flex_attention_trains_as_the_written_out_masks_on_cuda():
+    torch.manual_seed(0)
+    # Heads of 16 features, FlexAttention's smallest (attention.uses_flex); grouped key/value heads.
+    knobs = dict(SMALL, n_heads=4, d_embed=64, n_kv_heads=2, multiple_of=16, attn_window=5, window_pattern="SL")
+    knobs.update(document_mask=True, eot_id=EOT)
+    flex, reference = Llama(**knobs).cuda(), Llama(**knobs, sdpa=False).cuda()
+    reference.load_state_dict(flex.state_dict())
+    x = tokens_without_eot(T=40).cuda()
+    x[:, 17] = EOT
+    y = torch.roll(x, -1, dims=1)
+    losses = []
+    for model in (flex, reference):
+        loss = model.loss(x, y)
+        loss.backward()
+        losses.append(loss.detach())
+    assert flex.attention_masks(x).flex  # the path under test
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-4)
+    for (name, a), b in zip(flex.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_full_cache_says_so_before_its_document_state_changes():
+    model = GPT(**SMALL, document_mask=True, eot_id=EOT).eval()
+    cache = model.new_cache(1, max_len=10)
+    with torch.no_grad():
+        model(tokens_without_eot(B=1, T=8), cache)
+        with pytest.raises(ValueError, match="the cache holds 10 positions: no room for 4 more after 8"):
+            model(torch.full((1, 4), EOT), cache)
+    assert cache.pos == 8 and cache.next_document.tolist() == [0]
+
+
+def test_build_model_gives_document_masking_the_tokenizers_end_of_text_id():
+    from omegaconf import OmegaConf
+
+    from wgpt.models.build import build_model, build_on_meta
+
+    cfg = OmegaConf.create({"_target_": "wgpt.models.GPT", **SMALL, "document_mask": True, "eot_id": None})
+    assert build_model(cfg, 128, eot_id=5).config["eot_id"] == 5
+    del cfg["eot_id"]  # a config from before the knob: the same
+    assert build_on_meta(cfg, 128, eot_id=5).config["eot_id"] == 5
+    cfg.document_mask = False  # without the mask nothing is filled in: configs stay as they were
+    assert build_model(cfg, 128, eot_id=5).config["eot_id"] is None

@@ -172,7 +172,14 @@ def test_a_z_loss_is_trained_and_logged_apart_from_the_cross_entropy(toy_dir, mi
     torch.manual_seed(0)
     eot = Tokenizer().eos_token_id  # documents masked apart too: the toy windows hold end-of-text tokens
     model = GPT(
-        vocab_size=50304, d_embed=16, n_layers=1, n_heads=2, max_seq_len=SEQ_LEN, z_loss=0.5, document_mask=True, eot_id=eot
+        vocab_size=50304,
+        d_embed=16,
+        n_layers=1,
+        n_heads=2,
+        max_seq_len=SEQ_LEN,
+        z_loss=0.5,
+        document_mask=True,
+        eot_id=eot,
     )
     module = ModelLightningWrapper(model, learning_rate=1e-2)
     fit = trainer(max_steps=3, log_every_n_steps=1, limit_val_batches=2, val_check_interval=3)

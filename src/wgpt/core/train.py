@@ -28,7 +28,7 @@ from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.core.sweep import objective, overrides_of
 from wgpt.core.trainer import trainer_arguments, with_step_batches
 from wgpt.core.validate import check_config
-from wgpt.data.tokenizer import tokenizer_spec
+from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec
 from wgpt.interop.checkpoint import SafeCheckpointIO
 from wgpt.interop.hf.init_from import check_init_from, check_init_tokenizer, start_from
 from wgpt.lightning.module import ModelLightningWrapper
@@ -59,7 +59,7 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
         spec = tokenizer_spec(cfg)
         shapes = build_on_meta(
-            cfg.model, padded_vocab_size(spec.vocab_size), spec.eos_token_id
+            cfg.model, padded_vocab_size(spec.vocab_size), end_of_text_id(spec)
         )  # no memory behind them
         optimizer = optimizer_factory(cfg.optim)
         # Built once on the meta-device model: a rule no parameter fits fails here, and a checkpoint

@@ -71,7 +71,7 @@ def check_config(cfg: DictConfig) -> None:
     # Lazy: torch, Lightning, numpy and tiktoken load here (seconds), not when train.py imports
     # check_values, which reports a mistyped value before any of them.
     from wgpt.core.trainer import check_trainer  # lazy: Lightning
-    from wgpt.data.tokenizer import tokenizer_spec  # lazy: torch, numpy, tiktoken
+    from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec  # lazy: torch, numpy, tiktoken
     from wgpt.models import padded_vocab_size  # lazy: torch
     from wgpt.models.build import build_on_meta  # lazy: torch
     from wgpt.optim import OPTIM_KEYS, check_optim  # lazy: torch
@@ -82,7 +82,7 @@ def check_config(cfg: DictConfig) -> None:
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     spec = tokenizer_spec(cfg)
-    model = build_on_meta(cfg.model, padded_vocab_size(spec.vocab_size), spec.eos_token_id)
+    model = build_on_meta(cfg.model, padded_vocab_size(spec.vocab_size), end_of_text_id(spec))
     if cfg.trainer.get("activation_checkpointing"):
         model_blocks(model, "trainer.activation_checkpointing=true recomputes the model's blocks")
     if cfg.trainer.get("strategy") == FSDP:

@@ -41,6 +41,11 @@ def tokenizer_spec(cfg: DictConfig):
         raise WgptError(f"tokenizer: {e.__cause__ or e}: fix the tokenizer.* values (see conf/tokenizer/)") from None
 
 
+def end_of_text_id(spec) -> int | None:
+    """A tokenizer spec's end-of-text id (document masking's border), None where it does not say."""
+    return getattr(spec, "eos_token_id", None)
+
+
 class R50k:
     """``tokenizer=r50k`` (the default): the seed's tokenizer, nothing to train."""
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wgpt.models.kv_cache import KVCache
-from wgpt.models.masks import AttentionMasks, compiled_flex_attention
+from wgpt.models.masks import AttentionMasks, flex_attention
 from wgpt.models.rotary import apply_rotary
 
 # Up to this length, in bfloat16 on a CPU, the written-out product trains faster than the fused
@@ -50,18 +50,25 @@ def masked_attention(
 ) -> torch.Tensor:
     """Attention of q (B, H, T, D) to k, v (B, K, S, D) where ``masks`` allows it for ``window``.
 
-    With ``sdpa``: FlexAttention, compiled and block-sparse, on CUDA for whole sequences without
-    attention dropout (it has none); else scaled_dot_product_attention with a boolean mask; but
-    the written-out product for short bfloat16 sequences on a CPU, as ``causal_attention``.
-    FlexAttention has no backward on CPUs (torch 2.13), so CPUs never take it."""
+    FlexAttention, compiled and block-sparse, where ``masks.flex`` (``uses_flex``); else
+    scaled_dot_product_attention with a boolean mask (``sdpa``); but the written-out product for
+    short bfloat16 sequences on a CPU, as ``causal_attention``."""
     if masks.is_causal(window):
         return causal_attention(q, k, v, dropout, sdpa)
-    if sdpa and q.is_cuda and dropout == 0.0 and masks.start == 0:
-        return compiled_flex_attention()(q, k, v, block_mask=masks.block(window), enable_gqa=_gqa(q, k))
+    if masks.flex:  # autocast leaves norms' outputs in float32; FlexAttention wants one dtype
+        return flex_attention(q.to(v.dtype), k.to(v.dtype), v, masks.block(window))
     if sdpa and not _short_cpu_bf16(q):
         mask = masks.dense(window)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=_gqa(q, k))
     return written_out_attention(q, k, v, masks.dense(window), dropout)
+
+
+def uses_flex(device: torch.device, sdpa: bool, dropout: float, whole: bool, head_dim: int) -> bool:
+    """Whether masked attention runs as FlexAttention: with ``sdpa``, on CUDA, without attention
+    dropout (FlexAttention has none), over ``whole`` sequences (not a KV cache's), with heads of 16
+    features or more (its kernels' minimum in torch 2.13). Never on CPUs, where FlexAttention has
+    no backward (torch 2.13)."""
+    return sdpa and device.type == "cuda" and dropout == 0.0 and whole and head_dim >= 16
 
 
 def written_out_attention(

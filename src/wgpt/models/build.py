@@ -20,7 +20,7 @@ def build_model(model_cfg: DictConfig, vocab_size: int, eot_id: int | None = Non
     from hydra.utils import instantiate
 
     extra = {}
-    if model_cfg.get("document_mask") and "eot_id" in model_cfg and model_cfg.eot_id is None and eot_id is not None:
+    if model_cfg.get("document_mask") and model_cfg.get("eot_id") is None and eot_id is not None:
         extra["eot_id"] = eot_id
     return instantiate(model_cfg, vocab_size=vocab_size, **extra)
 

@@ -41,11 +41,15 @@ class KVCache:
         returns those of every position so far, (B, K, pos + T, D) each."""
         start, T = self.pos, k.size(2)
         end = start + T
-        if end > self.max_len:
-            raise ValueError(f"the cache holds {self.max_len} positions: no room for {T} more after {start}")
+        self.check_room(T)
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def check_room(self, T: int) -> None:
+        """A ValueError unless T more positions fit."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions: no room for {T} more after {self.pos}")
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention of the new queries q (B, H, T, D) to every position so far, k, v

@@ -130,11 +130,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, N, rows):
                 h_chunk, t_chunk = h[start : start + rows], targets[start : start + rows]  # (n, C), (n,)
                 logits = (h_chunk @ w.T).float()  # (n, V)
-                if softcap is not None:
-                    capped = torch.tanh(logits.div_(softcap))  # kept for the gradient's 1 - tanh^2
-                    logits = capped * softcap
-                log_z = torch.logsumexp(logits, dim=-1, keepdim=True) if z_loss else None  # (n, 1)
-                log_probs = torch.log_softmax(logits, dim=-1)  # (n, V)
+                if softcap is None and not z_loss:  # the plain loss: one fused kernel
+                    log_probs = torch.log_softmax(logits, dim=-1)  # (n, V)
+                else:  # two (n, V) buffers at most: the capped tanh (for backward) and the log-probs
+                    if softcap is not None:
+                        capped = torch.tanh(logits.div_(softcap))  # kept for the gradient's 1 - tanh^2
+                        logits = capped * softcap
+                    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+                    log_probs = logits.sub_(log_z)  # (n, V), in place
                 del logits
                 losses.append(-log_probs.gather(1, t_chunk[:, None]).sum())
                 if z_loss:

@@ -58,16 +58,28 @@ def positions_in_documents(
 class AttentionMasks:
     """The keys each of T new queries (positions start..start+T-1) may see among S = start + T
     keys (positions 0..S-1), for any window; ``q_docs`` (B, T) and ``k_docs`` (B, S): document ids,
-    or None without document masking. Each mask is built on first use and reused by every layer
-    with the same window, for one forward pass."""
+    or None without document masking. The mask of each of ``windows`` (the layers' windows) is
+    built here, before any layer runs, and shared by every layer with that window: a boolean one,
+    or with ``flex`` FlexAttention's block mask. (Built inside the first layer that needs it, a
+    compiled block would trace twice, once building and once reading it.)"""
 
     def __init__(
-        self, start: int, T: int, device, q_docs: torch.Tensor | None = None, k_docs: torch.Tensor | None = None
+        self,
+        start: int,
+        T: int,
+        device,
+        q_docs: torch.Tensor | None = None,
+        k_docs: torch.Tensor | None = None,
+        windows: tuple[int | None, ...] = (),
+        flex: bool = False,
     ):
-        self.start, self.T, self.device = start, T, device
+        self.start, self.T, self.device, self.flex = start, T, device, flex
         self.q_docs, self.k_docs = q_docs, k_docs
         self._dense: dict[int | None, torch.Tensor] = {}
         self._blocks: dict[int | None, object] = {}
+        for window in dict.fromkeys(windows):  # each once, in order
+            if not self.is_causal(window):
+                self.block(window) if flex else self.dense(window)
 
     def is_causal(self, window: int | None) -> bool:
         """Whether ``window``'s mask is plain causal attention over whole sequences (no cache)."""
@@ -108,9 +120,20 @@ class AttentionMasks:
         return self._blocks[window]
 
 
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
+    """FlexAttention of q (B, H, T, D) to k, v (B, K, T, D) under ``block_mask``, compiled: within a
+    compiled model as part of its graph, else by a compiled function of its own (eager, it would
+    run a slow reference that holds every score)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    fn = flex if torch.compiler.is_compiling() else compiled_flex_attention()
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
+
+
 @functools.cache
 def compiled_flex_attention():
-    """FlexAttention compiled (once per process): eager, it runs a slow reference implementation."""
-    from torch.nn.attention.flex_attention import flex_attention
+    """FlexAttention compiled once per process; shapes that change (a last, smaller batch) make it
+    dynamic after the first recompile, not one graph per shape."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex)

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from wgpt.models.attention import Attention
+from wgpt.models.attention import Attention, uses_flex
 from wgpt.models.knobs import Activation, ModelConfigError, Norm, Positions, check_knobs, place_dropout  # noqa: F401  (re-exported)
 from wgpt.models.kv_cache import KVCache
 from wgpt.models.layers import MLP, GatedMLP, make_norm, mlp_hidden_size  # noqa: F401  (GatedMLP: re-exported)
@@ -266,6 +266,7 @@ class Transformer(nn.Module):
             )
             for window in windows_by_layer(n_layers, attn_window, window_pattern)
         )
+        self.layer_windows = tuple(block.attn.window for block in self.blocks)
         self.final_norm = make_norm(norm, d_embed, norm_eps, bias, norm_affine)
         self.lm_head = nn.Linear(d_embed, vocab_size, bias=False)
         if tie_embeddings:
@@ -303,6 +304,8 @@ class Transformer(nn.Module):
         start = 0 if cache is None else cache.pos
         if start + T > self.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}")
+        if cache is not None:  # before any of its state changes
+            cache.check_room(T)
         x = self.wte(input)  # (B, T, C)
         masks = self.attention_masks(input, cache) if self.masked else None
         rope = None
@@ -327,15 +330,20 @@ class Transformer(nn.Module):
         """The masks of a forward pass over ``input`` (B, T), shared by its layers; with a cache,
         the new tokens' documents are added to it."""
         start, T = (0 if cache is None else cache.pos), input.size(1)
+        attn = self.blocks[0].attn
+        dropout = attn.dropout if self.training else 0.0
+        kinds = dict(
+            windows=self.layer_windows, flex=uses_flex(input.device, attn.sdpa, dropout, cache is None, attn.head_dim)
+        )
         if self.eot_id is None:  # windows only
-            return AttentionMasks(start, T, input.device)
+            return AttentionMasks(start, T, input.device, **kinds)
         if cache is None:
             docs = document_ids(input, self.eot_id)  # (B, T)
-            return AttentionMasks(0, T, input.device, docs, docs)
+            return AttentionMasks(0, T, input.device, docs, docs, **kinds)
         docs = document_ids(input, self.eot_id, first=cache.next_document)
         cache.documents[:, start : start + T] = docs
         cache.next_document = docs[:, -1] + (input[:, -1] == self.eot_id).int()
-        return AttentionMasks(start, T, input.device, docs, cache.documents[:, : start + T])
+        return AttentionMasks(start, T, input.device, docs, cache.documents[:, : start + T], **kinds)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """An empty KVCache for ``batch_size`` sequences of up to ``max_len`` (max_seq_len) tokens,

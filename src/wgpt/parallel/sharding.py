@@ -84,13 +84,13 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
         block.forward = torch.compile(block.forward, fullgraph=True, dynamic=None)
 
 
-def shard(model: nn.Module, mesh, precision: str, entry_methods: tuple[str, ...] = ("loss",)) -> None:
+def shard(model: nn.Module, mesh, precision: str, entry_methods: tuple[str, ...] = ("loss", "loss_terms")) -> None:
     """``fully_shard`` each block, then the rest of the model (embeddings, final norm, output layer).
 
     bf16 precisions gather parameters and compute in bf16 and reduce gradients in float32
     (torchtitan's policy); the sharded parameters and the optimizer state stay float32.
     ``entry_methods``: methods other than ``forward`` that training calls on the model (our
-    ``loss``), which must gather the root's parameters as ``forward`` does.
+    ``loss`` and ``loss_terms``), which must gather the root's parameters as ``forward`` does.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 

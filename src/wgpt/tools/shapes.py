@@ -32,7 +32,7 @@ from rich.tree import Tree
 from wgpt.core.compose import compose_train_config, split_arguments
 from wgpt.core.report import one_line_errors
 from wgpt.core.validate import check_values
-from wgpt.data.tokenizer import tokenizer_spec
+from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
 from wgpt.models.knobs import DROPOUT_PLACES, VARIANT_KNOBS, place_dropout
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         spec = tokenizer_spec(cfg)  # the spec alone: nothing trained
         vocab_size = padded_vocab_size(spec.vocab_size)
         batch = (cfg.data.batch_size, cfg.data.seq_len)
-        model, calls, input, where = build_and_trace(cfg, vocab_size, batch, spec.eos_token_id)
+        model, calls, input, where = build_and_trace(cfg, vocab_size, batch, end_of_text_id(spec))
     print_tree(headline(cfg, model, input, vocab_size, where), module_tree(model, calls))
 
 
