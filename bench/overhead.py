@@ -87,6 +87,7 @@ def plain_loop(model_name: str, window: int, extra: list[str], on_window=None) -
     from wgpt.core.trainer import trainer_arguments
     from wgpt.data.tokenizer import tokenizer_spec
     from wgpt.models import padded_vocab_size
+    from wgpt.models.build import build_model
     from wgpt.models.loss import next_token_loss
 
     cfg = compose(model_name, extra)
@@ -105,7 +106,7 @@ def plain_loop(model_name: str, window: int, extra: list[str], on_window=None) -
     reuse_freed_host_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = instantiate(cfg.data, tokenizer=tokenizer_spec(cfg))  # the run's tokenizer (tokenizer=bpe trains one)
-    model = instantiate(cfg.model, vocab_size=padded_vocab_size(len(data.tokenizer)))
+    model = build_model(cfg.model, padded_vocab_size(len(data.tokenizer)), data.tokenizer.eos_token_id)
     hardware = trainer_arguments(cfg.trainer, model)  # device and precision, as train.py resolves them
     on_gpu = hardware.get("accelerator") in ("gpu", "cuda")
     device = torch.device("cuda", hardware["devices"][0]) if on_gpu else torch.device("cpu")

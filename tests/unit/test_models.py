@@ -349,6 +349,7 @@ def test_cosinenorm_starts_as_rmsnorm_without_gains_and_learns_one_scale():
     x = torch.randn(2, 5, 32)
     norm = CosineNorm(32, eps=1e-12)
     torch.testing.assert_close(norm(x), F.rms_norm(x, (32,), eps=1e-12 / 32))
+    torch.testing.assert_close(norm(x).norm(dim=-1), torch.full((2, 5), 32**0.5))  # the length it claims: its scale
     assert [p.shape for p in norm.parameters()] == [torch.Size([1])]
     assert not list(CosineNorm(32, 1e-6, affine=False).parameters())
 
@@ -386,6 +387,24 @@ def test_zero_init_starts_every_block_as_the_identity():
     embedded = model.wte(tokens) + model.wpe(torch.arange(8))
     torch.testing.assert_close(model.hidden_states(tokens), model.final_norm(embedded))
     assert GPT(**SMALL).blocks[0].attn.proj.weight.any()  # off by default
+
+
+def test_zero_init_projections_move_after_one_step_and_the_model_learns():
+    torch.manual_seed(0)
+    model = GPT(**SMALL, zero_init=True)
+    projections = [p for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    tokens = torch.randint(0, 128, (8, 17), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for step in range(51):
+        loss = model.loss(tokens[:, :-1], tokens[:, 1:])
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 0:  # the zeros get gradients through the residual stream, so they move at once
+            assert all(p.any() for p in projections)
+    assert losses[50] < losses[0] - 0.5
 
 
 def test_dropout_acts_in_training_only():
