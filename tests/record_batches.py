@@ -41,3 +41,26 @@ class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillWhen(L.Callback):
+    """SIGKILLs this process's group (its loader workers too, as a preemption does) at the first
+    ``moment`` at or after optimizer step ``step``: "step" (before training it), "validation" (in
+    the middle of one) or "save" (while a checkpoint is being made, before its file is written)."""
+
+    def __init__(self, step: int, moment: str):
+        self.step, self.moment = step, moment
+
+    def _kill(self, trainer, moment: str) -> None:
+        if moment == self.moment and trainer.global_step >= self.step:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._kill(trainer, "step")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._kill(trainer, "validation")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._kill(trainer, "save")

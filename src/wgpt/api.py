@@ -22,6 +22,7 @@ from wgpt.core.compose import compose_train_config, repo_root
 from wgpt.core.report import FULL_ERROR, describe_config_error
 from wgpt.core.validate import check_config
 from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec
+from wgpt.interop.checkpoint import load_checkpoint
 from wgpt.interop.sources import load_model_source
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
@@ -76,6 +77,36 @@ def load_run(path: str | Path) -> tuple[Any, Any, DictConfig | None]:
     Hugging Face directory, or a checkpoint moved out of its run)."""
 
     loaded = load_model_source(path, key="path")
-    saved = loaded.run_dir / ".hydra" / "config.yaml" if loaded.run_dir is not None else None
-    config = OmegaConf.load(saved) if saved is not None and saved.is_file() else None
+    config = run_config(loaded.run_dir) if loaded.run_dir is not None else None
     return loaded.model, loaded.tokenizer, config
+
+
+def run_config(run_dir: Path) -> DictConfig | None:
+    """The run's ``.hydra/config.yaml`` with its own start time and dir in place of the
+    interpolations Hydra saved (``${wgpt.start_datetime:}`` reads this process's clock, and
+    ``${hydra:runtime.output_dir}`` means nothing outside the run), so it resolves to the run's
+    values wherever it is read; None when the file is missing."""
+    from omegaconf import open_dict
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return None
+    config = OmegaConf.load(saved)
+    with open_dict(config):
+        if OmegaConf.is_config(config.get("paths")):
+            config.paths.output_dir = str(run_dir)
+        started = recorded_start(run_dir)
+        if started is not None:
+            config.start_datetime = started
+    return config
+
+
+def recorded_start(run_dir: Path) -> str | None:
+    """The start time a run names its files by: its ``best-<start>`` checkpoint's name, else the
+    one ``recent.ckpt`` records; None when it has neither."""
+    checkpoints = run_dir / "checkpoints"
+    best = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1].name.removeprefix("best-").removesuffix(".ckpt")
+    recent = checkpoints / "recent.ckpt"
+    return load_checkpoint(recent, mmap=True).get("start_datetime") if recent.is_file() else None

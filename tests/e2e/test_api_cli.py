@@ -34,6 +34,8 @@ def test_load_run_gives_model_tokenizer_and_config_of_a_run(gpt2_tiny_run, tmp_p
     reference = model_from_checkpoint(load_checkpoint(best))
     assert not model.training and tokenizer.name == "r50k" and cfg.model.name == "gpt2-tiny"
     assert cfg.trainer.max_steps == 8  # the run's own config, overrides included
+    # Its own start time and dir, not the clock's or Hydra's at loading time.
+    assert best.name == f"best-{cfg.start_datetime}.ckpt" and cfg.paths.output_dir == str(run)
     tokens = torch.tensor([tokenizer.encode("To be, or not to be")])
     with torch.no_grad():
         expected = reference(tokens)

@@ -1,9 +1,11 @@
 """Nothing lost: a killed run resumes exactly, Ctrl-C saves, checkpoint writes are atomic, and a
 checkpoint can never run code or silently load into the wrong model."""
 
+import csv
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -35,6 +37,11 @@ def paths(out: Path, data_dir: Path) -> list[str]:
     return [f"paths.output_root={out}", f"paths.data_dir={data_dir}"]
 
 
+def losses_by_step(run_dir: Path) -> list[tuple]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(row["step"], row.get("train_loss"), row.get("val_loss")) for row in csv.DictReader(f)]
+
+
 def recent(out: Path) -> Path:
     (path,) = out.glob("gpt2-tiny/*/checkpoints/recent.ckpt")
     return path
@@ -54,15 +61,20 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
     assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4
 
-    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto", "start_datetime=2020-01-01_00-00-01")
+    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    second = out / "gpt2-tiny" / "2020-01-01_00-00-01"
-    summary = json.loads((second / "summary.json").read_text())
+    # The unfinished run goes on in its own dir: one train.log, metrics.csv and summary.json.
+    assert [d.name for d in (out / "gpt2-tiny").iterdir()] == [first.name]
+    summary = json.loads((first / "summary.json").read_text())
     assert summary["resumed_from"] == str(first / "checkpoints" / "recent.ckpt") and summary["status"] == "completed"
-    assert f"Resuming from {first / 'checkpoints' / 'recent.ckpt'} (step 4)" in (second / "train.log").read_text()
+    log = (first / "train.log").read_text()
+    assert f"Resuming from {first / 'checkpoints' / 'recent.ckpt'} (step 4), going on in its own run dir" in log
+    assert log.count("Model gpt2-tiny:") == 2  # the first part's lines are kept, the second's follow
+    # Every logged step once, with the losses of the uninterrupted run.
+    assert losses_by_step(first) == losses_by_step(recent(tmp_path / "full").parents[1])
 
     a = torch.load(recent(tmp_path / "full"), weights_only=True)
-    b = torch.load(second / "checkpoints" / "recent.ckpt", weights_only=True)
+    b = torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 12
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
@@ -70,6 +82,43 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     if optim == "muon":  # Muon on the hidden matrices, AdamW on the rest: both states saved
         states = b["optimizer_states"][0]["optimizers"]
         assert len(states) == 2 and "exp_avg" in states[0]["state"][0] and "momentum_buffer" in states[1]["state"][0]
+
+
+def test_six_kills_and_resume_auto_leave_one_run_dir_equal_to_an_uninterrupted_run(tmp_path, data_dir):
+    """A preemptible cluster's life: SIGKILLed six times at random moments (before the first
+    checkpoint, before a step, inside a validation, while a checkpoint is being made), restarted
+    with resume=auto each time. One run dir, each logged step once in metrics.csv with the
+    uninterrupted run's losses, the same final weights."""
+    args = [*TINY, "trainer.max_steps=16", "trainer.log_every_n_steps=2"]
+    full = run_cli("train.py", *args, *paths(tmp_path / "full", data_dir))
+    assert full.returncode == 0, full.stderr[-3000:]
+    out = tmp_path / "preempted"
+    rng = random.Random(30)
+    kills = [(1, "step")] + sorted((rng.randrange(2, 16), rng.choice(["step", "validation", "save"])) for _ in range(5))
+    for step, moment in kills:
+        kill = ["+callbacks.kill._target_=record_batches.KillWhen", f"+callbacks.kill.step={step}"]
+        killed = run_cli(
+            "train.py",
+            *args,
+            *paths(out, data_dir),
+            "resume=auto",
+            *kill,
+            f"+callbacks.kill.moment={moment}",
+            env={"PYTHONPATH": str(ROOT / "tests")},
+            new_session=True,
+        )
+        assert killed.returncode == -signal.SIGKILL, (step, moment, (killed.stdout + killed.stderr)[-3000:])
+    last = run_cli("train.py", *args, *paths(out, data_dir), "resume=auto")
+    assert last.returncode == 0, last.stderr[-3000:]
+
+    (run,) = (out / "gpt2-tiny").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert (run / "train.log").read_text().count("Model gpt2-tiny:") == len(kills) + 1
+    uninterrupted = recent(tmp_path / "full").parents[1]
+    assert losses_by_step(run) == losses_by_step(uninterrupted)
+    a = torch.load(recent(tmp_path / "full"), weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "recent.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -60,9 +60,9 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     first = out / "gpt2-tiny" / "2020-01-01_00-00-01" / "checkpoints" / "recent.ckpt"
     assert torch.load(first, weights_only=True)["global_step"] == 4
 
-    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto", "start_datetime=2020-01-01_00-00-02")
+    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    second = out / "gpt2-tiny" / "2020-01-01_00-00-02"
+    second = out / "gpt2-tiny" / "2020-01-01_00-00-01"  # the unfinished run, continued in its own dir
     assert json.loads((second / "summary.json").read_text())["status"] == "completed"
 
     a = torch.load(full_dir / "checkpoints" / "recent.ckpt", weights_only=True)

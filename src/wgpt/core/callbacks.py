@@ -128,7 +128,9 @@ def build_callbacks(
 
 class RecentCheckpoint(ModelCheckpoint):
     """``recent.ckpt``: the latest state, overwritten every ``every_n_train_steps``, at the end,
-    and when Ctrl-C stops training."""
+    and when Ctrl-C stops training. A step that validates saves after its validation, so the
+    checkpoint holds it (its metrics logged, its best) and a run continued from it neither loses
+    nor repeats it: Lightning skips, on resuming, a validation whose step was saved before it."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500, filename: str = "recent"):
         super().__init__(
@@ -138,12 +140,17 @@ class RecentCheckpoint(ModelCheckpoint):
             save_top_k=1,
             enable_version_counter=False,
         )
+        self._after_validation = -1  # the step whose save waits for its validation
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # Lightning asks after every micro-batch, and ModelCheckpoint's own checks cost ~10 us of host
         # time each: only steps on the period (every_n_train_steps) can save.
         every = self._every_n_train_steps
-        if every >= 1 and trainer.global_step % every == 0:
+        if every >= 1 and trainer.global_step % every == 0 and not trainer.fit_loop._should_accumulate():
+            loop = trainer.fit_loop.epoch_loop  # the check Lightning makes right after this hook
+            if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+                self._after_validation = trainer.global_step
+                return
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -153,10 +160,8 @@ class RecentCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        # A save at this step came before this validation; if the validation set a new best,
-        # rewrite it so that a run resumed from it knows that best.
-        saved_now = self._last_global_step_saved == trainer.global_step
-        if not trainer.sanity_checking and saved_now and pl_module.best["step"] == trainer.global_step:
+        if not trainer.sanity_checking and self._after_validation == trainer.global_step:
+            self._after_validation = -1
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -321,7 +321,10 @@ def cpu_peak_flops(
 
 def _measure_matmul_flops(dtype: torch.dtype, seconds: float, rows: int, inner: int, out: int) -> float:
     # The training path's op: F.linear on float32 weights, under autocast for bf16/fp16.
-    a, w = torch.randn(rows, inner), torch.randn(out, inner)
+    # A generator of its own: drawing from the global one would shift a run's random stream (its
+    # dropout masks) by whether the peak was cached, and a continued run would diverge from its start.
+    generator = torch.Generator().manual_seed(0)
+    a, w = torch.randn(rows, inner, generator=generator), torch.randn(out, inner, generator=generator)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
     best, start = 0.0, time.perf_counter()
     with autocast, torch.no_grad():

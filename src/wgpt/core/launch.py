@@ -14,8 +14,13 @@ import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from wgpt.core.summary import FINISHED, read_run_summary
+from wgpt.util.errors import WgptError
+from wgpt.util.files import is_locked, try_lock
 
 log = logging.getLogger("wgpt")
 
@@ -24,6 +29,8 @@ START_DATETIME_ENV = "WGPT_START_DATETIME"  # set it to name a launch yourself (
 # The checkpoint a run continues from ("": none), as the process that chose and checked it passes
 # it on to the processes it starts: Lightning's ranks, a sweep job's own DDP launch.
 RESUME_FROM_ENV = "WGPT_RESUME_FROM"
+RECORDED_ENV = "WGPT_RUN_RECORDED"  # set for the processes a run starts itself: no record, no lock of their own
+RUN_LOCK = ".train.lock"  # in a run dir: held while a process trains there (claim_run_dir)
 
 
 # Lightning is imported where it is needed, not here: train.py imports this module before Hydra
@@ -89,6 +96,51 @@ def start_datetime() -> str:
     return now
 
 
+def run_dir(runs_dir: str, start: str, resume: str | None, ckpt_path: str | None) -> str:
+    """A single run's dir: ``<runs_dir>/<start>``; with ``resume=auto`` (and no ``ckpt_path``),
+    the newest run in ``runs_dir`` (``newest_run``) when it did not finish and no process trains
+    in it: a run killed or preempted goes on in its own dir, from its ``recent.ckpt`` (from step 0
+    when it died before saving one), so one metrics.csv, train.log and summary.json hold it whole.
+    A finished run is continued only by ``ckpt_path=``, into a new dir. The ranks a launch starts
+    get its dir by its start time (``$WGPT_START_DATETIME``), without looking."""
+    fresh = f"{runs_dir}/{start}"
+    if resume != "auto" or ckpt_path is not None or START_DATETIME_ENV in os.environ:
+        return fresh
+    newest = newest_run(Path(runs_dir))
+    if newest is None or (read_run_summary(newest) or {}).get("status") in FINISHED:
+        return fresh
+    if is_locked(newest / RUN_LOCK):  # still training: its recent.ckpt is continued from in a new dir
+        return fresh
+    return str(newest)
+
+
+def newest_run(runs_dir: Path) -> Path | None:
+    """The run dir in ``runs_dir`` launched or saved last: by the newest of its
+    ``.hydra/config.yaml`` (written at each launch) and ``checkpoints/recent.ckpt``."""
+    found: dict[Path, float] = {}
+    for marker in (".hydra/config.yaml", "checkpoints/recent.ckpt"):
+        for path in runs_dir.glob(f"*/{marker}"):
+            found[path.parents[1]] = max(found.get(path.parents[1], 0.0), path.stat().st_mtime)
+    return max(found, key=found.__getitem__, default=None)
+
+
+def claim_run_dir(run_dir: Path) -> int | None:
+    """Hold ``run_dir``'s lock while this process trains in it (the returned descriptor, for
+    ``release_lock``): two launches never train in one dir, and ``resume=auto`` tells a run still
+    training from one that was killed. Taken by the process a launch starts with, not by the ranks
+    or the job launch it starts (they see ``RECORDED_ENV``), whose parent holds it for them."""
+    if rank_tag() or RECORDED_ENV in os.environ:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = try_lock(run_dir / RUN_LOCK)
+    if fd is None:
+        raise WgptError(
+            f"{run_dir} is in use: another training process holds its {RUN_LOCK}; wait for it to end, "
+            f"or continue from its checkpoint in a new dir with ckpt_path={run_dir / 'checkpoints' / 'recent.ckpt'}"
+        )
+    return fd
+
+
 def rank_tag() -> str:
     """``[rank N]`` for log lines of a process other than rank 0, else nothing."""
     if _torchelastic():
@@ -113,6 +165,7 @@ def on_rank_zero(value):
 def register_resolvers() -> None:
     # Cached: every use within one config (run dir, checkpoint names) gets the same value.
     OmegaConf.register_new_resolver("wgpt.start_datetime", start_datetime, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("wgpt.run_dir", run_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("wgpt.rank_tag", rank_tag, replace=True)
     OmegaConf.register_new_resolver("wgpt.on_rank_zero", on_rank_zero, replace=True)
 

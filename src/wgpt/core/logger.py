@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.util.errors import WgptError
-from wgpt.util.files import atomic_write_text
+from wgpt.util.files import atomic_write_text, written_atomically
 
 # Packages a logger needs beyond wgpt's own dependencies (any one of them; pyproject's `loggers` extra).
 NEEDED_PACKAGES = {"TensorBoardLogger": ("tensorboard", "tensorboardX"), "WandbLogger": ("wandb",)}
@@ -96,9 +96,25 @@ class _RunDirWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             self._fs.rm_file(self.metrics_file_path)
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # A new column (the first validation's) rewrites the file: temp + rename, so a kill
+        # midway leaves the rows written so far, never a truncated file.
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with written_atomically(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
 
 class CSVLogger(loggers.CSVLogger):
-    """Lightning's CSVLogger, writing ``metrics.csv`` straight into the run dir beside Hydra's files."""
+    """Lightning's CSVLogger, writing ``metrics.csv`` straight into the run dir beside Hydra's files,
+    and each logged step as it is logged (Lightning's default waits for 100 steps): a run killed
+    and continued in its dir keeps every row its checkpoint covers. An append per logged step."""
+
+    def __init__(self, *args, flush_logs_every_n_steps: int = 1, **kwargs):
+        super().__init__(*args, flush_logs_every_n_steps=flush_logs_every_n_steps, **kwargs)
 
     @property
     @rank_zero_experiment

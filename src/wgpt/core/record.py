@@ -18,12 +18,12 @@ from typing import Any
 
 import wgpt
 from wgpt.core.devices import cpu_model, gpu_names_and_driver
+from wgpt.core.launch import RECORDED_ENV
 from wgpt.util.files import atomic_write_text
 
 log = logging.getLogger("wgpt")
 
 RECORD = "record.json"
-RECORDED_ENV = "WGPT_RUN_RECORDED"  # set for the processes a run starts itself: they write no record
 DIFF = "git.diff"
 DIFF_LIMIT = 1 << 20  # bytes of git.diff kept; the rest is cut with a line saying so
 # Code whose uncommitted changes and new files the diff holds.

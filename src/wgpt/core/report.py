@@ -33,6 +33,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from wgpt.core.launch import in_sweep, rank_tag
 from wgpt.util.errors import WgptError
+from wgpt.util.files import written_atomically
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 BORROWED_ENV = "WGPT_BORROWED_HYDRA_FULL_ERROR"  # set while wgpt, not the user, set HYDRA_FULL_ERROR
@@ -162,6 +163,8 @@ HYDRA_RUN_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.
 
 
 _created_dirs: list[Path] = []  # the run dir and the dirs above it that this launch creates, deepest first
+# A run dir that existed (a run continued in place): its .hydra/ files as they were, put back on bad input.
+_earlier_hydra_files: dict[Path, bytes] = {}
 
 
 class RunDirWatch(Callback):
@@ -175,19 +178,30 @@ class RunDirWatch(Callback):
         _created_dirs[:] = [
             d for d in (run_dir, *run_dir.parents) if (d == root or root in d.parents) and not d.exists()
         ]
+        _earlier_hydra_files.clear()
+        for name in HYDRA_RUN_FILES[:-1]:  # Hydra is about to write them anew
+            if (run_dir / name).is_file():
+                _earlier_hydra_files[run_dir / name] = (run_dir / name).read_bytes()
 
 
 @contextmanager
 def discarded_on_bad_input(run_dir: str | Path):
     """On bad input in the block, remove what Hydra wrote into the run dir that this launch made,
-    and the dirs it made: nothing is written. Anything else found there is left, with its dirs.
+    and the dirs it made: nothing is written. Anything else found there is left, with its dirs; a
+    run dir that existed (a run continued in place) gets its earlier .hydra/ files back.
     Sweep jobs keep their dirs (the sweep's table reports them), and only one process cleans up."""
 
     try:
         yield
     except (WgptError, OmegaConfBaseException, InstantiationException) as e:
         run_dir = Path(run_dir).resolve()
-        if user_error(e) is not None and not in_sweep() and not rank_tag() and run_dir in _created_dirs:
+        if user_error(e) is None or in_sweep() or rank_tag():
+            raise
+        for path, content in _earlier_hydra_files.items():  # a run continued in place keeps its config
+            if path.is_relative_to(run_dir):
+                with written_atomically(path) as tmp:
+                    tmp.write_bytes(content)
+        if run_dir in _created_dirs:
             for name in (*HYDRA_RUN_FILES, _job_log_name()):
                 (run_dir / name).unlink(missing_ok=True)
             hydra_dir = run_dir / ".hydra"

@@ -1,5 +1,5 @@
-"""The checkpoint a run continues from: ``ckpt_path=<file>``, ``resume=auto`` (the newest
-``recent.ckpt`` of this model's runs), or the one a parent process chose and passed on; each
+"""The checkpoint a run continues from: ``ckpt_path=<file>``, ``resume=auto`` (the ``recent.ckpt``
+of the unfinished run it goes on in), or the one a parent process chose and passed on; each
 checked against this run's model, optimizer and tokenizer before anything heavy starts."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from wgpt.core.launch import RESUME_FROM_ENV, in_sweep
+from wgpt.core.record import RECORD
+from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.core.sweep import job_difference, overrides_of
 from wgpt.interop.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
 from wgpt.optim import optimizer_layout
@@ -34,15 +36,7 @@ def checkpoint_to_resume(
     path = chosen_checkpoint(cfg)
     if path is None:
         if cfg.get("resume") == "auto" and cfg.get("ckpt_path") is None:
-            where = (
-                f"recent checkpoint in {cfg.paths.output_dir}"
-                if in_sweep()
-                else (
-                    f"run of {cfg.model.name} with a recent checkpoint in "
-                    f"{Path(cfg.paths.output_root) / cfg.model.name}"
-                )
-            )
-            log.info("resume=auto: no %s, starting afresh", where)
+            log.info("resume=auto: %s, starting afresh", nothing_to_resume(cfg))
         return None, None
     checkpoint = load_checkpoint(path, mmap=True)  # refuses pickled code, reads no tensor data yet
     record = checkpoint.get("tokenizer") or {"name": R50K}  # made before checkpoints recorded it: r50k
@@ -67,25 +61,41 @@ def checkpoint_to_resume(
                 f"resume: {path} was made by a run of {differ[0]}, this one has {differ[1]}: "
                 "resume a sweep with the settings it ran with (same overrides; for a search, the same seed and space)"
             )
-    log.info("Resuming from %s (step %d)", path, checkpoint.get("global_step", 0))
+    in_place = ", going on in its own run dir" if _in_run_dir(path, cfg) else ""
+    log.info("Resuming from %s (step %d)%s", path, checkpoint.get("global_step", 0), in_place)
     return str(path), record
 
 
 def chosen_checkpoint(cfg: DictConfig) -> str | None:
-    """Where this run continues from: a sweep job with ``resume=auto``, from ``recent.ckpt`` in its
-    own dir when it has one (in that dir); else ``ckpt_path``; else, with ``resume=auto``, the
-    newest ``recent`` of this model's runs (into a new run dir)."""
+    """Where this run continues from: with ``resume=auto``, ``recent.ckpt`` in its own dir when it
+    has one (a sweep job's, or the unfinished run whose dir ``wgpt.core.launch.run_dir`` chose):
+    the run goes on in place; else ``ckpt_path`` (into this new dir); else nowhere."""
     if RESUME_FROM_ENV in os.environ:
         return os.environ[RESUME_FROM_ENV] or None
-    auto = cfg.get("resume") == "auto"
-    if auto and in_sweep():
+    if cfg.get("resume") == "auto":
         own = Path(cfg.paths.output_dir) / "checkpoints" / "recent.ckpt"
         if own.is_file():
             return str(own)
     path = cfg.get("ckpt_path")
-    if path is None and auto and not in_sweep():
-        path = newest_recent(Path(cfg.paths.output_root) / cfg.model.name, exclude=cfg.paths.output_dir)
     return None if path is None else str(path)
+
+
+def nothing_to_resume(cfg: DictConfig) -> str:
+    """Why ``resume=auto`` found nothing to continue."""
+    run_dir = Path(cfg.paths.output_dir)
+    if in_sweep():
+        return f"no recent checkpoint in {run_dir}"
+    if (run_dir / RECORD).is_file():  # an earlier part of this run wrote it, and died before saving
+        return f"this unfinished run's earlier part saved no checkpoint: it starts again from step 0 in {run_dir}"
+    runs = Path(cfg.paths.output_root) / cfg.model.name
+    newest = newest_recent(runs, exclude=run_dir)
+    status = (read_run_summary(newest.parents[1]) or {}).get("status") if newest is not None else None
+    if status in FINISHED:
+        return (
+            f"the newest run of {cfg.model.name}, {newest.parents[1]}, finished ({status}); "
+            f"to train it further, give ckpt_path={newest}"
+        )
+    return f"no unfinished run of {cfg.model.name} in {runs}"
 
 
 def own_checkpoint(cfg: DictConfig) -> dict | None:

@@ -18,9 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from wgpt.core.callbacks import RunSummary, build_callbacks
 from wgpt.core.console import lightning_through_job_logging, parameter_counts, print_config_tree
 from wgpt.core.devices import enable_tf32, reuse_freed_host_memory
-from wgpt.core.launch import RESUME_FROM_ENV, START_DATETIME_ENV, in_sweep, launch_job_alone, rank_tag, spawns_ranks
+from wgpt.core.launch import (
+    RECORDED_ENV,
+    RESUME_FROM_ENV,
+    START_DATETIME_ENV,
+    claim_run_dir,
+    in_sweep,
+    launch_job_alone,
+    rank_tag,
+    spawns_ranks,
+)
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
-from wgpt.core.record import RECORDED_ENV, write_run_record
+from wgpt.core.record import write_run_record
 from wgpt.core.report import discarded_on_bad_input
 from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint
 from wgpt.core.strategy import runs_step_batches
@@ -38,6 +47,7 @@ from wgpt.optim import optimizer_factory, optimizer_layout
 from wgpt.parallel.sharding import is_sharded
 from wgpt.util.environment import environment
 from wgpt.util.errors import WgptError
+from wgpt.util.files import release_lock
 
 log = logging.getLogger("wgpt")
 
@@ -49,6 +59,17 @@ def train(cfg: DictConfig, script: str | None = None) -> float:
     """
     lightning_through_job_logging()  # before anything logs: Lightning's lines once, in the job's format
     run_dir = Path(cfg.paths.output_dir)
+    with discarded_on_bad_input(run_dir):
+        lock = claim_run_dir(run_dir)  # no other process trains in this dir meanwhile
+    try:
+        return train_in(run_dir, cfg, script)
+    finally:
+        if lock is not None:
+            release_lock(lock)
+
+
+def train_in(run_dir: Path, cfg: DictConfig, script: str | None) -> float:
+    """``train``'s work, in ``run_dir`` (claimed)."""
     with discarded_on_bad_input(run_dir):
         check_config(cfg)  # first: before anything is resolved, built, read or started
         check_logger_packages(cfg.get("logger"))

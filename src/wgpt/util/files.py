@@ -71,6 +71,52 @@ def exclusive(lock_path: Path, new_dirs: list[Path]) -> Iterator[None]:
         os.close(fd)
 
 
+def try_lock(lock_path: Path) -> int | None:
+    """An open descriptor of ``lock_path`` (created) holding its exclusive lock, or None when
+    another process holds it. The lock lasts until ``release_lock`` or the end of this process,
+    however it ends (a SIGKILL too); processes forked from this one (data loader workers) do not
+    hold it, so it goes with this process at once."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    _held_locks.add(fd)
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    _held_locks.discard(fd)
+    os.close(fd)
+
+
+def _close_held_locks() -> None:
+    # A forked child shares the parent's open file, and with it the lock, for as long as it lives.
+    for fd in _held_locks:
+        os.close(fd)
+    _held_locks.clear()
+
+
+_held_locks: set[int] = set()
+os.register_at_fork(after_in_child=_close_held_locks)
+
+
+def is_locked(lock_path: Path) -> bool:
+    """Whether a process holds ``lock_path``'s lock (``try_lock``); creates nothing."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class replaced_atomically:
     """Files written into a temporary directory beside ``out``, which then takes ``out``'s place
     whole: a kill midway leaves the old ``out`` (or none), never half an export. On an error the
