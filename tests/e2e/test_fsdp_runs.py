@@ -1,7 +1,8 @@
 """Sharded training (trainer.strategy=fsdp: FSDP2 through Lightning's ModelParallelStrategy) in real
 2-process CPU runs on gloo: it trains, checkpoints, resumes exactly after a SIGKILL, saves on
 Ctrl-C, and its checkpoints load on one device. Plus compiled sharded blocks (torch.compile runs
-the C++ compiler) and bad settings through train.py. In-process checks: tests/unit/test_fsdp.py."""
+the C++ compiler), grad_norm over two ranks' shards, and bad settings through train.py.
+In-process checks: tests/unit/test_fsdp.py."""
 
 import json
 import os
@@ -180,6 +181,45 @@ def test_compiled_sharded_blocks_are_whole_graphs_that_match_eager(tmp_path):
         assert [n for n, _ in eager.named_parameters()] == [n for n, _ in compiled.named_parameters()]
     finally:
         dist.destroy_process_group()
+
+
+def sharded_grad_norm(rank: int, rendezvous: str) -> None:
+    """Rank ``rank`` of 2 (gloo): the grad_norm of FSDP2-sharded gradients, each rank's from half the
+    batch, against that of the same model unsharded on the whole batch; then clipping by it."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from wgpt.lightning.grad_norm import grad_norm
+    from wgpt.models import GPT
+    from wgpt.parallel.sharding import shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # the same weights and batch on both ranks
+        whole = GPT(vocab_size=128, d_embed=16, n_layers=2, n_heads=2, max_seq_len=8)
+        sharded = copy.deepcopy(whole)
+        shard(sharded, init_device_mesh("cpu", (2,)), "32-true")
+        x = torch.randint(0, 128, (4, 8))
+        whole.loss(x, x).backward()
+        half = x[2 * rank : 2 * rank + 2]
+        sharded.loss(half, half).backward()  # FSDP2 averages the two halves' gradients into the shards
+        expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in whole.parameters()]))
+        measured = grad_norm(torch.optim.AdamW(sharded.parameters()), None)
+        torch.testing.assert_close(measured, expected, rtol=1e-5, atol=0)
+        # Clipped by it (as wgpt.lightning.grad_norm.clip_gradients clips): the unsharded clip.
+        torch.nn.utils.clip_grads_with_norm_(sharded.parameters(), 0.1, measured)
+        torch.nn.utils.clip_grad_norm_(whole.parameters(), 0.1)
+        for (name, a), b in zip(sharded.named_parameters(), whole.parameters()):
+            torch.testing.assert_close(a.grad.full_tensor(), b.grad, rtol=1e-4, atol=1e-7, msg=name)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_grad_norm_of_sharded_gradients_is_the_unsharded_norm_on_every_rank(tmp_path):
+    torch.multiprocessing.spawn(sharded_grad_norm, args=(str(tmp_path / "rendezvous"),), nprocs=2)
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
     assert f"precision auto: {cpu_precision()} on this CPU" in log
     assert "step 2 | epoch 0 | train_loss" in log and "step 8 | val_loss" in log and "val_ppl" in log
     assert re.search(
-        r"step 8 \| epoch 0 \| train_loss \S+ \| lr \S+ \| [\d,]+ tokens/s \| [\d.]+ samples/s \| MFU [\d.]+%", log
+        r"step 8 \| epoch 0 \| train_loss \S+ \| grad_norm \S+ \| lr \S+ \| [\d,]+ tokens/s \| [\d.]+ samples/s "
+        r"\| MFU [\d.]+%",
+        log,
     )
 
     rows = read_metrics(run_dir)
@@ -41,6 +43,7 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
     speed = [r for r in rows if r["train_loss"]]
     assert all(float(r["tokens_per_sec"]) == pytest.approx(128 * float(r["samples_per_sec"])) for r in speed)
     assert all(0 < float(r["mfu"]) < 1 and float(r["flops_per_sec"]) > 0 for r in speed)
+    assert all(float(r["grad_norm"]) > 0 for r in speed)  # before clipping (trainer.gradient_clip_val 1.0)
 
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert checkpoints == {"recent.ckpt", f"best-{run_dir.name}.ckpt", f"best-{run_dir.name}.safetensors"}

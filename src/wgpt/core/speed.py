@@ -62,10 +62,10 @@ class SpeedMonitor(Callback):
     (``torch.cuda.max_memory_allocated``), or on a CPU the process's peak resident set.
 
     Logged with the metrics every ``trainer.log_every_n_steps`` and shown in train.log's step
-    lines (tokens/s and MFU in the progress bar too). MFU divides the model's FLOPs (the module's
-    ``training_flops``, counted by Lightning's ``measure_flops``; else Lightning's
-    ``flops_per_batch``) by the device's peak in the
-    run's compute dtype: the datasheet figure for GPUs, a measured matmul rate for CPUs
+    lines, after the module's ``train_loss`` and ``grad_norm`` (tokens/s and MFU in the progress
+    bar too). MFU divides the model's FLOPs (the module's ``training_flops``, counted by
+    Lightning's ``measure_flops``; else Lightning's ``flops_per_batch``) by the device's peak in
+    the run's compute dtype: the datasheet figure for GPUs, a measured matmul rate for CPUs
     (``wgpt.core.devices.peak_flops``).
 
     Built on Lightning's ``Throughput`` rather than its ``ThroughputMonitor`` callback, which
@@ -132,8 +132,14 @@ class SpeedMonitor(Callback):
         speed = {**self.speed(trainer.world_size), "peak_memory_gib": peak_memory_gib(trainer.strategy.root_device)}
         for name, value in speed.items():  # the progress bar shows tokens/s and MFU from callback_metrics
             pl_module.log(name, value, rank_zero_only=True)
-        loss = trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))
-        line = f"step {step} | epoch {trainer.current_epoch} | train_loss {loss:.4f} | lr {_lr(trainer):.2e}"
+        # The module's, read from the device in one go (grad_norm: where the strategy's gradients give it).
+        metrics = trainer.callback_metrics  # a property that collects them afresh each time
+        names = [name for name in ("train_loss", "grad_norm") if name in metrics]
+        module = dict(zip(names, torch.stack([metrics[name].float() for name in names]).tolist() if names else []))
+        line = f"step {step} | epoch {trainer.current_epoch} | train_loss {module.get('train_loss', math.nan):.4f}"
+        if "grad_norm" in module:
+            line += f" | grad_norm {module['grad_norm']:.4g}"
+        line += f" | lr {_lr(trainer):.2e}"
         line += f" | {speed['tokens_per_sec']:,.0f} tokens/s | {speed['samples_per_sec']:.1f} samples/s"
         if "mfu" in speed:
             line += f" | MFU {speed['mfu']:.1%}"

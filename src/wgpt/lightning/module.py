@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import measure_flops
-from lightning.pytorch.plugins.precision import MixedPrecision
 
 from wgpt.data.datamodule import own_rows
 from wgpt.data.tokenizer import R50k
+from wgpt.lightning.grad_norm import clip_gradients, grad_norm, measures_grad_norm
 from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.lightning.steps import backward_locally, check_step_batches, count_batches_as
 from wgpt.models.loss import next_token_loss
@@ -45,8 +45,10 @@ class ModelLightningWrapper(L.LightningModule):
     (``build_callbacks(..., sharded=True)`` adds it), or Ctrl-C and SIGTERM cannot stop the ranks
     together.
 
-    Logs ``train_loss``, the mean over an optimizer step's micro-batches, at the steps written
-    (every ``log_every_n_steps``, and the last); nothing is logged or synced per micro-batch. ``val_loss``,
+    Logs ``train_loss``, the mean over an optimizer step's micro-batches, and ``grad_norm``, the
+    step's global gradient norm before clipping (``last_grad_norm``, measured every step on the
+    device), at the steps written (every ``log_every_n_steps``, and the last); nothing is logged
+    or synced per micro-batch. ``val_loss``,
     ``val_ppl`` and ``val_bpb`` per validation (and ``val_loss/<dataset>``, ``val_bpb/<dataset>`` when
     several datasets are served), keeps the best metrics seen so far (by ``val_loss``) and stores
     them, with the model config and the tokenizer's ``record()``, in every checkpoint.
@@ -102,6 +104,8 @@ class ModelLightningWrapper(L.LightningModule):
         self._train_loss_count = 0
         self._step_losses: list[torch.Tensor] = []  # of the current optimizer step's micro-batches
         self._zeroed = False  # gradients zeroed by training_step for the step under way
+        self._measures_grad_norm = False  # whether the strategy's gradients give the global norm (on_fit_start)
+        self.last_grad_norm: torch.Tensor | None = None  # of the latest optimizer step, before clipping, on the device
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count, byte count)
         self._val_rows_left: dict[int, int | None] = {}  # dataloader index -> own windows left (validation_step)
         self._total = None  # optimizer steps the run will take, once known
@@ -152,6 +156,7 @@ class ModelLightningWrapper(L.LightningModule):
             super().__setattr__(name, value)
 
     def on_fit_start(self) -> None:
+        self._measures_grad_norm = measures_grad_norm(self.trainer.strategy)
         if self._batches_per_step() > 1:
             check_step_batches(self.trainer)
 
@@ -192,6 +197,10 @@ class ModelLightningWrapper(L.LightningModule):
         return getattr(datamodule, "micro_batches", 1) or 1
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        # Every step, not only logged ones: clipping by norm reuses it (configure_gradient_clipping),
+        # so with clipping on it costs nothing more; it stays on the device until a logging step.
+        if self._measures_grad_norm:
+            self.last_grad_norm = grad_norm(optimizer, self.trainer.precision_plugin)
         if not self._step_losses:  # stepped without a training_step of ours (manual use)
             return
         losses, self._step_losses = self._step_losses, []
@@ -214,6 +223,8 @@ class ModelLightningWrapper(L.LightningModule):
             self.log("train_loss", step_loss)
             if self._z_loss:
                 self.log("train_z_loss", step_z_loss)
+            if self.last_grad_norm is not None:
+                self.log("grad_norm", self.last_grad_norm)
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -364,17 +375,7 @@ class ModelLightningWrapper(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales in
-        # step() (fused AdamW), even in bf16, which has no scaler: clip those here.
-        unscales_itself = getattr(optimizer, "_step_supports_amp_scaling", False)
-        plugin = self.trainer.precision_plugin
-        if gradient_clip_val and unscales_itself and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm, self.last_grad_norm)
 
     def _total_steps(self) -> int:
         if self._total is None:
