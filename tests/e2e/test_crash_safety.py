@@ -159,6 +159,76 @@ def test_ctrl_c_or_sigterm_saves_recent_before_exiting(tmp_path, data_dir, stop)
     assert summary["status"] == "interrupted" and summary["global_step"] == checkpoint["global_step"]
 
 
+SLURM_JOB = {
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NNODES": "1",
+    "SLURM_JOB_NUM_NODES": "1",
+}
+
+
+def test_slurms_warning_signal_saves_recent_requeues_and_the_requeued_job_goes_on_in_place(tmp_path, data_dir):
+    """As a SLURM job (the job's environment; a scontrol that records its arguments): SIGUSR1, as
+    `#SBATCH --signal=USR1@120` sends it, saves recent at a step boundary and requeues the job; the
+    requeued job's resume=auto finishes the run in the same dir."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, **SLURM_JOB, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            "trainer.max_steps=100000",
+            "trainer.log_every_n_steps=1",
+            "callbacks.recent.every_n_train_steps=100000",
+            *paths(out, data_dir),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        for line in process.stdout:
+            if "step 3 | epoch" in line or time.monotonic() > deadline:
+                break
+        process.send_signal(signal.SIGUSR1)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    step = torch.load(recent(out), weights_only=True)["global_step"]
+    assert 3 <= step < 100000 and f"Interrupted at step {step}: saved" in output
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n" and "Requeued SLURM job 4242" in output
+    run = recent(out).parents[1]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+    requeued = run_cli(
+        "train.py",
+        *args,
+        f"trainer.max_steps={step + 2}",
+        *paths(out, data_dir),
+        "resume=auto",
+        env={**SLURM_JOB, "PATH": env["PATH"]},
+    )
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert [d.name for d in (out / "gpt2-tiny").iterdir()] == [run.name]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == step + 2
+
+
 WRITER = """
 import sys, torch
 from wgpt.callbacks import SafeCheckpointIO

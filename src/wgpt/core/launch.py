@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.util.errors import WgptError
-from wgpt.util.files import is_locked, try_lock
+from wgpt.util.files import try_lock
 
 log = logging.getLogger("wgpt")
 
@@ -98,9 +98,9 @@ def start_datetime() -> str:
 
 def run_dir(runs_dir: str, start: str, resume: str | None, ckpt_path: str | None) -> str:
     """A single run's dir: ``<runs_dir>/<start>``; with ``resume=auto`` (and no ``ckpt_path``),
-    the newest run in ``runs_dir`` (``newest_run``) when it did not finish and no process trains
-    in it: a run killed or preempted goes on in its own dir, from its ``recent.ckpt`` (from step 0
-    when it died before saving one), so one metrics.csv, train.log and summary.json hold it whole.
+    the newest run in ``runs_dir`` (``newest_run``) when it did not finish: a run killed or
+    preempted goes on in its own dir, from its ``recent.ckpt`` (from step 0 when it died before
+    saving one), so one metrics.csv, train.log and summary.json hold it whole.
     A finished run is continued only by ``ckpt_path=``, into a new dir. The ranks a launch starts
     get its dir by its start time (``$WGPT_START_DATETIME``), without looking."""
     fresh = f"{runs_dir}/{start}"
@@ -109,9 +109,7 @@ def run_dir(runs_dir: str, start: str, resume: str | None, ckpt_path: str | None
     newest = newest_run(Path(runs_dir))
     if newest is None or (read_run_summary(newest) or {}).get("status") in FINISHED:
         return fresh
-    if is_locked(newest / RUN_LOCK):  # still training: its recent.ckpt is continued from in a new dir
-        return fresh
-    return str(newest)
+    return str(newest)  # if a process still trains there, claim_run_dir refuses in one line
 
 
 def newest_run(runs_dir: Path) -> Path | None:

@@ -31,6 +31,7 @@ from wgpt.core.launch import (
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
 from wgpt.core.record import write_run_record
 from wgpt.core.report import discarded_on_bad_input
+from wgpt.core.requeue import SlurmRequeue, slurm_plugins
 from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint
 from wgpt.core.strategy import runs_step_batches
 from wgpt.core.summary import FINISHED, read_run_summary
@@ -129,12 +130,14 @@ def train_in(run_dir: Path, cfg: DictConfig, script: str | None) -> float:
             sharded=is_sharded(trainer_args.get("strategy")),
         ),
         logger=build_loggers(cfg.get("logger")),  # csv, and any of tensorboard, wandb
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(), *slurm_plugins()],
     )
     overrides = overrides_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
     trainer.callbacks.append(
         RunSummary(cfg.paths.output_dir, resumed_from=ckpt_path, overrides=overrides)
     )  # not optional: sweeps read it
+    if slurm_plugins():  # after the checkpoint callbacks: on a requeue signal, recent is saved first
+        trainer.callbacks.append(SlurmRequeue())
     # By the process the user started only: not by the ranks Lightning starts, nor by a sweep job's
     # own DDP launch (both see RECORDED_ENV), whose command lines are not the user's.
     if trainer.is_global_zero and not rank_tag() and RECORDED_ENV not in os.environ:

@@ -102,21 +102,6 @@ _held_locks: set[int] = set()
 os.register_at_fork(after_in_child=_close_held_locks)
 
 
-def is_locked(lock_path: Path) -> bool:
-    """Whether a process holds ``lock_path``'s lock (``try_lock``); creates nothing."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 class replaced_atomically:
     """Files written into a temporary directory beside ``out``, which then takes ``out``'s place
     whole: a kill midway leaves the old ``out`` (or none), never half an export. On an error the
