@@ -95,11 +95,17 @@ def run_cli(
     )
 
 
+def train_killable(*args: str, kill: tuple[int, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` with tests/record_batches.py's KillWhen among its callbacks:
+    SIGKILLed at ``kill`` = (step, moment), a crash, not an exception; None: it runs on. Every
+    launch of one run passes the same overrides, killed or not, as a restarted job does."""
+    env = {"PYTHONPATH": str(ROOT / "tests"), **({"WGPT_TEST_KILL": f"{kill[0]}:{kill[1]}"} if kill else {})}
+    return run_cli("train.py", *args, "+callbacks.kill._target_=record_batches.KillWhen", env=env, **kwargs)
+
+
 def killed_at(step: int, *args: str) -> subprocess.CompletedProcess:
-    """``python train.py <args>`` SIGKILLed once training reaches ``step`` (tests/record_batches.py's
-    KillAt): a crash, not an exception."""
-    kill = ["+callbacks.kill._target_=record_batches.KillAt", f"+callbacks.kill.step={step}"]
-    return run_cli("train.py", *args, *kill, env={"PYTHONPATH": str(ROOT / "tests")})
+    """``train_killable`` SIGKILLed once optimizer step ``step`` is done."""
+    return train_killable(*args, kill=(step, "step"))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -32,28 +32,24 @@ class RecordBatches(L.Callback):
             f.write(json.dumps(record) + "\n")
 
 
-class KillAt(L.Callback):
-    """SIGKILLs this process once training reaches ``step``: a crash, not an exception."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class KillWhen(L.Callback):
-    """SIGKILLs this process's group (its loader workers too, as a preemption does) at the first
-    ``moment`` at or after optimizer step ``step``: "step" (before training it), "validation" (in
-    the middle of one) or "save" (while a checkpoint is being made, before its file is written)."""
+    """SIGKILLs this process (and its group, loader workers included, when it leads one, as a
+    preemption kills a job) at the first ``moment`` at or after optimizer step ``step``, both read
+    from ``$WGPT_TEST_KILL`` ("<step>:<moment>"; unset: never): "step" (before training the next
+    one), "validation" (in the middle of one) or "save" (while a checkpoint is being made, before its
+    file is written). From the environment, so that the killed launches and the one that finishes
+    have the same overrides, as a restarted job has: resume=auto continues only such a run."""
 
-    def __init__(self, step: int, moment: str):
-        self.step, self.moment = step, moment
+    def __init__(self):
+        kill = os.environ.get("WGPT_TEST_KILL")
+        step, self.moment = kill.split(":") if kill else ("0", None)
+        self.step = int(step)
 
     def _kill(self, trainer, moment: str) -> None:
         if moment == self.moment and trainer.global_step >= self.step:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+            if os.getsid(0) == os.getpid():
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._kill(trainer, "step")

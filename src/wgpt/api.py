@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.compose import compose_train_config, repo_root
 from wgpt.core.report import FULL_ERROR, describe_config_error
+from wgpt.core.resume import recorded_start
 from wgpt.core.validate import check_config
 from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec
-from wgpt.interop.checkpoint import load_checkpoint
 from wgpt.interop.sources import load_model_source
 from wgpt.models import padded_vocab_size
 from wgpt.models.build import build_model, build_on_meta
@@ -99,14 +99,3 @@ def run_config(run_dir: Path) -> DictConfig | None:
         if started is not None:
             config.start_datetime = started
     return config
-
-
-def recorded_start(run_dir: Path) -> str | None:
-    """The start time a run names its files by: its ``best-<start>`` checkpoint's name, else the
-    one ``recent.ckpt`` records; None when it has neither."""
-    checkpoints = run_dir / "checkpoints"
-    best = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1].name.removeprefix("best-").removesuffix(".ckpt")
-    recent = checkpoints / "recent.ckpt"
-    return load_checkpoint(recent, mmap=True).get("start_datetime") if recent.is_file() else None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, killed_at, run_cli
+from conftest import ROOT, killed_at, run_cli, train_killable
 
 TINY = [
     "model.d_embed=32",
@@ -60,7 +60,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     first = out / "gpt2-tiny" / "2020-01-01_00-00-00"
     assert torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)["global_step"] == 4
 
-    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto")
+    resumed = train_killable(*TINY, *paths(out, data_dir), "resume=auto")  # the same overrides, as a restart has
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The unfinished run goes on in its own dir: one train.log, metrics.csv and summary.json.
     assert [d.name for d in (out / "gpt2-tiny").iterdir()] == [first.name]
@@ -94,19 +94,9 @@ def test_six_kills_and_resume_auto_leave_one_run_dir_equal_to_an_uninterrupted_r
     rng = random.Random(30)
     kills = [(1, "step")] + sorted((rng.randrange(2, 16), rng.choice(["step", "validation", "save"])) for _ in range(5))
     for step, moment in kills:
-        kill = ["+callbacks.kill._target_=record_batches.KillWhen", f"+callbacks.kill.step={step}"]
-        killed = run_cli(
-            "train.py",
-            *args,
-            *paths(out, data_dir),
-            "resume=auto",
-            *kill,
-            f"+callbacks.kill.moment={moment}",
-            env={"PYTHONPATH": str(ROOT / "tests")},
-            new_session=True,
-        )
+        killed = train_killable(*args, *paths(out, data_dir), "resume=auto", kill=(step, moment), new_session=True)
         assert killed.returncode == -signal.SIGKILL, (step, moment, (killed.stdout + killed.stderr)[-3000:])
-    last = run_cli("train.py", *args, *paths(out, data_dir), "resume=auto")
+    last = train_killable(*args, *paths(out, data_dir), "resume=auto")
     assert last.returncode == 0, last.stderr[-3000:]
 
     (run,) = (out / "gpt2-tiny").iterdir()
@@ -181,18 +171,18 @@ def test_slurms_warning_signal_saves_recent_requeues_and_the_requeued_job_goes_o
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     (bin_dir / "scontrol").chmod(0o755)
     env = {**os.environ, **SLURM_JOB, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))]
+    # The job's command, the same at every requeue: a budget it will not reach before the signal.
     out = tmp_path / "out"
+    args = [
+        *(a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.recent"))),
+        "trainer.max_steps=30",
+        "trainer.log_every_n_steps=1",
+        "callbacks.recent.every_n_train_steps=100000",
+        *paths(out, data_dir),
+        "resume=auto",
+    ]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            *args,
-            "trainer.max_steps=100000",
-            "trainer.log_every_n_steps=1",
-            "callbacks.recent.every_n_train_steps=100000",
-            *paths(out, data_dir),
-        ],
+        [sys.executable, "train.py", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -210,23 +200,19 @@ def test_slurms_warning_signal_saves_recent_requeues_and_the_requeued_job_goes_o
         process.kill()
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
     step = torch.load(recent(out), weights_only=True)["global_step"]
-    assert 3 <= step < 100000 and f"Interrupted at step {step}: saved" in output
+    assert 3 <= step < 30 and f"Interrupted at step {step}: saved" in output
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n" and "Requeued SLURM job 4242" in output
     run = recent(out).parents[1]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
-    requeued = run_cli(
-        "train.py",
-        *args,
-        f"trainer.max_steps={step + 2}",
-        *paths(out, data_dir),
-        "resume=auto",
-        env={**SLURM_JOB, "PATH": env["PATH"]},
-    )
+    requeued = run_cli("train.py", *args, env={**SLURM_JOB, "PATH": env["PATH"]})
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert [d.name for d in (out / "gpt2-tiny").iterdir()] == [run.name]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["global_step"] == step + 2
+    assert summary["status"] == "completed" and summary["global_step"] == 30
+    assert (
+        f"Resuming from {recent(out)} (step {step}), going on in its own run dir" in requeued.stdout + requeued.stderr
+    )
 
 
 WRITER = """

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, killed_at, run_cli
+from conftest import ROOT, killed_at, run_cli, train_killable
 
 # Two blocks (FSDP shards each), dropout on (activation checkpointing must replay its masks).
 TINY = [
@@ -61,7 +61,7 @@ def test_a_sharded_run_killed_mid_training_resumes_to_the_same_weights(tmp_path,
     first = out / "gpt2-tiny" / "2020-01-01_00-00-01" / "checkpoints" / "recent.ckpt"
     assert torch.load(first, weights_only=True)["global_step"] == 4
 
-    resumed = run_cli("train.py", *TINY, *paths(out, data_dir), "resume=auto")
+    resumed = train_killable(*TINY, *paths(out, data_dir), "resume=auto")  # the killed launch's overrides
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     second = out / "gpt2-tiny" / "2020-01-01_00-00-01"  # the unfinished run, continued in its own dir
     assert json.loads((second / "summary.json").read_text())["status"] == "completed"

@@ -96,41 +96,71 @@ def start_datetime() -> str:
     return now
 
 
-def run_dir(runs_dir: str, start: str, resume: str | None, ckpt_path: str | None) -> str:
-    """A single run's dir: ``<runs_dir>/<start>``; with ``resume=auto`` (and no ``ckpt_path``),
-    the newest run in ``runs_dir`` (``newest_run``) when it did not finish: a run killed or
-    preempted goes on in its own dir, from its ``recent.ckpt`` (from step 0 when it died before
-    saving one), so one metrics.csv, train.log and summary.json hold it whole.
-    A finished run is continued only by ``ckpt_path=``, into a new dir. The ranks a launch starts
-    get its dir by its start time (``$WGPT_START_DATETIME``), without looking."""
-    fresh = f"{runs_dir}/{start}"
-    if resume != "auto" or ckpt_path is not None or START_DATETIME_ENV in os.environ:
-        return fresh
-    newest = newest_run(Path(runs_dir))
-    if newest is None or (read_run_summary(newest) or {}).get("status") in FINISHED:
-        return fresh
-    return str(newest)  # if a process still trains there, claim_run_dir refuses in one line
+def run_dir(runs_dir: str, start: str, resume: str | None, overrides) -> str:
+    """A single run's dir: ``<runs_dir>/<start>``, or with ``resume=auto`` the run it continues
+    (``unfinished_run``): a run killed or preempted goes on in its own dir, from its
+    ``recent.ckpt`` (else from where it started), so one metrics.csv, train.log and summary.json
+    hold it whole. ``overrides``: this launch's (``hydra.overrides.task``). The ranks a launch
+    starts get its dir by its start time (``$WGPT_START_DATETIME``), without looking."""
+    if resume != "auto" or START_DATETIME_ENV in os.environ:
+        return f"{runs_dir}/{start}"
+    found, _ = unfinished_run(Path(runs_dir), [str(o) for o in overrides or []])
+    return str(found) if found is not None else f"{runs_dir}/{start}"
 
 
-def newest_run(runs_dir: Path) -> Path | None:
-    """The run dir in ``runs_dir`` launched or saved last: by the newest of its
+def unfinished_run(runs_dir: Path, overrides: list[str], exclude: Path | None = None) -> tuple[Path | None, str]:
+    """(The run ``resume=auto`` continues, or None; why none.) The newest run in ``runs_dir``
+    (``newest_run``), if it did not finish (no summary.json, or one saying interrupted or failed)
+    and ran with this launch's overrides (``resume``, ``start_datetime`` and ``paths`` aside): a
+    finished run is continued by ``ckpt_path=`` only, and another job's run is not this one's. If a
+    process still trains in it, ``claim_run_dir`` refuses in one line."""
+    # Here, not at the top: wgpt.core.sweep imports this module.
+    from wgpt.core.sweep import job_difference, overrides_of
+
+    newest = newest_run(runs_dir, exclude)
+    if newest is None:
+        return None, f"no other run in {runs_dir}" if exclude is not None else f"no run in {runs_dir}"
+    status = (read_run_summary(newest) or {}).get("status")
+    if status in FINISHED:
+        recent = newest / "checkpoints" / "recent.ckpt"
+        return None, f"the newest run, {newest}, finished ({status}); to train it further, give ckpt_path={recent}"
+    try:
+        theirs = overrides_of(OmegaConf.load(newest / ".hydra" / "overrides.yaml"))
+    except (OSError, ValueError):
+        theirs = []  # its record is gone: its checkpoint's checks still apply
+    differ = job_difference(theirs, overrides)
+    if differ is not None:
+        return None, (
+            f"the newest run, {newest}, did not finish but ran with {differ[0]}, this launch has {differ[1]}: "
+            "launch it with its own settings to continue it"
+        )
+    return newest, ""
+
+
+def newest_run(runs_dir: Path, exclude: Path | None = None) -> Path | None:
+    """The run dir in ``runs_dir`` launched or saved last (``exclude`` aside): by the newest of its
     ``.hydra/config.yaml`` (written at each launch) and ``checkpoints/recent.ckpt``."""
     found: dict[Path, float] = {}
     for marker in (".hydra/config.yaml", "checkpoints/recent.ckpt"):
         for path in runs_dir.glob(f"*/{marker}"):
-            found[path.parents[1]] = max(found.get(path.parents[1], 0.0), path.stat().st_mtime)
+            if exclude is None or path.parents[1].resolve() != exclude.resolve():
+                found[path.parents[1]] = max(found.get(path.parents[1], 0.0), path.stat().st_mtime)
     return max(found, key=found.__getitem__, default=None)
 
 
 def claim_run_dir(run_dir: Path) -> int | None:
     """Hold ``run_dir``'s lock while this process trains in it (the returned descriptor, for
-    ``release_lock``): two launches never train in one dir, and ``resume=auto`` tells a run still
-    training from one that was killed. Taken by the process a launch starts with, not by the ranks
-    or the job launch it starts (they see ``RECORDED_ENV``), whose parent holds it for them."""
+    ``release_lock``): two launches never train in one dir, ``resume=auto``'s included. Taken by
+    the process a launch starts with, not by the ranks or the job launch it starts (they see
+    ``RECORDED_ENV``), whose parent holds it for them."""
     if rank_tag() or RECORDED_ENV in os.environ:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = try_lock(run_dir / RUN_LOCK)
+    try:
+        fd = try_lock(run_dir / RUN_LOCK)
+    except OSError as e:  # a filesystem without flock (Lustre without -o flock, some FUSE mounts)
+        log.warning("No lock on %s (%s): nothing stops a second launch from training in this dir", run_dir, e)
+        return None
     if fd is None:
         raise WgptError(
             f"{run_dir} is in use: another training process holds its {RUN_LOCK}; wait for it to end, "

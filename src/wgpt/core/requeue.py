@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -23,8 +23,10 @@ log = logging.getLogger("wgpt")
 
 
 def slurm_plugins() -> list:
-    """Lightning's SLURM environment without its auto-requeue, when this process runs under SLURM."""
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    """Lightning's SLURM environment without its auto-requeue, when SLURM started this process
+    (not torchrun inside a SLURM job: Lightning's torchrun environment stands then)."""
+    under_slurm = SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+    return [SLURMEnvironment(auto_requeue=False)] if under_slurm else []
 
 
 def slurm_job_id() -> str:
@@ -35,6 +37,23 @@ def slurm_job_id() -> str:
     return os.environ["SLURM_JOB_ID"]
 
 
+def requeue() -> None:
+    """``scontrol requeue`` this job; a failure is logged (resubmitting the job does the same)."""
+    command = ["scontrol", "requeue", slurm_job_id()]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("Could not requeue the job (%s): %s; resubmit it with resume=auto", " ".join(command), e)
+        return
+    if result.returncode == 0:
+        log.info("Requeued SLURM job %s: its resume=auto goes on in this run dir", command[-1])
+    else:
+        output = (result.stderr or result.stdout).strip()
+        log.warning(
+            "%s failed (exit %d): %s; resubmit the job with resume=auto", " ".join(command), result.returncode, output
+        )
+
+
 class SlurmRequeue(Callback):
     """On ``signum`` (SIGUSR1, as ``--signal=USR1@<seconds>`` sends it): stop at the next step
     boundary with ``recent`` saved (the SIGTERM path), then, on rank 0, ``scontrol requeue`` the job."""
@@ -42,11 +61,18 @@ class SlurmRequeue(Callback):
     def __init__(self, signum: int = signal.SIGUSR1):
         self.signum = signum
         self.requested = False
-        self._previous = None
+        self.training = False
+        # From now, not from training's start: the signal's default action would kill the job unrequeued.
+        self._previous = (
+            signal.signal(signum, self._request) if threading.current_thread() is threading.main_thread() else None
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signum, self._request)
+        self.training = True
+        if self.requested:  # came while the run was starting: nothing trained yet to save
+            if trainer.is_global_zero:
+                requeue()
+            raise SystemExit(128 + signal.SIGTERM)
 
     def _request(self, signum, frame) -> None:
         if not self.requested:
@@ -56,27 +82,13 @@ class SlurmRequeue(Callback):
                 slurm_job_id(),
             )
         self.requested = True
-        os.kill(os.getpid(), signal.SIGTERM)  # the stop every rank agrees on (Lightning's, or ShardedStop's)
+        if self.training:
+            os.kill(os.getpid(), signal.SIGTERM)  # the stop every rank agrees on (Lightning's, or ShardedStop's)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # After the checkpoint callbacks' on_exception (this one is added last): recent is saved.
-        if not (self.requested and isinstance(exception, SIGTERMException) and trainer.is_global_zero):
-            return
-        command = ["scontrol", "requeue", slurm_job_id()]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("Could not requeue the job (%s): %s; resubmit it with resume=auto", " ".join(command), e)
-            return
-        if result.returncode == 0:
-            log.info("Requeued SLURM job %s: its resume=auto goes on in this run dir", command[-1])
-        else:
-            log.warning(
-                "%s failed (exit %d): %s; resubmit the job with resume=auto",
-                " ".join(command),
-                result.returncode,
-                (result.stderr or result.stdout).strip(),
-            )
+        if self.requested and isinstance(exception, SIGTERMException) and trainer.is_global_zero:
+            requeue()
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous is not None:

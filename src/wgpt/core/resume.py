@@ -11,11 +11,10 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from wgpt.core.launch import RESUME_FROM_ENV, in_sweep
+from wgpt.core.launch import RESUME_FROM_ENV, in_sweep, unfinished_run
 from wgpt.core.record import RECORD
-from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.core.sweep import job_difference, overrides_of
-from wgpt.interop.checkpoint import check_fits, load_checkpoint, model_state, newest_recent
+from wgpt.interop.checkpoint import check_fits, load_checkpoint, model_state
 from wgpt.optim import optimizer_layout
 from wgpt.tokenizers import tokenizer_config
 from wgpt.tokenizers.base import TokenizerBase
@@ -86,16 +85,10 @@ def nothing_to_resume(cfg: DictConfig) -> str:
     if in_sweep():
         return f"no recent checkpoint in {run_dir}"
     if (run_dir / RECORD).is_file():  # an earlier part of this run wrote it, and died before saving
-        return f"this unfinished run's earlier part saved no checkpoint: it starts again from step 0 in {run_dir}"
-    runs = Path(cfg.paths.output_root) / cfg.model.name
-    newest = newest_recent(runs, exclude=run_dir)
-    status = (read_run_summary(newest.parents[1]) or {}).get("status") if newest is not None else None
-    if status in FINISHED:
-        return (
-            f"the newest run of {cfg.model.name}, {newest.parents[1]}, finished ({status}); "
-            f"to train it further, give ckpt_path={newest}"
-        )
-    return f"no unfinished run of {cfg.model.name} in {runs}"
+        return f"this unfinished run's earlier part saved no checkpoint: it starts again in {run_dir}"
+    overrides = overrides_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    _, why = unfinished_run(Path(cfg.paths.output_root) / cfg.model.name, overrides, exclude=run_dir)
+    return why
 
 
 def own_checkpoint(cfg: DictConfig) -> dict | None:
@@ -122,3 +115,14 @@ def check_same_tokenizer(ckpt_path: str | None, record: dict | None, tokenizer: 
             f"but this run's {tokenizer.name} is {tokenizer.fingerprint} (trained on other data): "
             "use the data and tokenizer.* settings of that run"
         )
+
+
+def recorded_start(run_dir: Path) -> str | None:
+    """The start time a run names its files by: its ``best-<start>`` checkpoint's name, else the
+    one ``recent.ckpt`` records; None when it has neither."""
+    checkpoints = run_dir / "checkpoints"
+    best = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1].name.removeprefix("best-").removesuffix(".ckpt")
+    recent = checkpoints / "recent.ckpt"
+    return load_checkpoint(recent, mmap=True).get("start_datetime") if recent.is_file() else None

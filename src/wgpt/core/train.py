@@ -29,10 +29,10 @@ from wgpt.core.launch import (
     spawns_ranks,
 )
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
-from wgpt.core.record import write_run_record
+from wgpt.core.record import RECORD, write_run_record
 from wgpt.core.report import discarded_on_bad_input
 from wgpt.core.requeue import SlurmRequeue, slurm_plugins
-from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint
+from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint, recorded_start
 from wgpt.core.strategy import runs_step_batches
 from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.core.sweep import objective, overrides_of
@@ -78,6 +78,8 @@ def train_in(run_dir: Path, cfg: DictConfig, script: str | None) -> float:
         if own is not None:  # the names in its dir (best-<start time>.ckpt) go on from its first part
             cfg.start_datetime = own.get("start_datetime", cfg.start_datetime)
             continued_at = own["global_step"]
+        elif cfg.get("resume") == "auto" and (run_dir / RECORD).is_file():  # a part that died before saving recent
+            cfg.start_datetime = recorded_start(run_dir) or cfg.start_datetime
         OmegaConf.resolve(cfg)  # freeze interpolations (e.g. the start time) for the whole run
         spec = tokenizer_spec(cfg)
         shapes = build_on_meta(

@@ -103,17 +103,6 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "the chec
     return model.eval()
 
 
-def newest_recent(runs_dir: str | Path, exclude: str | Path | None = None) -> Path | None:
-    """The most recently written ``*/checkpoints/recent.ckpt`` in ``runs_dir``, skipping the run
-    dir ``exclude`` (the run that asks)."""
-    candidates = [
-        p
-        for p in Path(runs_dir).glob("*/checkpoints/recent.ckpt")
-        if exclude is None or p.parent.parent.resolve() != Path(exclude).resolve()
-    ]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
-
-
 # Weights-only files: what a run keeps of its best checkpoint for use elsewhere.
 
 WEIGHTS_SUFFIX = ".safetensors"
