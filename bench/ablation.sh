@@ -2,7 +2,7 @@
 # Each architecture knob against the baseline on a short budget of the quick start, 3 seeds each,
 # compared with wgpt.compare: the ablation table of docs/models.md.
 #
-#   bash bench/ablation.sh [OUT_DIR]        # about 55 minutes on 2 CPU cores; OUT_DIR default outputs/ablation
+#   bash bench/ablation.sh [OUT_DIR]        # about 40 minutes on 2 CPU cores; OUT_DIR default outputs/ablation
 #   bash bench/ablation.sh OUT_DIR --dry-run  # the commands only
 #
 # One sweep per setting (seed=1,2,3), the baseline's first, so wgpt.compare takes the first group as
