@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from wgpt.core.launch import in_sweep, rank_tag
+from wgpt.core.launch import RUN_LOCK, in_sweep, rank_tag
 from wgpt.util.errors import WgptError
 from wgpt.util.files import written_atomically
 
@@ -202,7 +202,7 @@ def discarded_on_bad_input(run_dir: str | Path):
                 with written_atomically(path) as tmp:
                     tmp.write_bytes(content)
         if run_dir in _created_dirs:
-            for name in (*HYDRA_RUN_FILES, _job_log_name()):
+            for name in (*HYDRA_RUN_FILES, _job_log_name(), RUN_LOCK):
                 (run_dir / name).unlink(missing_ok=True)
             hydra_dir = run_dir / ".hydra"
             if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):

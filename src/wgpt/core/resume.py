@@ -12,7 +12,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from wgpt.core.launch import RESUME_FROM_ENV, in_sweep, unfinished_run
-from wgpt.core.record import RECORD
 from wgpt.core.sweep import job_difference, overrides_of
 from wgpt.interop.checkpoint import check_fits, load_checkpoint, model_state
 from wgpt.optim import optimizer_layout
@@ -84,7 +83,7 @@ def nothing_to_resume(cfg: DictConfig) -> str:
     run_dir = Path(cfg.paths.output_dir)
     if in_sweep():
         return f"no recent checkpoint in {run_dir}"
-    if (run_dir / RECORD).is_file():  # an earlier part of this run wrote it, and died before saving
+    if (run_dir / "record.json").is_file():  # wgpt.core.record's, by an earlier part that died before saving
         return f"this unfinished run's earlier part saved no checkpoint: it starts again in {run_dir}"
     overrides = overrides_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     _, why = unfinished_run(Path(cfg.paths.output_root) / cfg.model.name, overrides, exclude=run_dir)
