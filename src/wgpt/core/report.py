@@ -191,10 +191,13 @@ def discarded_on_bad_input(run_dir: str | Path):
     run dir that existed (a run continued in place) gets its earlier .hydra/ files back.
     Sweep jobs keep their dirs (the sweep's table reports them), and only one process cleans up."""
 
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.exists():  # train() called without Hydra's run dir (tests, scripts): the dirs it will make
+        _created_dirs[:] = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+        _earlier_hydra_files.clear()
     try:
         yield
     except (WgptError, OmegaConfBaseException, InstantiationException) as e:
-        run_dir = Path(run_dir).resolve()
         if user_error(e) is None or in_sweep() or rank_tag():
             raise
         for path, content in _earlier_hydra_files.items():  # a run continued in place keeps its config
