@@ -122,9 +122,16 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(toy_dir, tmp_path):
     trainer(
         max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks, enable_checkpointing=True
     ).fit(module, datamodule=datamodule(toy_dir))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-start.ckpt", "best-start.safetensors", "recent.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-start.ckpt",
+        "best-start.safetensors",
+        "recent-previous.ckpt",
+        "recent.ckpt",
+    ]
     best = torch.load(tmp_path / "best-start.ckpt", weights_only=True)
     recent = torch.load(tmp_path / "recent.ckpt", weights_only=True)
+    # The one recent.ckpt replaced: step 4's (saved after its validation), not the end's first save of step 5.
+    assert torch.load(tmp_path / "recent-previous.ckpt", weights_only=True)["global_step"] == 4
     assert best["global_step"] == 4 and best["best_metrics"]["val_loss"] == 1.0
     assert recent["global_step"] == 5 and recent["best_metrics"] == {**best["best_metrics"]}
     assert recent["best_metrics"]["val_ppl"] == pytest.approx(math.e)

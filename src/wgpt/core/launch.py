@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from wgpt.core.overrides import job_difference
 from wgpt.core.summary import FINISHED, read_run_summary
 from wgpt.util.errors import WgptError
 from wgpt.util.files import try_lock
@@ -125,7 +126,7 @@ def unfinished_run(runs_dir: Path, overrides: list[str], exclude: Path | None = 
         theirs = [str(o) for o in OmegaConf.to_container(OmegaConf.load(newest / ".hydra" / "overrides.yaml"))]
     except (OSError, ValueError):
         theirs = []  # its record is gone: its checkpoint's checks still apply
-    differ = _override_difference(theirs, overrides)
+    differ = job_difference(theirs, overrides)
     if differ is not None:
         return None, (
             f"the newest run, {newest}, did not finish but ran with {differ[0]}, this launch has {differ[1]}: "
@@ -281,19 +282,3 @@ def launch_job_alone(cfg: DictConfig, script: str, resume_from: str | None = Non
 # On import: a sweep job that submitit unpickles on a cluster node never runs train.py's top level,
 # but it imports this module (through wgpt.core.train) before Hydra composes the job's config.
 register_resolvers()
-
-
-def _override_difference(there: list[str], here: list[str]) -> tuple[str, str] | None:
-    """The first override two launches differ in (``resume``, ``start_datetime``, ``paths.*``
-    aside), as each has it; None: the same run. (wgpt.core.sweep's job_difference does this for
-    sweep jobs, with Hydra's value spellings; it imports this module, so it cannot be used here.)"""
-
-    def identity(overrides):
-        pairs = (o.lstrip("+~").partition("=") for o in overrides)
-        return {k: v for k, _, v in pairs if k.split(".")[0] not in ("resume", "start_datetime", "paths")}
-
-    a, b = identity(there), identity(here)
-    for key in dict.fromkeys([*a, *b]):
-        if a.get(key) != b.get(key):
-            return (f"{key}={a[key]}" if key in a else f"no {key}"), (f"{key}={b[key]}" if key in b else f"no {key}")
-    return None

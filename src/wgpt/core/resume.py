@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from wgpt.core.launch import RESUME_FROM_ENV, in_sweep, unfinished_run
-from wgpt.core.sweep import job_difference, overrides_of
+from wgpt.core.overrides import job_difference, overrides_of
 from wgpt.interop.checkpoint import check_fits, load_checkpoint, model_state
 from wgpt.optim import optimizer_layout
 from wgpt.tokenizers import tokenizer_config

@@ -14,68 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wgpt.core.launch import rank_tag
+from wgpt.core.overrides import job_difference, job_identity, overrides_of
 from wgpt.core.summary import read_run_summary, write_run_summary
 from wgpt.util.errors import WgptError
 from wgpt.util.files import atomic_write_text
 from wgpt.util.tables import csv_text, text_table
 
-# Overrides that say how a sweep was started or where its files are, not what its jobs train: a
-# resumed sweep adds resume=auto, and may find its data elsewhere.
-LAUNCH_OVERRIDES = ("resume", "start_datetime", "paths")
 MULTIRUN_FLAGS = ("-m", "--multirun")
-
-
-def split_override(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
-
-
-def overrides_of(node) -> list[str]:
-    """A list of overrides from a config (``hydra.overrides.task``, ``overrides.yaml``) as typed:
-    unresolved, for an override may hold an interpolation (``+x=${hydra:job.num}``)."""
-    return [str(o) for o in OmegaConf.to_container(node, resolve=False)]
-
-
-def job_identity(overrides: Sequence[str]) -> dict[str, str]:
-    """What a job trains, from its overrides: key -> value, without those that only say how the
-    sweep was started (a resumed sweep adds ``resume=auto``)."""
-    return {key: value for key, value in map(split_override, overrides) if key.split(".")[0] not in LAUNCH_OVERRIDES}
-
-
-def _same(a: str | None, b: str | None) -> bool:
-    """Two override values alike, as Hydra would read them: a job of ``optim.lr=1e-3,2e-3`` has
-    ``optim.lr=0.001``, and ``false`` is written back ``False``."""
-
-    def canonical(value):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return (
-                value.lower()
-                if isinstance(value, str) and value.lower() in ("true", "false", "null", "none")
-                else value
-            )
-
-    return canonical(a) == canonical(b)
-
-
-def job_difference(there: Sequence[str], here: Sequence[str]) -> tuple[str, str] | None:
-    """The first thing two jobs' overrides differ in, as it is in each (``optim.lr=1e-3``, ``no
-    optim.lr``); None: the same job. An interpolated value (``+x=${hydra:job.num}``) is passed over:
-    a job's own DDP launch gets it resolved."""
-    a, b = job_identity(there), job_identity(here)
-    for key in dict.fromkeys([*a, *b]):
-        if not _same(a.get(key), b.get(key)) and not _interpolated(a.get(key, "") + b.get(key, "")):
-            return _shown(key, a), _shown(key, b)
-    return None
-
-
-def _interpolated(value: str) -> bool:
-    return "${" in value or "$\\{" in value  # as typed, or as Hydra escapes it in a sweep job's overrides
-
-
-def _shown(key: str, values: dict[str, str]) -> str:
-    return f"{key}={values[key]}" if key in values else f"no {key}"
 
 
 def job_dirs(sweep_dir: str | Path) -> list[tuple[int, Path, list[str]]]:

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from wgpt.core.launch import rank_tag
+from wgpt.core.overrides import overrides_of
 from wgpt.core.report import BORROWED_ENV, FULL_ERROR, describe_config_error, user_error
-from wgpt.core.sweep import SweepError, overrides_of
+from wgpt.core.sweep import SweepError
 from wgpt.core.sweep_resume import check_resume
 from wgpt.core.validate import check_config, check_values
 from wgpt.util.errors import WgptError

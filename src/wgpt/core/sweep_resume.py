@@ -11,17 +11,9 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from wgpt.core.launch import in_sweep, rank_tag
+from wgpt.core.overrides import job_difference, overrides_of, split_override
 from wgpt.core.summary import FINISHED, read_run_summary
-from wgpt.core.sweep import (
-    MULTIRUN_FLAGS,
-    SweepError,
-    format_cell,
-    job_difference,
-    job_dirs,
-    objective,
-    overrides_of,
-    split_override,
-)
+from wgpt.core.sweep import MULTIRUN_FLAGS, SweepError, format_cell, job_dirs, objective
 from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")

@@ -29,13 +29,14 @@ from wgpt.core.launch import (
     spawns_ranks,
 )
 from wgpt.core.logger import build_loggers, check_logger_packages, keep_metrics_before, log_config
+from wgpt.core.overrides import overrides_of
 from wgpt.core.record import RECORD, write_run_record
 from wgpt.core.report import discarded_on_bad_input
 from wgpt.core.requeue import SlurmRequeue, slurm_plugins
 from wgpt.core.resume import check_same_tokenizer, checkpoint_to_resume, own_checkpoint, recorded_start
 from wgpt.core.strategy import runs_step_batches
 from wgpt.core.summary import FINISHED, read_run_summary
-from wgpt.core.sweep import objective, overrides_of
+from wgpt.core.sweep import objective
 from wgpt.core.trainer import trainer_arguments, with_step_batches
 from wgpt.core.validate import check_config
 from wgpt.data.tokenizer import end_of_text_id, tokenizer_spec

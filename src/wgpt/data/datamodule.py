@@ -196,9 +196,7 @@ class DatasetLightningWrapper(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train = [splits["train"] for splits in self.splits.values()]
-        world_size, rank = self._world
-        extra = {"weights": self.weights} if self.weights is not None else {}
-        sampler = self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank, **extra)
+        sampler = self._train_sampler()
         if self.micro_batches > 1:
             # One batch per optimizer step: Lightning's loop costs ~0.4 ms of host time per batch
             # (bench/host_cost.py), a large share of a small model's step on a GPU.
@@ -210,6 +208,29 @@ class DatasetLightningWrapper(L.LightningDataModule):
             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else sampler.epoch,
             steps_done=self._steps_done,
         )
+
+    def step_windows(self, epoch: int, first: int, count: int) -> dict[str, list[int]]:
+        """The windows (indices into each dataset's train split) of this rank's sampler batches
+        ``first`` .. ``first + count - 1`` of ``epoch``, by dataset: recomputed, as the order is a
+        function of the seed and the epoch (a skipped step's batch, named in train.log)."""
+        sampler = self._train_sampler()
+        sampler.set_epoch(epoch)
+        starts = np.cumsum([0, *(len(splits["train"]) for splits in self.splits.values())])
+        windows: dict[str, list[int]] = {}
+        for i, batch in enumerate(sampler):
+            if i >= first + count:
+                break
+            for index in batch if i >= first else ():
+                d = int(np.searchsorted(starts, index, side="right")) - 1
+                windows.setdefault(list(self.splits)[d], []).append(index - int(starts[d]))
+        return windows
+
+    def _train_sampler(self):
+        """This rank's batch sampler over the train splits (``sampler``, PDBSampler by default)."""
+        train = [splits["train"] for splits in self.splits.values()]
+        world_size, rank = self._world
+        extra = {"weights": self.weights} if self.weights is not None else {}
+        return self.sampler(datasets=train, batch_size=self.batch_size, world_size=world_size, rank=rank, **extra)
 
     def _steps_done(self) -> int:
         """Training batches of the current epoch already taken by the loop (not merely prefetched)."""

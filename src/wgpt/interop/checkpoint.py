@@ -10,6 +10,7 @@ the kinds apart (a run dir stands for its best checkpoint).
 from __future__ import annotations
 
 import importlib
+import logging
 import json
 import os
 import pickle
@@ -25,6 +26,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from wgpt.tokenizers import tokenizer_from_record
 from wgpt.util.errors import WgptError
 from wgpt.util.files import written_atomically
+
+log = logging.getLogger("wgpt")
 
 MODEL_PACKAGE = "wgpt.models."  # a checkpoint may only name a model class from here
 
@@ -212,15 +215,32 @@ class LoadedModel:
     run_dir: Path | None  # the run that made it (its .hydra/config.yaml), when there is one
 
 
+def weights_finite(state_dict: Mapping[str, Any]) -> bool:
+    """Whether every floating-point tensor of ``state_dict`` is free of NaN and inf (a host read per device)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in state_dict.values():
+        if torch.is_tensor(t) and t.is_floating_point():
+            by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(flags).all()) for flags in by_device.values())
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file and renames it into place, so a kill mid-save
     never leaves a torn ``recent.ckpt`` (the previous one stays readable); reads with
-    ``weights_only=True``, so a checkpoint can never run code."""
+    ``weights_only=True``, so a checkpoint can never run code. Weights with a NaN or inf are
+    never written: the file already there stays."""
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if not weights_finite(checkpoint.get("state_dict", {})):  # one host read per save
+            log.error(
+                "step %s: the weights hold NaN or inf: %s not written (the one there is kept)",
+                checkpoint.get("global_step"),
+                path,
+            )
+            return
         # a power cut keeps one whole file too (durable: fsynced before and after the rename)
         with written_atomically(Path(path), durable=True) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)

@@ -16,6 +16,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 from wgpt.data.datamodule import own_rows
 from wgpt.data.tokenizer import R50k
 from wgpt.lightning.grad_norm import clip_gradients, grad_norm, measures_grad_norm
+from wgpt.lightning.guard import StepGuard
 from wgpt.lightning.metrics import bits_per_byte, perplexity, token_bytes_table
 from wgpt.lightning.steps import backward_locally, check_step_batches, count_batches_as
 from wgpt.models.loss import next_token_loss
@@ -101,11 +102,13 @@ class ModelLightningWrapper(L.LightningModule):
         self.best = {"train_loss": math.inf, "val_loss": math.inf, "val_ppl": math.inf, "val_bpb": math.inf, "step": -1}
         self.last_val_loss = self.last_val_bpb = math.nan  # of the latest validation
         self._train_loss_sum = torch.zeros(())  # of optimizer steps since the last validation, for best["train_loss"]
-        self._train_loss_count = 0
+        self._train_loss_count = torch.zeros(())  # of those steps, skipped ones aside
         self._step_losses: list[torch.Tensor] = []  # of the current optimizer step's micro-batches
         self._zeroed = False  # gradients zeroed by training_step for the step under way
         self._measures_grad_norm = False  # whether the strategy's gradients give the global norm (on_fit_start)
         self.last_grad_norm: torch.Tensor | None = None  # of the latest optimizer step, before clipping, on the device
+        self.guard: StepGuard | None = None  # skips bad steps (set by wgpt.core.guard.SkipGuard)
+        self.last_step_bad: torch.Tensor | None = None  # the guard's verdict on the latest step, on the device
         self._val_sums: dict[int, torch.Tensor] = {}  # dataloader index -> (loss sum, token count, byte count)
         self._val_rows_left: dict[int, int | None] = {}  # dataloader index -> own windows left (validation_step)
         self._total = None  # optimizer steps the run will take, once known
@@ -201,14 +204,20 @@ class ModelLightningWrapper(L.LightningModule):
         # so with clipping on it costs nothing more; it stays on the device until a logging step.
         if self._measures_grad_norm:
             self.last_grad_norm = grad_norm(optimizer, self.trainer.precision_plugin)
+        if self.guard is not None and self.last_grad_norm is not None:
+            step = self.global_step + 1
+            self.last_step_bad = self.guard.check(self.last_grad_norm, optimizer, self.trainer.precision_plugin, step)
         if not self._step_losses:  # stepped without a training_step of ours (manual use)
             return
         losses, self._step_losses = self._step_losses, []
         step_loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)
         if self._z_loss:  # (cross-entropy, z-loss term)
             step_loss, step_z_loss = step_loss.unbind()
-        self._train_loss_sum = self._train_loss_sum.to(step_loss.device) + step_loss
-        self._train_loss_count += 1
+        kept, bad = step_loss, self.last_step_bad  # a skipped step's loss is left out of best["train_loss"]
+        if bad is not None:
+            kept = torch.where(bad, 0.0, step_loss)
+        self._train_loss_sum = self._train_loss_sum.to(step_loss.device) + kept
+        self._train_loss_count = self._train_loss_count.to(step_loss.device) + (1.0 if bad is None else (~bad).float())
         # Logged at the steps Lightning writes (and the last), not every step: self.log costs ~0.7 ms
         # of Python. Never prog_bar=True: Lightning turns progress-bar metrics into Python numbers
         # after every batch, a GPU sync per micro-batch; wgpt's bar reads callback_metrics instead.
@@ -287,7 +296,7 @@ class ModelLightningWrapper(L.LightningModule):
         dtype = self._sum_dtype(self.device)
         zero = torch.zeros(3, device=self.device, dtype=dtype)
         rows = [self._val_sums.get(i, zero).to(self.device, dtype) for i in range(num_sets)]
-        count = torch.tensor(float(self._train_loss_count), device=self.device, dtype=dtype)
+        count = self._train_loss_count.to(self.device, dtype)
         train = torch.stack([self._train_loss_sum.to(self.device, dtype), count, torch.zeros_like(count)])
         sums = self.trainer.strategy.reduce(torch.stack([*rows, train]), reduce_op="sum").tolist()
         (*per_set, (train_sum, train_count, _)) = sums
@@ -304,7 +313,7 @@ class ModelLightningWrapper(L.LightningModule):
                 self.log(f"val_bpb/{name}", bits_per_byte(set_loss, set_bytes), sync_dist=True)
         if self.trainer.sanity_checking:
             return
-        self._train_loss_sum, self._train_loss_count = torch.zeros(()), 0
+        self._train_loss_sum, self._train_loss_count = torch.zeros(()), torch.zeros(())
         self.last_val_loss, self.last_val_bpb = val_loss, val_bpb
         if val_loss < self.best["val_loss"]:
             train_loss = train_sum / train_count if train_count else math.nan

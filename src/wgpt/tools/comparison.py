@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from wgpt.core.sweep import split_override
+from wgpt.core.overrides import split_override
 from wgpt.tools.runs import Job, run_labels
 from wgpt.util.errors import WgptError
 from wgpt.util.stats import CONFIDENCE, Difference, Interval, crossing, holm, mean_interval, reaches, welch

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from wgpt.core.overrides import LAUNCH_OVERRIDES, split_override
 from wgpt.core.summary import read_run_summary
-from wgpt.core.sweep import LAUNCH_OVERRIDES, split_override
 from wgpt.util.errors import WgptError
 
 # Overrides that say where or how a run was launched, not what was trained: never in a label.

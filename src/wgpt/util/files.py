@@ -34,6 +34,16 @@ def written_atomically(path: Path, durable: bool = False, private: bool = False)
         tmp.unlink(missing_ok=True)
 
 
+def keep_copy(path: Path, copy: Path) -> None:
+    """``copy`` becomes ``path``'s content as it is now (a hard link: no bytes copied, where the
+    filesystem has them), atomically: ``copy`` is always the old one or the new one."""
+    with written_atomically(copy) as tmp:
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here
+            shutil.copyfile(path, tmp)
+
+
 def atomic_write_text(path: Path, text: str, durable: bool = False, private: bool = False) -> None:
     with written_atomically(path, durable, private) as tmp:
         tmp.write_text(text)

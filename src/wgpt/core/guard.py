@@ -1,0 +1,191 @@
+"""The ``callbacks.guard`` callback: skips optimizer steps whose gradient norm is not finite (or
+spikes), names them in train.log with their batches, and stops a run that keeps failing.
+
+The verdict and the skip are made on the device (``wgpt.lightning.guard``). The count of skipped
+steps is logged as ``skipped_steps`` at the steps Lightning writes; Lightning reads it back with
+the other logged values, and only when it has grown are the steps' verdicts read and reported:
+a run without skips reads nothing more than it would without the guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from wgpt.lightning.grad_norm import measures_grad_norm
+from wgpt.lightning.guard import StepGuard, skip_route
+from wgpt.util.errors import WgptError
+
+log = logging.getLogger("wgpt")
+
+# Test hook: "<step>:<factor>,..." multiplies the gradients of those steps (1-based) by the factor
+# (nan, inf, 1e4) before the guard judges them, on every rank: a bad batch, made to order.
+INJECT_ENV = "WGPT_TEST_GUARD"
+
+
+def parse_steps(items) -> frozenset[int]:
+    """``skip_steps``: step numbers and ``a-b`` ranges (both ends in)."""
+    steps: set[int] = set()
+    for item in items or ():
+        text = str(item).strip()
+        first, dash, last = text.partition("-")
+        try:
+            a, b = int(first), int(last) if dash else int(first)
+        except ValueError:
+            a, b = 0, -1
+        if not 1 <= a <= b:
+            raise WgptError(
+                f"callbacks.guard.skip_steps has {text!r}: give optimizer steps (from 1) and ranges a-b, "
+                "e.g. callbacks.guard.skip_steps=[1200-1260]"
+            )
+        steps.update(range(a, b + 1))
+    return frozenset(steps)
+
+
+class SkipGuard(Callback):
+    """Skips a step whose pre-clip gradient norm is non-finite, or with ``z`` set, more than ``z``
+    running standard deviations above its running mean (a loss spike): its batch is consumed, the
+    step counter and schedule go on, weights and optimizer state stay. Each skip is logged with
+    its step, norm and batch (dataset and window ids). ``max_skips`` skips in a row stop the run
+    with one line giving the command that continues past them (``skip_steps``: steps skipped
+    whatever their norm). ``active: false`` turns it off."""
+
+    def __init__(self, z: float | None = None, max_skips: int = 8, skip_steps=(), active: bool = True):
+        if z is not None and not z > 0:
+            raise WgptError(f"callbacks.guard.z={z}: give a positive number of standard deviations (e.g. 6), or null")
+        if max_skips < 1:
+            raise WgptError(f"callbacks.guard.max_skips={max_skips}: give 1 or more")
+        self.z, self.max_skips, self.active = z, max_skips, active
+        self.skip_steps = parse_steps(skip_steps)
+        self.total = 0  # skipped steps so far, reported
+        self.streak: list[int] = []  # the steps of the latest run of skips
+        self._guard: StepGuard | None = None
+        self._loaded: dict[str, Any] = {}
+        self._count: torch.Tensor | None = None  # skipped steps on the device, not yet read
+        self._pending: list[tuple[int, int, int, torch.Tensor, torch.Tensor]] = []  # (step, epoch, batch, bad, norm)
+        self._inject: dict[int, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        return "SkipGuard"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not measures_grad_norm(trainer.strategy):
+            log.warning(
+                "callbacks.guard is off: %s keeps no global gradient norm to judge steps by",
+                type(trainer.strategy).__name__,
+            )
+            return
+        self._guard = StepGuard(self.z, self.skip_steps)
+        if "statistics" in self._loaded:
+            self._guard.load_state_dict(self._loaded["statistics"])
+        pl_module.guard = self._guard
+        spec = os.environ.get(INJECT_ENV, "")
+        self._inject = {int(s): float(f) for s, _, f in (p.partition(":") for p in spec.split(",") if p)}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._guard is not None and trainer.optimizers:
+            route = skip_route(trainer.optimizers[0], trainer.precision_plugin)
+            log.debug("callbacks.guard skips steps on the %s", route)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        factor = self._inject.get(trainer.global_step + 1) if self._inject else None
+        if factor is not None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch._foreach_mul_(grads, factor)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        bad = getattr(pl_module, "last_step_bad", None)
+        if self._guard is None or bad is None or trainer.fit_loop._should_accumulate():
+            return
+        step = trainer.global_step  # the step just taken (1-based)
+        self._pending.append((step, trainer.current_epoch, batch_idx, bad, pl_module.last_grad_norm))
+        self._count = bad.long() if self._count is None else self._count + bad.long()
+        every = trainer.log_every_n_steps
+        if every and step % every == 0:
+            # Read back by Lightning with the other logged values, at this step's end.
+            pl_module.log("skipped_steps", (self._count + self.total).float())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._guard is None or not self._pending:
+            return
+        every = trainer.log_every_n_steps
+        if not every or self._pending[-1][0] % every:  # read only after a logged step
+            return
+        logged = trainer.logged_metrics.get("skipped_steps")
+        if logged is not None and int(logged) == self.total:  # no skips since the last report
+            self._pending, self._count = [], None
+            return
+        self.report(trainer)
+        self.stop_if_stuck(trainer)
+
+    def report(self, trainer: L.Trainer) -> None:
+        """Read the pending verdicts (a host sync) and log each skipped step with its batch."""
+        pending, self._pending, self._count = self._pending, [], None
+        if not pending:
+            return
+        verdicts = torch.stack([torch.stack([bad.float(), norm.float()]) for *_, bad, norm in pending]).tolist()
+        for (step, epoch, batch_idx, _, _), (bad, norm) in zip(pending, verdicts):
+            if not bad:
+                self.streak = []
+                continue
+            self.total += 1
+            self.streak.append(step)
+            why = "forced by callbacks.guard.skip_steps" if step in self.skip_steps else f"grad_norm {norm:.4g}"
+            log.warning("step %d skipped (%s) | batch %s", step, why, self._batch_text(trainer, epoch, batch_idx))
+
+    def stop_if_stuck(self, trainer: L.Trainer) -> None:
+        forced = [s for s in self.streak if s in self.skip_steps]
+        if len(self.streak) - len(forced) < self.max_skips:
+            return
+        first, last = self.streak[0], self.streak[-1]
+        raise WgptError(
+            f"steps {first}-{last}: {len(self.streak)} steps in a row skipped for a non-finite or spiking gradient "
+            f"norm (callbacks.guard.max_skips={self.max_skips}), stopped; checkpoints/recent.ckpt and "
+            f"recent-previous.ckpt hold weights from before them: continue past them with the same command and "
+            f"resume=auto callbacks.guard.skip_steps=[{first}-{last}] (a wider range, or a lower lr, if it recurs)"
+        )
+
+    def _batch_text(self, trainer: L.Trainer, epoch: int, batch_idx: int) -> str:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not hasattr(datamodule, "step_windows"):
+            return f"{batch_idx} of epoch {epoch}"
+        k = getattr(datamodule, "micro_batches", 1) or 1
+        a = trainer.accumulate_grad_batches
+        first, count = (batch_idx * k, k) if k > 1 else (batch_idx - a + 1, a)
+        windows = datamodule.step_windows(epoch, first, count)
+        rank = f"rank {trainer.global_rank} " if trainer.world_size > 1 else ""
+        return f"({rank}epoch {epoch}) " + "; ".join(f"{name} windows {ids}" for name, ids in windows.items())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.report(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, WgptError):
+            self.report(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        pending = self._pending
+        if pending:  # a save between logged steps: count what is pending, unreported (reported at the next log)
+            verdicts = torch.stack([bad for *_, bad, _ in pending]).tolist()
+            total, streak = self.total, list(self.streak)
+            for (step, *_), bad in zip(pending, verdicts):
+                streak = [*streak, step] if bad else []
+                total += bad
+        else:
+            total, streak = self.total, self.streak
+        statistics = self._guard.state_dict() if self._guard is not None else self._loaded.get("statistics")
+        return {"total": total, "streak": streak, "statistics": statistics}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = dict(state_dict)
+        self.total, self.streak = int(state_dict.get("total", 0)), list(state_dict.get("streak", []))
+        if self._guard is not None and state_dict.get("statistics"):
+            self._guard.load_state_dict(state_dict["statistics"])
