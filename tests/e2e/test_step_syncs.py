@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from wgpt.core.callbacks import SpeedMonitor, build_callbacks
+from wgpt.core.guard import SkipGuard
 from wgpt.core.profiler import NoProfiler
 from wgpt.core.progress import ProgressBar
 
@@ -61,12 +62,13 @@ def step_trainer(run_dir, steps: int, callbacks: list) -> L.Trainer:
     )
 
 
-def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
+def scalar_reads(tmp_path, data_dir, accumulate: int, guard: bool = True, fused: bool | None = None) -> int:
     steps = 12
-    trainer = step_trainer(tmp_path / str(accumulate), steps, [SpeedMonitor(), ProgressBar()])
+    callbacks = [SpeedMonitor(), ProgressBar(), *([SkipGuard()] if guard else [])]
+    trainer = step_trainer(tmp_path / f"{accumulate}-{guard}-{fused}", steps, callbacks)
     reads = ScalarReads()
     with reads:
-        trainer.fit(tiny_module(), datamodule=datamodule(data_dir, batch_size=2, micro_batches=accumulate))
+        trainer.fit(tiny_module(fused=fused), datamodule=datamodule(data_dir, batch_size=2, micro_batches=accumulate))
     assert trainer.global_step == steps
     assert {"train_loss", "tokens_per_sec", "mfu"} <= set(trainer.logged_metrics)
     return reads.calls["reads"]
@@ -76,6 +78,18 @@ def test_scalar_reads_happen_per_logging_step_not_per_micro_batch(tmp_path, toy_
     one, four = scalar_reads(tmp_path, toy_dir, accumulate=1), scalar_reads(tmp_path, toy_dir, accumulate=4)
     assert one == four  # 12 or 48 micro-batches: the same reads, those of the 2 logging steps
     assert four < 24  # fewer than one per two of the 48 micro-batches
+
+
+def test_the_guard_reads_only_on_logging_steps_on_the_device_route_and_once_a_step_on_the_host_route(tmp_path, toy_dir):
+    # Fused AdamW (the default on CPU and CUDA) skips inside its kernel: the guard adds a read at
+    # each of the 2 logging steps (skipped_steps, read with that step's other values, so nothing
+    # new waits) and one at the end (the last steps' verdicts). A foreach AdamW needs the verdict
+    # on the host: one read more per optimizer step (12 steps).
+    on_logging_steps = 2 + 1
+    without = scalar_reads(tmp_path, toy_dir, accumulate=1, guard=False)
+    assert scalar_reads(tmp_path, toy_dir, accumulate=1) - without == on_logging_steps
+    host = scalar_reads(tmp_path, toy_dir, accumulate=1, fused=False)
+    assert host - scalar_reads(tmp_path, toy_dir, accumulate=1, guard=False, fused=False) == on_logging_steps + 12
 
 
 def default_callbacks(run_dir) -> list:

@@ -66,13 +66,10 @@ class SkipGuard(Callback):
         self.streak: list[int] = []  # the steps of the latest run of skips
         self._guard: StepGuard | None = None
         self._loaded: dict[str, Any] = {}
-        self._count: torch.Tensor | None = None  # skipped steps on the device, not yet read
-        self._pending: list[tuple[int, int, int, torch.Tensor, torch.Tensor]] = []  # (step, epoch, batch, bad, norm)
+        self._positions: dict[int, tuple[int, int]] = {}  # step -> (epoch, batch index), of pending steps
+        self._last_step = -1  # the latest step seen ending
+        self._read_after: int | None = None  # the logged step whose skipped_steps is to be read
         self._inject: dict[int, float] = {}
-
-    @property
-    def state_key(self) -> str:
-        return "SkipGuard"
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -89,50 +86,54 @@ class SkipGuard(Callback):
         pl_module.guard = self._guard
         spec = os.environ.get(INJECT_ENV, "")
         self._inject = {int(s): float(f) for s, _, f in (p.partition(":") for p in spec.split(",") if p)}
+        if self._inject:  # an instance attribute, looked up by Lightning: no hook call per step otherwise
+            self.on_before_optimizer_step = self._inject_into
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._guard is not None and trainer.optimizers:
             route = skip_route(trainer.optimizers[0], trainer.precision_plugin)
             log.debug("callbacks.guard skips steps on the %s", route)
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        factor = self._inject.get(trainer.global_step + 1) if self._inject else None
+    def _inject_into(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        factor = self._inject.get(trainer.global_step + 1)
         if factor is not None:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch._foreach_mul_(grads, factor)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        bad = getattr(pl_module, "last_step_bad", None)
-        if self._guard is None or bad is None or trainer.fit_loop._should_accumulate():
-            return
-        step = trainer.global_step  # the step just taken (1-based)
-        self._pending.append((step, trainer.current_epoch, batch_idx, bad, pl_module.last_grad_norm))
-        self._count = bad.long() if self._count is None else self._count + bad.long()
+        # Every batch: attribute reads only, no calls (tests/e2e/test_step_syncs.py counts them).
+        guard = self._guard
+        if guard is None or not guard.pending or guard.pending[-1][0] == self._last_step:
+            return  # no guard, or no optimizer step ended with this batch (accumulating)
+        step = self._last_step = guard.pending[-1][0]
+        self._positions[step] = (trainer.fit_loop.epoch_progress.current.completed, batch_idx)
         every = trainer.log_every_n_steps
         if every and step % every == 0:
             # Read back by Lightning with the other logged values, at this step's end.
-            pl_module.log("skipped_steps", (self._count + self.total).float())
+            pl_module.log("skipped_steps", (guard.pending_bad + self.total).float())
+            self._read_after = step
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        if self._guard is None or not self._pending:
+        if self._read_after is None:
             return
-        every = trainer.log_every_n_steps
-        if not every or self._pending[-1][0] % every:  # read only after a logged step
-            return
+        self._read_after = None
         logged = trainer.logged_metrics.get("skipped_steps")
         if logged is not None and int(logged) == self.total:  # no skips since the last report
-            self._pending, self._count = [], None
+            self._guard.take_pending()
+            self._positions.clear()
             return
         self.report(trainer)
         self.stop_if_stuck(trainer)
 
     def report(self, trainer: L.Trainer) -> None:
         """Read the pending verdicts (a host sync) and log each skipped step with its batch."""
-        pending, self._pending, self._count = self._pending, [], None
+        pending = self._guard.take_pending() if self._guard is not None else []
+        positions, self._positions = self._positions, {}
         if not pending:
             return
-        verdicts = torch.stack([torch.stack([bad.float(), norm.float()]) for *_, bad, norm in pending]).tolist()
-        for (step, epoch, batch_idx, _, _), (bad, norm) in zip(pending, verdicts):
+        verdicts = torch.stack([torch.stack([bad.float(), norm]) for _, bad, norm in pending]).tolist()
+        for (step, _, _), (bad, norm) in zip(pending, verdicts):
+            epoch, batch_idx = positions.get(step, (None, None))
             if not bad:
                 self.streak = []
                 continue
@@ -153,8 +154,10 @@ class SkipGuard(Callback):
             f"resume=auto callbacks.guard.skip_steps=[{first}-{last}] (a wider range, or a lower lr, if it recurs)"
         )
 
-    def _batch_text(self, trainer: L.Trainer, epoch: int, batch_idx: int) -> str:
+    def _batch_text(self, trainer: L.Trainer, epoch: int | None, batch_idx: int | None) -> str:
         datamodule = getattr(trainer, "datamodule", None)
+        if epoch is None:
+            return "unknown"
         if not hasattr(datamodule, "step_windows"):
             return f"{batch_idx} of epoch {epoch}"
         k = getattr(datamodule, "micro_batches", 1) or 1
@@ -172,11 +175,11 @@ class SkipGuard(Callback):
             self.report(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        pending = self._pending
+        pending = self._guard.pending if self._guard is not None else []
         if pending:  # a save between logged steps: count what is pending, unreported (reported at the next log)
-            verdicts = torch.stack([bad for *_, bad, _ in pending]).tolist()
+            verdicts = torch.stack([bad for _, bad, _ in pending]).tolist()
             total, streak = self.total, list(self.streak)
-            for (step, *_), bad in zip(pending, verdicts):
+            for (step, _, _), bad in zip(pending, verdicts):
                 streak = [*streak, step] if bad else []
                 total += bad
         else:

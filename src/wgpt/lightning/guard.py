@@ -54,6 +54,11 @@ class StepGuard:
         self.z, self.forced = z, forced
         self._stats: torch.Tensor | None = None  # (mean, variance, good steps counted) on the device
         self._loaded: list[float] | None = None
+        self._routes: dict[int, str] = {}  # id(optimizer) -> its skip route
+        # The steps judged and not yet read: (step, bad, norm), the latter two on the device; and
+        # how many of them were bad, on the device (what the run logs as skipped_steps).
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.pending_bad: torch.Tensor | None = None
 
     def check(self, norm: torch.Tensor, optimizer, precision_plugin, step: int) -> torch.Tensor:
         """Whether step ``step`` (1-based) with gradient norm ``norm`` is bad, as a device bool
@@ -75,15 +80,16 @@ class StepGuard:
         new_mean = mean + rate * delta
         new_var = (1 - rate) * (var + rate * delta * delta)
         self._stats = torch.stack([new_mean, new_var, count + good])
-        self._skip_if(bad, optimizer, precision_plugin)
-        return bad
-
-    def _skip_if(self, bad: torch.Tensor, optimizer, precision_plugin) -> None:
-        route = skip_route(optimizer, precision_plugin)
+        self.pending.append((step, bad, norm))
+        self.pending_bad = bad.long() if self.pending_bad is None else self.pending_bad + bad
+        # Inline, not a function: this runs every optimizer step (tests/e2e/test_step_syncs.py counts calls).
+        route = self._routes.get(id(optimizer))
+        if route is None:
+            route = self._routes[id(optimizer)] = skip_route(optimizer, precision_plugin)
         if route == "device":
             for inner in getattr(optimizer, "optimizers", [optimizer]):
                 inner.found_inf = bad.float()  # read by the fused kernel: no update, step count restored
-            return
+            return bad
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if route == "scaler":
             # inf on a bad step, 1 otherwise: the scaler's unscale finds the inf and skips the step.
@@ -92,6 +98,12 @@ class StepGuard:
         elif bad.item():  # the host route's one read per step
             for p in params:
                 p.grad = None
+        return bad
+
+    def take_pending(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """The pending verdicts, handed over and forgotten."""
+        pending, self.pending, self.pending_bad = self.pending, [], None
+        return pending
 
     def state_dict(self) -> dict[str, float]:
         mean, var, count = self._stats.tolist() if self._stats is not None else (self._loaded or [0.0, 0.0, 0.0])
