@@ -47,12 +47,21 @@ def recent(out: Path) -> Path:
     return path
 
 
-def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_dir):
-    """Dropout on, 2 loader workers, Muon: SIGKILL at step 6 (recent saved at 4), resume=auto to
-    step 12; both of Muon's optimizers' states go through the checkpoint. (AdamW: the six kills below.)"""
-    TINY = [*globals()["TINY"], "optim=muon"]
+def test_a_guarded_ddp_run_killed_after_a_spike_resumes_to_the_same_weights(tmp_path, data_dir, monkeypatch):
+    """2-rank DDP, dropout on, 2 loader workers, Muon (the guard's host route), a gradient spike
+    injected at step 5 with callbacks.guard.z on: skipped on both ranks. SIGKILL at step 6 (recent
+    saved at 4, before the spike), resume=auto to step 12: the spike is met and skipped again, the
+    guard's statistics go through the checkpoint, and both of Muon's optimizers' states: the
+    weights equal the uninterrupted guarded run's. (AdamW: the six kills below.)"""
+    guard = ["callbacks.guard.z=4", "callbacks.guard.warmup=2"]
+    TINY = [*globals()["TINY"], "optim=muon", "trainer.devices=2", "trainer.strategy=ddp", *guard]
+    monkeypatch.setenv("WGPT_TEST_GUARD", "5:1e3")  # every launch, every rank: the same bad batch
     full = run_cli("train.py", *TINY, *paths(tmp_path / "full", data_dir))
     assert full.returncode == 0, full.stderr[-3000:]
+    # Both ranks skip it (a rank that stepped alone would leave the replicas apart: DDP checks nothing).
+    skips = [line for line in (full.stdout + full.stderr).splitlines() if "skipped (grad_norm" in line]
+    assert len(skips) == 2 and all("step 5 skipped" in line for line in skips), skips
+    assert sorted("[rank 1]" in line for line in skips) == [False, True], skips
 
     out = tmp_path / "crash"
     killed = killed_at(6, *TINY, *paths(out, data_dir), "start_datetime=2020-01-01_00-00-00")

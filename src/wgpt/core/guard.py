@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from wgpt.lightning.grad_norm import measures_grad_norm
-from wgpt.lightning.guard import StepGuard, skip_route
+from wgpt.lightning.guard import WARMUP, StepGuard, skip_route
 from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
@@ -53,14 +53,17 @@ class SkipGuard(Callback):
     step counter and schedule go on, weights and optimizer state stay. Each skip is logged with
     its step, norm and batch (dataset and window ids). ``max_skips`` skips in a row stop the run
     with one line giving the command that continues past them (``skip_steps``: steps skipped
-    whatever their norm). ``active: false`` turns it off."""
+    whatever their norm). Spikes are judged once ``warmup`` good steps are counted. ``active:
+    false`` turns it off."""
 
-    def __init__(self, z: float | None = None, max_skips: int = 8, skip_steps=(), active: bool = True):
+    def __init__(
+        self, z: float | None = None, max_skips: int = 8, skip_steps=(), warmup: int = WARMUP, active: bool = True
+    ):
         if z is not None and not z > 0:
             raise WgptError(f"callbacks.guard.z={z}: give a positive number of standard deviations (e.g. 6), or null")
         if max_skips < 1:
             raise WgptError(f"callbacks.guard.max_skips={max_skips}: give 1 or more")
-        self.z, self.max_skips, self.active = z, max_skips, active
+        self.z, self.max_skips, self.warmup, self.active = z, max_skips, warmup, active
         self.skip_steps = parse_steps(skip_steps)
         self.total = 0  # skipped steps so far, reported
         self.streak: list[int] = []  # the steps of the latest run of skips
@@ -80,7 +83,7 @@ class SkipGuard(Callback):
                 type(trainer.strategy).__name__,
             )
             return
-        self._guard = StepGuard(self.z, self.skip_steps)
+        self._guard = StepGuard(self.z, self.skip_steps, self.warmup)
         if "statistics" in self._loaded:
             self._guard.load_state_dict(self._loaded["statistics"])
         pl_module.guard = self._guard

@@ -28,6 +28,10 @@ import torch
 # first WARMUP good steps, before which no step is judged a spike (only non-finite ones are bad).
 EMA = 0.02
 WARMUP = 20
+# The standard deviation a spike is measured in is at least this share of the mean: after a quiet
+# stretch the variance is near zero, and a norm 10% above its mean would otherwise count as a spike
+# (and, the weights then held still, so would every step after it).
+STD_FLOOR = 0.1
 
 
 def skip_route(optimizer: torch.optim.Optimizer, precision_plugin) -> str:
@@ -46,12 +50,13 @@ class StepGuard:
     """The verdict on each optimizer step (``check``) and the running statistics it is judged by.
 
     ``z``: a step whose norm is more than ``z`` running standard deviations above the running mean
-    is a spike (None: only non-finite norms are bad). ``forced``: steps skipped whatever their
+    is a spike (None: only non-finite norms are bad), once ``warmup`` good steps are counted.
+    ``forced``: steps skipped whatever their
     norm (a bad stretch passed over on resuming). ``state_dict``/``load_state_dict``: the
     statistics, for checkpoints (a resumed run judges as the uninterrupted one would)."""
 
-    def __init__(self, z: float | None = None, forced: frozenset[int] = frozenset()):
-        self.z, self.forced = z, forced
+    def __init__(self, z: float | None = None, forced: frozenset[int] = frozenset(), warmup: int = WARMUP):
+        self.z, self.forced, self.warmup = z, forced, warmup
         self._stats: torch.Tensor | None = None  # (mean, variance, good steps counted) on the device
         self._loaded: list[float] | None = None
         self._routes: dict[int, str] = {}  # id(optimizer) -> its skip route
@@ -70,7 +75,8 @@ class StepGuard:
         mean, var, count = self._stats.unbind()
         bad = ~torch.isfinite(norm)
         if self.z is not None:
-            bad = bad | ((count >= WARMUP) & (norm > mean + self.z * var.clamp_min(0).sqrt()))
+            std = torch.maximum(var.clamp_min(0).sqrt(), STD_FLOOR * mean)
+            bad = bad | ((count >= self.warmup) & (norm > mean + self.z * std))
         if step in self.forced:
             bad = torch.ones_like(bad)
         good = (~bad).float()
