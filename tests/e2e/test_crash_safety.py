@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -292,3 +293,33 @@ def test_resuming_into_a_model_of_another_shape_is_one_line(tmp_path, data_dir, 
         f"Error: ckpt_path={ckpt} does not fit this model: wte.weight is [50304, 32] there and [50304, 64] here; "
         "use the model config it was trained with"
     )
+
+
+def test_nan_steps_in_a_row_stop_the_run_in_one_line_whose_command_continues_it(tmp_path, data_dir, monkeypatch):
+    """callbacks.guard: NaN gradients at steps 5-7 (max_skips=3) are skipped, each named with its
+    batch; the third stops the run with one line (status failed, recent.ckpt and
+    recent-previous.ckpt finite) whose command goes on past them in the same run dir to the end."""
+    args = [*TINY, "data.num_workers=0", "trainer.log_every_n_steps=2", "callbacks.guard.max_skips=3"]
+    monkeypatch.setenv("WGPT_TEST_GUARD", "5:nan,6:nan,7:nan")  # every launch: the data is bad there
+    stopped = run_cli("train.py", *args, *paths(tmp_path, data_dir))
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    (line,) = stopped.stderr.strip().splitlines()
+    assert line.startswith("Error: steps 5-7: 3 steps in a row skipped for a non-finite or spiking gradient norm")
+    (run,) = (tmp_path / "gpt2-tiny").iterdir()
+    log = (run / "train.log").read_text()
+    for step in (5, 6, 7):
+        assert re.search(rf"step {step} skipped \(grad_norm nan\) \| batch \(epoch 0\) shakespeare windows \[\d+", log)
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    for name in ("recent.ckpt", "recent-previous.ckpt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), name
+
+    command = line.split("continue past them with the same command and ")[1].split(" (from")[0].split()
+    assert command == ["resume=auto", "callbacks.guard.skip_steps=[5-7]"]
+    resumed = run_cli("train.py", *args, *paths(tmp_path, data_dir), *command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [d.name for d in (tmp_path / "gpt2-tiny").iterdir()] == [run.name]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    rows = [row for row in csv.DictReader(open(run / "metrics.csv")) if row["train_loss"]]
+    assert [int(r["step"]) + 1 for r in rows] == [2, 4, 6, 8, 10, 12]  # each logged step once
+    assert float(rows[-1]["skipped_steps"]) == 3

@@ -125,15 +125,18 @@ class SkipGuard(Callback):
             self._guard.take_pending()
             self._positions.clear()
             return
-        self.report(trainer)
-        self.stop_if_stuck(trainer)
+        stuck = self.report(trainer)
+        if stuck is not None:
+            self.stop(stuck)
 
-    def report(self, trainer: L.Trainer) -> None:
-        """Read the pending verdicts (a host sync) and log each skipped step with its batch."""
+    def report(self, trainer: L.Trainer) -> list[int] | None:
+        """Read the pending verdicts (a host sync) and log each skipped step with its batch. Returns
+        the first run of ``max_skips`` skips in a row among them (forced ones aside), if any."""
         pending = self._guard.take_pending() if self._guard is not None else []
         positions, self._positions = self._positions, {}
+        stuck = None
         if not pending:
-            return
+            return stuck
         verdicts = torch.stack([torch.stack([bad.float(), norm]) for _, bad, norm in pending]).tolist()
         for (step, _, _), (bad, norm) in zip(pending, verdicts):
             epoch, batch_idx = positions.get(step, (None, None))
@@ -144,17 +147,18 @@ class SkipGuard(Callback):
             self.streak.append(step)
             why = "forced by callbacks.guard.skip_steps" if step in self.skip_steps else f"grad_norm {norm:.4g}"
             log.warning("step %d skipped (%s) | batch %s", step, why, self._batch_text(trainer, epoch, batch_idx))
+            if stuck is None and sum(s not in self.skip_steps for s in self.streak) >= self.max_skips:
+                stuck = list(self.streak)
+        return stuck
 
-    def stop_if_stuck(self, trainer: L.Trainer) -> None:
-        forced = [s for s in self.streak if s in self.skip_steps]
-        if len(self.streak) - len(forced) < self.max_skips:
-            return
-        first, last = self.streak[0], self.streak[-1]
+    def stop(self, streak: list[int]) -> None:
+        first, last = streak[0], streak[-1]
         raise WgptError(
-            f"steps {first}-{last}: {len(self.streak)} steps in a row skipped for a non-finite or spiking gradient "
-            f"norm (callbacks.guard.max_skips={self.max_skips}), stopped; checkpoints/recent.ckpt and "
-            f"recent-previous.ckpt hold weights from before them: continue past them with the same command and "
-            f"resume=auto callbacks.guard.skip_steps=[{first}-{last}] (a wider range, or a lower lr, if it recurs)"
+            f"steps {first}-{last}: {len(streak)} steps in a row skipped for a non-finite or spiking gradient norm "
+            f"(callbacks.guard.max_skips={self.max_skips}), stopped; the weights did not move over them: continue "
+            f"past them with the same command and resume=auto callbacks.guard.skip_steps=[{first}-{last}] (from "
+            "checkpoints/recent.ckpt; recent-previous.ckpt, the one before it, by ckpt_path=; a wider range or a "
+            "lower lr if it recurs)"
         )
 
     def _batch_text(self, trainer: L.Trainer, epoch: int | None, batch_idx: int | None) -> str:
