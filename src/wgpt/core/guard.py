@@ -113,7 +113,8 @@ class SkipGuard(Callback):
         every = trainer.log_every_n_steps
         if every and step % every == 0:
             # Read back by Lightning with the other logged values, at this step's end.
-            pl_module.log("skipped_steps", (guard.pending_bad + self.total).float())
+            skipped = torch.stack([bad for _, bad, _ in guard.pending]).sum() + self.total
+            pl_module.log("skipped_steps", skipped.float())
             self._read_after = step
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
@@ -137,7 +138,7 @@ class SkipGuard(Callback):
         stuck = None
         if not pending:
             return stuck
-        verdicts = torch.stack([torch.stack([bad.float(), norm]) for _, bad, norm in pending]).tolist()
+        verdicts = torch.stack([torch.stack([bad.float(), norm.float()]) for _, bad, norm in pending]).tolist()
         for (step, _, _), (bad, norm) in zip(pending, verdicts):
             epoch, batch_idx = positions.get(step, (None, None))
             if not bad:

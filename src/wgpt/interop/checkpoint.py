@@ -10,8 +10,8 @@ the kinds apart (a run dir stands for its best checkpoint).
 from __future__ import annotations
 
 import importlib
-import logging
 import json
+import logging
 import os
 import pickle
 import zipfile

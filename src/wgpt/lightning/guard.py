@@ -60,34 +60,20 @@ class StepGuard:
         self._stats: torch.Tensor | None = None  # (mean, variance, good steps counted) on the device
         self._loaded: list[float] | None = None
         self._routes: dict[int, str] = {}  # id(optimizer) -> its skip route
-        # The steps judged and not yet read: (step, bad, norm), the latter two on the device; and
-        # how many of them were bad, on the device (what the run logs as skipped_steps).
+        # The steps judged and not yet read: (step, bad, norm), the latter two on the device.
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        self.pending_bad: torch.Tensor | None = None
 
     def check(self, norm: torch.Tensor, optimizer, precision_plugin, step: int) -> torch.Tensor:
         """Whether step ``step`` (1-based) with gradient norm ``norm`` is bad, as a device bool
         tensor, with the skip already arranged (module docstring). No host sync on the device
         and scaler routes."""
-        norm = norm.detach().float()
-        if self._stats is None:
-            self._stats = torch.tensor(self._loaded or [0.0, 0.0, 0.0], device=norm.device)
-        mean, var, count = self._stats.unbind()
+        norm = norm.detach()
         bad = ~torch.isfinite(norm)
-        if self.z is not None:
-            std = torch.maximum(var.clamp_min(0).sqrt(), STD_FLOOR * mean)
-            bad = bad | ((count >= self.warmup) & (norm > mean + self.z * std))
+        if self.z is not None:  # the statistics only where spikes are judged: a few kernels fewer a step
+            bad = self._spiking(norm, bad)
         if step in self.forced:
             bad = torch.ones_like(bad)
-        good = (~bad).float()
-        # Only good steps move the statistics (Welford's update, exponential once warmed up).
-        rate = good * torch.clamp_min(1.0 / (count + 1.0), EMA)
-        delta = torch.where(bad, 0.0, norm - mean)
-        new_mean = mean + rate * delta
-        new_var = (1 - rate) * (var + rate * delta * delta)
-        self._stats = torch.stack([new_mean, new_var, count + good])
         self.pending.append((step, bad, norm))
-        self.pending_bad = bad.long() if self.pending_bad is None else self.pending_bad + bad
         # Inline, not a function: this runs every optimizer step (tests/e2e/test_step_syncs.py counts calls).
         route = self._routes.get(id(optimizer))
         if route is None:
@@ -106,9 +92,24 @@ class StepGuard:
                 p.grad = None
         return bad
 
+    def _spiking(self, norm: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+        """``bad`` or a spike, judged against the statistics of the good steps before, which this
+        step then joins if it is good (Welford's update, exponential once warmed up)."""
+        norm = norm.float()
+        if self._stats is None:
+            self._stats = torch.tensor(self._loaded or [0.0, 0.0, 0.0], device=norm.device)
+        mean, var, count = self._stats.unbind()
+        std = torch.maximum(var.clamp_min(0).sqrt(), STD_FLOOR * mean)
+        bad = bad | ((count >= self.warmup) & (norm > mean + self.z * std))
+        good = (~bad).float()
+        rate = good * torch.clamp_min(1.0 / (count + 1.0), EMA)
+        delta = torch.where(bad, 0.0, norm - mean)
+        self._stats = torch.stack([mean + rate * delta, (1 - rate) * (var + rate * delta * delta), count + good])
+        return bad
+
     def take_pending(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """The pending verdicts, handed over and forgotten."""
-        pending, self.pending, self.pending_bad = self.pending, [], None
+        pending, self.pending = self.pending, []
         return pending
 
     def state_dict(self) -> dict[str, float]:
