@@ -110,6 +110,7 @@ def test_a_sweep_killed_in_job_2_resumes_job_2_and_runs_job_3_only(tmp_path, dat
     assert sorted(p.name for p in (jobs[2] / "checkpoints").iterdir()) == [
         f"best-{sweep_dir.name}.ckpt",
         f"best-{sweep_dir.name}.safetensors",
+        "recent-previous.ckpt",  # the first part's step-4 save, kept when step 8's replaced it
         "recent.ckpt",
     ]
     with open(jobs[2] / "metrics.csv") as f:
@@ -151,6 +152,7 @@ def test_a_ddp_sweep_job_goes_on_in_its_own_dir(tmp_path, data_dir):
     assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [
         f"best-{sweep_dir.name}.ckpt",
         f"best-{sweep_dir.name}.safetensors",
+        "recent-previous.ckpt",  # the first part's step-4 save, kept when step 8's replaced it
         "recent.ckpt",
     ]
     with open(job / "metrics.csv") as f:

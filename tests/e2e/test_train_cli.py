@@ -46,8 +46,15 @@ def test_gpt2_tiny_trains_and_leaves_a_complete_run_dir(gpt2_tiny_run):
     assert all(float(r["grad_norm"]) > 0 for r in speed)  # before clipping (trainer.gradient_clip_val 1.0)
 
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert checkpoints == {"recent.ckpt", f"best-{run_dir.name}.ckpt", f"best-{run_dir.name}.safetensors"}
+    assert checkpoints == {
+        "recent.ckpt",
+        "recent-previous.ckpt",
+        f"best-{run_dir.name}.ckpt",
+        f"best-{run_dir.name}.safetensors",
+    }
     recent = torch.load(run_dir / "checkpoints" / "recent.ckpt", weights_only=True)
+    previous = torch.load(run_dir / "checkpoints" / "recent-previous.ckpt", weights_only=True)
+    assert previous["global_step"] < recent["global_step"]
     best = torch.load(run_dir / "checkpoints" / f"best-{run_dir.name}.ckpt", weights_only=True)
     assert recent["global_step"] == 8
     assert recent["model_config"]["name"] == "gpt2-tiny" and recent["model_config"]["d_embed"] == 32
