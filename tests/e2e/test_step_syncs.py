@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from wgpt.core.callbacks import SpeedMonitor, build_callbacks
+from wgpt.core.diagnostics import LayerDiagnostics
 from wgpt.core.profiler import NoProfiler
 from wgpt.core.progress import ProgressBar
 
@@ -61,9 +62,13 @@ def step_trainer(run_dir, steps: int, callbacks: list) -> L.Trainer:
     )
 
 
-def scalar_reads(tmp_path, data_dir, accumulate: int) -> int:
+def scalar_reads(tmp_path, data_dir, accumulate: int, diagnose_every: int | None = None) -> int:
     steps = 12
-    trainer = step_trainer(tmp_path / str(accumulate), steps, [SpeedMonitor(), ProgressBar()])
+    run_dir = tmp_path / f"{accumulate}-{diagnose_every}"
+    callbacks = [SpeedMonitor(), ProgressBar()]
+    if diagnose_every is not None:
+        callbacks.append(LayerDiagnostics(run_dir, every_n_steps=diagnose_every))
+    trainer = step_trainer(run_dir, steps, callbacks)
     reads = ScalarReads()
     with reads:
         trainer.fit(tiny_module(), datamodule=datamodule(data_dir, batch_size=2, micro_batches=accumulate))
@@ -78,6 +83,14 @@ def test_scalar_reads_happen_per_logging_step_not_per_micro_batch(tmp_path, toy_
     assert four < 24  # fewer than one per two of the 48 micro-batches
 
 
+def test_layer_diagnostics_read_nothing_on_the_steps_they_skip(tmp_path, toy_dir):
+    plain = scalar_reads(tmp_path, toy_dir, accumulate=1)
+    assert scalar_reads(tmp_path, toy_dir, accumulate=1, diagnose_every=1000) == plain  # no diagnosed step
+    # Steps 6 and 12 diagnosed: their values come to the host in one read each (or none: tolist()).
+    assert scalar_reads(tmp_path, toy_dir, accumulate=1, diagnose_every=6) <= plain + 2
+    assert len({row.split(",")[0] for row in (tmp_path / "1-6" / "diagnostics.csv").read_text().split()[1:]}) == 2
+
+
 def default_callbacks(run_dir) -> list:
     """A run's callbacks as conf/callbacks/default.yaml makes them (each hook Lightning calls goes
     to every callback: their number counts)."""
@@ -85,6 +98,8 @@ def default_callbacks(run_dir) -> list:
     for name in ("recent", "best"):
         group[name].dirpath = str(run_dir / "checkpoints")
     group.best.start_datetime = "2026-01-01_00-00-00"
+    # Their integer checks counted, not a diagnosed step's work (4 x log_every_n_steps: step 24).
+    group.diagnostics.dirpath, group.diagnostics.every_n_steps = str(run_dir), 1000
     return build_callbacks(group)
 
 
