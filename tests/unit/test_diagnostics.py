@@ -7,6 +7,7 @@ sync count: tests/e2e/test_train_cli.py, tests/e2e/test_step_syncs.py."""
 import csv
 import functools
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import matplotlib.image
@@ -148,6 +149,11 @@ def test_rows_after_the_resumed_step_are_dropped(tmp_path):
     )
     kept_rows(path, 8)
     assert [r["step"] for r in read_rows(path)] == ["4", "8"]
+    # As the callback does it when a run goes on in its dir from a checkpoint of step 4.
+    trainer = SimpleNamespace(is_global_zero=True, global_step=4)
+    module = SimpleNamespace(model=GPT(vocab_size=64, d_embed=16, n_layers=1, n_heads=2))
+    LayerDiagnostics(tmp_path).on_train_start(trainer, module)
+    assert [r["step"] for r in read_rows(path)] == ["4"]
     kept_rows(tmp_path / "missing.csv", 8)  # nothing to keep: no file made
     assert not (tmp_path / "missing.csv").exists()
 
