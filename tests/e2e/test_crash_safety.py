@@ -49,8 +49,10 @@ def recent(out: Path) -> Path:
 
 def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_dir):
     """Dropout on, 2 loader workers, Muon: SIGKILL at step 6 (recent saved at 4), resume=auto to
-    step 12; both of Muon's optimizers' states go through the checkpoint. (AdamW: the six kills below.)"""
-    TINY = [*globals()["TINY"], "optim=muon"]
+    step 12; both of Muon's optimizers' states go through the checkpoint. (AdamW: the six kills below.)
+    Layer diagnostics every 2 steps: their extra forward (eval mode, dropout off, the RNG put back)
+    leaves training exact, and the resumed run's diagnostics.csv is the uninterrupted one's."""
+    TINY = [*globals()["TINY"], "optim=muon", "callbacks.diagnostics.every_n_steps=2"]
     full = run_cli("train.py", *TINY, *paths(tmp_path / "full", data_dir))
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -71,6 +73,8 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, data_di
     assert log.count("Model gpt2-tiny:") == 2  # the first part's lines are kept, the second's follow
     # Every logged step once, with the losses of the uninterrupted run.
     assert losses_by_step(first) == losses_by_step(recent(tmp_path / "full").parents[1])
+    diagnostics = (recent(tmp_path / "full").parents[1] / "diagnostics.csv").read_text()
+    assert (first / "diagnostics.csv").read_text() == diagnostics and diagnostics.count("\n2,") > 0
 
     a = torch.load(recent(tmp_path / "full"), weights_only=True)
     b = torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)
