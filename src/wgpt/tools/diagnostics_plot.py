@@ -13,12 +13,16 @@ from pathlib import Path
 from wgpt.core.diagnostics import FILE, label
 from wgpt.util.errors import WgptError
 
-HEAT_MAPS = {"update_ratio": "update / weight norm of the step (log scale)", "grad_norm": "gradient norm (log scale)"}
+HEAT_MAPS = {
+    "update_ratio": "update / weight norm of the step (log scale, 3 decades)",
+    "grad_norm": "gradient norm (log scale, 3 decades)",
+}
 LINES = {
     "residual_rms": "residual stream RMS (block output)",
     "attn_entropy": "mean attention entropy (nats)",
     "attn_max_logit": "largest attention score q.k/sqrt(d)",
 }
+SPAN = 1e3  # the heat maps' colour scale: the largest value down to a thousandth of it
 KIND_ORDER = {"embedding": 0, "attn": 1, "mlp": 2, "norm": 3, "": 4, "other": 5, "output": 6}
 
 # metric -> (block, kind) -> [(step, value)]
@@ -73,9 +77,11 @@ def diagnostics_figure(series: Series, title: str):
                 grid[r][column[s]] = v if v > 0 else math.nan
         finite = [v for row in grid for v in row if math.isfinite(v)]
         if finite:
-            image = ax.imshow(
-                grid, aspect="auto", interpolation="nearest", cmap="viridis", norm=LogNorm(min(finite), max(finite))
-            )
+            # Three decades at most: a step at the end of a schedule (learning rate ~0) would
+            # otherwise stretch the scale and flatten every other column; anything lower is darkest.
+            low, high = max(min(finite), max(finite) / SPAN), max(finite)
+            norm = LogNorm(low, high, clip=True)
+            image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
             fig.colorbar(image, ax=ax, shrink=0.9)
         ax.set_yticks(range(len(groups)), [label(*g) for g in groups], fontsize=8)
         shown = range(0, len(steps), max(1, len(steps) // 12))
