@@ -53,9 +53,12 @@ def test_a_guarded_ddp_run_killed_after_a_spike_resumes_to_the_same_weights(tmp_
     injected at step 5 with callbacks.guard.z on: skipped on both ranks. SIGKILL at step 6 (recent
     saved at 4, before the spike), resume=auto to step 12: the spike is met and skipped again, the
     guard's statistics go through the checkpoint, and both of Muon's optimizers' states: the
-    weights equal the uninterrupted guarded run's. (AdamW: the six kills below.)"""
+    weights equal the uninterrupted guarded run's. (AdamW: the six kills below.) Layer diagnostics
+    every 2 steps: their extra forward (eval mode, dropout off, the RNG put back) leaves training
+    exact, and the resumed run's diagnostics.csv is the uninterrupted one's."""
     guard = ["callbacks.guard.z=4", "callbacks.guard.warmup=2"]
-    TINY = [*globals()["TINY"], "optim=muon", "trainer.devices=2", "trainer.strategy=ddp", *guard]
+    diagnosed = ["callbacks.diagnostics.every_n_steps=2"]
+    TINY = [*globals()["TINY"], "optim=muon", "trainer.devices=2", "trainer.strategy=ddp", *guard, *diagnosed]
     monkeypatch.setenv("WGPT_TEST_GUARD", "5:1e3")  # every launch, every rank: the same bad batch
     full = run_cli("train.py", *TINY, *paths(tmp_path / "full", data_dir))
     assert full.returncode == 0, full.stderr[-3000:]
@@ -81,6 +84,8 @@ def test_a_guarded_ddp_run_killed_after_a_spike_resumes_to_the_same_weights(tmp_
     assert log.count("Model gpt2-tiny:") == 2  # the first part's lines are kept, the second's follow
     # Every logged step once, with the losses of the uninterrupted run.
     assert losses_by_step(first) == losses_by_step(recent(tmp_path / "full").parents[1])
+    diagnostics = (recent(tmp_path / "full").parents[1] / "diagnostics.csv").read_text()
+    assert (first / "diagnostics.csv").read_text() == diagnostics and diagnostics.count("\n2,") > 0
 
     a = torch.load(recent(tmp_path / "full"), weights_only=True)
     b = torch.load(first / "checkpoints" / "recent.ckpt", weights_only=True)

@@ -32,6 +32,10 @@ def test_csv_tensorboard_and_offline_wandb_in_each_job_of_a_sweep(sweep):
         assert len(from_csv) == 4 and from_tensorboard.keys() == from_csv.keys()
         assert all(from_tensorboard[step] == pytest.approx(loss, rel=1e-6) for step, loss in from_csv.items())
         assert len(tensorboard_scalars(events.parent, "val_loss")) == 2  # validations at steps 4 and 8
+        # The layer diagnostics of step 8 (4 x log_every_n_steps) beside them, at train_loss's step
+        # number; in diagnostics.csv, never in metrics.csv.
+        assert tensorboard_scalars(events.parent, "diagnostics/update_ratio/block0.attn").keys() == {7}
+        assert not any(k.startswith("diagnostics") or "update_ratio" in k for k in read_metrics(job)[0])
 
         # A W&B run of its own in the job's dir (the next job in this process must not reuse it),
         # named after the job's dir, grouped by the sweep's, its metrics and config in its log.
@@ -39,6 +43,7 @@ def test_csv_tensorboard_and_offline_wandb_in_each_job_of_a_sweep(sweep):
         (record,) = wandb_run.glob("run-*.wandb")
         data = record.read_bytes()
         assert b"train_loss" in data and b"val_loss" in data and b"d_embed" in data
+        assert b"diagnostics/grad_norm/block0.mlp" in data
         name, group = f"multirun/{sweep_dir.name}/{job.name}".encode(), f"multirun/{sweep_dir.name}".encode()
         assert name in data and group in data.replace(name, b"")  # the group apart from the name, which starts with it
         assert f"multirun/{sweep_dir.name}/{other.name}".encode() not in data  # not the other job's run

@@ -1,6 +1,8 @@
-"""python -m wgpt.tools.plot on a real sweep made through train.py: the PNGs, their labels, bad input.
-The labels and run reading on hand-made dirs: tests/unit/test_plot.py."""
+"""python -m wgpt.tools.plot on a real sweep made through train.py: the PNGs, their labels, bad input;
+and --diagnostics on a real run's diagnostics.csv. The labels and run reading on hand-made dirs:
+tests/unit/test_plot.py (the diagnostics figure: tests/unit/test_diagnostics.py)."""
 
+import csv
 import math
 import struct
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from wgpt.tools.plot import plot_curves, plot_summary, read_summary, summary_metric
 from wgpt.tools.runs import load_runs, run_labels, tokens_per_step
 
-from conftest import run_cli
+from conftest import read_metrics, run_cli
 
 
 @pytest.fixture
@@ -139,3 +141,24 @@ def test_bad_input_ends_in_one_line(case, message, sweep_dir, tmp_path):
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error: ") and message in line and "Traceback" not in result.stderr
+
+
+def test_a_run_writes_its_layer_diagnostics_apart_and_they_plot(gpt2_tiny_run, tmp_path):
+    """conftest's GPT2_TINY_RUN: 8 steps, logged every 2, so diagnosed at step 8 (4 x 2) alone."""
+    _, run_dir = gpt2_tiny_run
+    rows = list(csv.DictReader(open(run_dir / "diagnostics.csv", newline="")))
+    assert list(rows[0]) == ["step", "block", "kind", "metric", "value"] and {r["step"] for r in rows} == {"8"}
+    found = {(r["block"], r["kind"], r["metric"]) for r in rows}
+    for metric in ("grad_norm", "weight_norm", "update_ratio"):
+        assert {("0", "attn", metric), ("0", "mlp", metric), ("0", "norm", metric), ("", "embedding", metric)} <= found
+    assert {("0", "", "residual_rms"), ("0", "attn", "attn_entropy"), ("", "output", "max_logit")} <= found
+    assert all(math.isfinite(float(r["value"])) for r in rows)
+    metrics = read_metrics(run_dir)[0]
+    assert "grad_norm" in metrics and not {"update_ratio", "residual_rms", "attn_entropy"} & set(metrics)
+
+    out = tmp_path / "diagnostics.png"  # the shared run is read-only
+    result = run_cli("-m", "wgpt.tools.plot", "--diagnostics", str(run_dir), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Wrote {out}" and png_size(out)[0] > 1000
+    result = run_cli("-m", "wgpt.tools.plot", "--diagnostics", str(tmp_path))
+    assert result.returncode == 1 and result.stderr.strip().startswith(f"Error: {tmp_path}: no diagnostics.csv")

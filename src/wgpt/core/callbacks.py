@@ -120,8 +120,9 @@ def build_callbacks(
     is left out: Lightning refuses a progress bar callback together with that flag. A callback
     switched off by its config (``active`` false: the target without a value) is left out too, as
     Lightning calls every callback's hooks after every micro-batch. A ``sharded`` (FSDP) run adds
-    ShardedStop, its way to stop on a signal."""
-    callbacks = [instantiate(c) for c in callbacks_cfg.values()]
+    ShardedStop, its way to stop on a signal. A callback set to null (``callbacks.diagnostics=null``)
+    is left out."""
+    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c is not None]
     callbacks = [c for c in callbacks if enable_progress_bar or not isinstance(c, ProgressBar)]
     callbacks = [c for c in callbacks if getattr(c, "active", True)]
     return callbacks + [ShardedStop()] if sharded else callbacks

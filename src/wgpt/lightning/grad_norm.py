@@ -35,11 +35,19 @@ def grad_norm(optimizer, precision_plugin) -> torch.Tensor:
     norm = torch.nn.utils.get_total_norm(grads)
     if isinstance(norm, DTensor):  # a partial norm of this rank's shards
         norm = norm.full_tensor()
+    scale = amp_scale(optimizer, precision_plugin)
+    return norm if scale is None else norm / scale
+
+
+def amp_scale(optimizer, precision_plugin) -> torch.Tensor | None:
+    """The float16 loss scale still in ``optimizer``'s gradients at ``on_before_optimizer_step``,
+    on the device: that of an optimizer that unscales them in its own ``step`` (fused AdamW) under
+    a scaler; None where Lightning has unscaled them already, or nothing scales them."""
     scaler = getattr(precision_plugin, "scaler", None)
     if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
         # The scale as a device tensor: the public get_scale() reads it into Python, a sync per step.
-        norm = norm / scaler._get_scale_async()
-    return norm
+        return scaler._get_scale_async()
+    return None
 
 
 def clip_gradients(

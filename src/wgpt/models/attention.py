@@ -71,15 +71,28 @@ def uses_flex(device: torch.device, sdpa: bool, dropout: float, whole: bool, hea
     return sdpa and device.type == "cuda" and dropout == 0.0 and whole and head_dim >= 16
 
 
+# What a probe of the attention weights is given: the masked scores (-inf where not allowed) and
+# the weights, both (B, H, T, S) (wgpt.models.probes).
+AttentionProbe = Callable[[torch.Tensor, torch.Tensor], None]
+
+
 def written_out_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout: float = 0.0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    dropout: float = 0.0,
+    probe: AttentionProbe | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(D), where ``allowed`` (T, S), or broadcasting to (B, H, T, S)) v, with
-    the (B, H, T, S) scores in memory: q (B, H, T, D), k, v (B, K, S, D) -> (B, H, T, D)."""
+    the (B, H, T, S) scores in memory: q (B, H, T, D), k, v (B, K, S, D) -> (B, H, T, D).
+    ``probe(scores, weights)`` is shown the masked pre-softmax scores and the weights."""
     if _gqa(q, k):
         k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))  # (B, H, S, D)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~allowed, float("-inf"))  # (B, H, T, S)
+    weights = scores.softmax(dim=-1)
+    if probe is not None:
+        probe(scores, weights)
     return F.dropout(weights, dropout) @ v  # dropout is given as 0 outside training
 
 
@@ -93,7 +106,12 @@ def _short_cpu_bf16(q: torch.Tensor) -> bool:
 
 class Attention(nn.Module):
     """Causal self-attention with H query and K key/value heads (K = H: multi-head attention),
-    over the latest ``window`` positions only where set (None: all earlier ones)."""
+    over the latest ``window`` positions only where set (None: all earlier ones).
+
+    ``probe``, None but while wgpt.models.probes measures the attention: the weights are then
+    written out (whatever ``sdpa`` says) and shown to it."""
+
+    probe: AttentionProbe | None = None  # a class default: set on an instance only while probed
 
     def __init__(
         self,
@@ -137,7 +155,11 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if cache is not None:  # the cache keeps the K heads only (rotated), as attention needs no more
             k, v = cache.store(layer, k, v)  # (B, K, S, D): every position so far
-        if masks is not None and not masks.is_causal(self.window):
+        if self.probe is not None and cache is None:  # measured: the weights written out, as masks allow
+            causal = masks is None or masks.is_causal(self.window)
+            allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if causal else masks.dense(self.window)
+            y = written_out_attention(q, k, v, allowed, dropout, self.probe)
+        elif masks is not None and not masks.is_causal(self.window):
             y = masked_attention(q, k, v, masks, self.window, dropout, self.sdpa)
         elif cache is not None:
             y = cache.attend(q, k, v)

@@ -10,6 +10,9 @@ byte when ``val_bpb`` is drawn before ``val_loss`` (compare runs of different to
     python -m wgpt.plot outputs/gpt2-tiny/A outputs/llama3-tiny/B --out cmp.png
     python -m wgpt.plot <run dir> --metric val_ppl,tokens_per_sec     # any metrics.csv columns, a panel each
     python -m wgpt.plot outputs/multirun/<time> --metric val_bpb      # -> bpb.png, bpb-summary.png
+    python -m wgpt.plot --diagnostics <run dir>                       # -> <run dir>/diagnostics.png
+
+``--diagnostics`` draws a run's ``diagnostics.csv`` instead (``wgpt.tools.diagnostics_plot``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any, Sequence
 
 from wgpt.core.report import one_line_errors
 from wgpt.core.sweep import best_row
-from wgpt.tools.runs import SWEEP_DIR, Run, is_noise, load_runs, run_labels
+from wgpt.tools.diagnostics_plot import diagnostics_figure, read_diagnostics
+from wgpt.tools.runs import SWEEP_DIR, Run, is_noise, load_runs, read_overrides, run_labels
 from wgpt.util.errors import WgptError
 from wgpt.util.files import written_atomically
 
@@ -266,6 +270,21 @@ def plot(
     return written
 
 
+def plot_diagnostics(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Draw the ``diagnostics.csv`` of one run dir into ``out`` (default: ``<run dir>/diagnostics.png``)."""
+    if len(paths) != 1:
+        raise WgptError(f"--diagnostics draws one run dir, not {len(paths)}: pass one")
+    run_dir = Path(paths[0])
+    out = Path(out) if out is not None else run_dir / "diagnostics.png"
+    if out.suffix.lower() != ".png":
+        raise WgptError(f"--out {out}: only PNG is written: name the file <something>.png")
+    series = read_diagnostics(run_dir)
+    title = f"layer diagnostics of {run_dir.resolve().parent.name}/{run_dir.resolve().name}"
+    overrides = [o for o in read_overrides(run_dir) if not is_noise(o)]
+    save_png(diagnostics_figure(series, _title(title, overrides)), out)
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m wgpt.plot",
@@ -283,6 +302,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "panel; a sweep's summary ranks by whichever of val_loss and val_bpb comes first",
     )
     parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="draw the run's diagnostics.csv (per-layer norms, update ratios, activations) into <DIR>/diagnostics.png",
+    )
+    parser.add_argument(
         "--x",
         choices=["auto", "tokens", "steps"],
         default="auto",
@@ -295,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     metrics = [name for names in args.metric or [] for name in names.split(",") if name]
     with one_line_errors():
+        if args.diagnostics:
+            print(f"Wrote {plot_diagnostics(args.dirs, out=args.out)}")
+            return
         for path in plot(args.dirs, out=args.out, metrics=metrics, x=args.x):
             print(f"Wrote {path}")
 
