@@ -28,6 +28,8 @@ OPTIMIZERS = {
     "device: fused AdamW": lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1, fused=True),
     "host: foreach AdamW": lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1, foreach=True),
     "host: SGD with momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+    # Fused SGD fills its momentum buffers with empty_like on its first step, found_inf or not.
+    "host: fused SGD with momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
 }
 
 
@@ -61,6 +63,23 @@ def test_a_bad_step_leaves_weights_and_optimizer_state_untouched(name, bad_value
     assert not any(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
     if "Adam" in name:
         assert all(optimizer.state[p]["step"].item() == 2 for p in model.parameters())
+
+
+def test_a_bad_first_step_leaves_no_optimizer_state_and_float16_overflows_are_left_to_the_scaler():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = OPTIMIZERS["host: fused SGD with momentum"](model.parameters())
+    model(torch.randn(2, 4)).sum().mul(math.nan).backward()
+    assert StepGuard().check(torch.tensor(math.nan), optimizer, NoScaler(), 1)
+    optimizer.step()
+    assert all(not optimizer.state[p] for p in model.parameters())
+
+    class Scaler:  # float16: an overflow is the GradScaler's to skip (and to lower its scale for)
+        scaler = object()
+
+    guard = StepGuard(z=3.0)
+    assert not guard.check(torch.tensor(math.inf), optimizer, Scaler(), 1)
+    assert guard.state_dict()["count"] == 0  # and it does not enter the statistics
 
 
 def test_a_spike_is_judged_against_running_statistics_that_resume_exactly():
@@ -109,9 +128,10 @@ def toy_dir(tmp_path_factory):
     return toy_bins(tmp_path_factory.mktemp("toy"))
 
 
-def fit_guarded(toy_dir, steps: int, guard: SkipGuard, micro_batches: int = 1):
+def fit_guarded(toy_dir, steps: int, guard: SkipGuard, micro_batches: int = 1, log_every: int = 2):
     module, data = tiny_module(), datamodule(toy_dir, micro_batches=micro_batches)
-    trainer(max_steps=steps, limit_val_batches=0, log_every_n_steps=2, callbacks=[guard]).fit(module, datamodule=data)
+    fit = trainer(max_steps=steps, limit_val_batches=0, log_every_n_steps=log_every, callbacks=[guard], logger=True)
+    fit.fit(module, datamodule=data)
     return module, data
 
 
@@ -142,6 +162,15 @@ def test_max_skips_in_a_row_stop_with_the_command_that_continues(toy_dir, monkey
     # Forced skips (a stretch passed over on resuming) do not count towards max_skips.
     guard = SkipGuard(max_skips=3, skip_steps=["2-4"])
     fit_guarded(toy_dir, 6, guard)
+    assert guard.total == 3 and guard.streak == []
+
+
+def test_skips_apart_never_add_up_to_a_run(toy_dir, monkeypatch, tmp_path):
+    # Logged every step, so each skip is read at the next batch and good steps between reset the run.
+    monkeypatch.setenv(INJECT_ENV, "2:nan,4:nan,6:nan")
+    monkeypatch.chdir(tmp_path)  # Lightning's default logger writes lightning_logs/ here
+    guard = SkipGuard(max_skips=2)
+    fit_guarded(toy_dir, 8, guard, log_every=1)
     assert guard.total == 3 and guard.streak == []
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from wgpt.core.callbacks import BestCheckpoint, RecentCheckpoint, ValidateAtEnd
 from wgpt.data.datamodule import DatasetLightningWrapper
 from wgpt.data.diskdataset import DiskDataset, generate_bin
+from wgpt.interop.checkpoint import SafeCheckpointIO
 from wgpt.lightning.module import ModelLightningWrapper
 from wgpt.models import GPT
 from wgpt.tokenizers import tokenizer_from_record
@@ -120,7 +121,12 @@ def test_best_keeps_the_lowest_validation_and_recent_the_end(toy_dir, tmp_path):
     callbacks = [RecentCheckpoint(tmp_path, every_n_train_steps=2), BestCheckpoint(tmp_path, "start"), ValidateAtEnd()]
     # Validations after steps 2, 4 and 5 (the end, between two scheduled ones).
     trainer(
-        max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, callbacks=callbacks, enable_checkpointing=True
+        max_steps=5,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        callbacks=callbacks,
+        enable_checkpointing=True,
+        plugins=[SafeCheckpointIO()],  # as train.py has it: it keeps recent-previous.ckpt
     ).fit(module, datamodule=datamodule(toy_dir))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "best-start.ckpt",

@@ -23,8 +23,7 @@ from wgpt.core.record import finish_run_record
 from wgpt.core.speed import SpeedMonitor, peak_memory_gib, trained_amount  # noqa: F401  (conf names SpeedMonitor here)
 from wgpt.core.summary import write_run_summary
 from wgpt.core.target import TargetReached
-from wgpt.interop.checkpoint import write_weights_beside
-from wgpt.util.files import keep_copy
+from wgpt.interop.checkpoint import SafeCheckpointIO, write_weights_beside
 
 
 class ShardedStop(Callback):
@@ -146,20 +145,12 @@ class RecentCheckpoint(ModelCheckpoint):
         )
         self._after_validation = -1  # the step whose save waits for its validation
         self.keep_previous = keep_previous
-        self._saved_step = -1  # of this process's latest save
 
-    def _rotate(self, trainer: L.Trainer, filepath: str) -> None:
-        """With ``keep_previous``, the checkpoint about to be replaced stays as ``<name>-previous.ckpt``
-        (a hard link: no extra write), unless it is of this very step (the end's second save): a run
-        stopped by the guard keeps two from before its trouble."""
-        path = Path(filepath)
-        if self.keep_previous and trainer.is_global_zero and path.is_file() and self._saved_step != trainer.global_step:
-            keep_copy(path, path.with_name(f"{path.stem}-previous{path.suffix}"))
-        self._saved_step = trainer.global_step
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        self._rotate(trainer, filepath)
-        super()._save_checkpoint(trainer, filepath)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        io = trainer.strategy.checkpoint_io
+        if self.keep_previous and isinstance(io, SafeCheckpointIO):  # it keeps the file a write replaces
+            io.keep_previous.add((Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}").resolve())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # Lightning asks after every micro-batch, and ModelCheckpoint's own checks cost ~10 us of host
@@ -192,10 +183,9 @@ class RecentCheckpoint(ModelCheckpoint):
         # their last periodic save.
         if type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy) and trainer.is_global_zero:
             path = self.format_checkpoint_name(self._monitor_candidates(trainer))
-            self._rotate(trainer, path)
             state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            trainer.strategy.checkpoint_io.save_checkpoint(state, path)
-            log.info("Interrupted at step %d: saved %s", trainer.global_step, path)
+            if trainer.strategy.checkpoint_io.save_checkpoint(state, path) is not False:
+                log.info("Interrupted at step %d: saved %s", trainer.global_step, path)
 
 
 class BestCheckpoint(Callback):

@@ -162,15 +162,16 @@ class LayerDiagnostics(Callback):
         self._every = self.every_n_steps or 4 * (trainer.log_every_n_steps or 50)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The parameters as trained (FSDP2 replaced them by sharded ones in configure_model).
-        self._groups = ParameterGroups(getattr(pl_module, "model", pl_module))
         if trainer.is_global_zero:  # a run continued in its dir: the steps after its checkpoint go
             kept_rows(self.path, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         if (trainer.global_step + 1) % self._every or self._before is not None:
             return
-        groups = self._groups
+        # The parameters as the optimizer steps them, found afresh: FSDP2 swaps a module's sharded
+        # parameters for unsharded ones around its forward (the sanity validation's included) and
+        # frees those afterwards, so references kept from an earlier moment may hold no data.
+        groups = self._groups = ParameterGroups(getattr(pl_module, "model", pl_module))
         device = pl_module.device
         grads = squares([p.grad for p in groups.params], device)
         scale = amp_scale(optimizer, trainer.precision_plugin)  # fused float16 gradients are still scaled

@@ -23,6 +23,8 @@ from wgpt.util.errors import WgptError
 
 log = logging.getLogger("wgpt")
 
+UNLOGGED_READ_EVERY = 50  # with trainer.log_every_n_steps=0, the verdicts are read every this many steps
+
 # Test hook: "<step>:<factor>,..." multiplies the gradients of those steps (1-based) by the factor
 # (nan, inf, 1e4) before the guard judges them, on every rank: a bad batch, made to order.
 INJECT_ENV = "WGPT_TEST_GUARD"
@@ -65,6 +67,7 @@ class SkipGuard(Callback):
             raise WgptError(f"callbacks.guard.max_skips={max_skips}: give 1 or more")
         self.z, self.max_skips, self.warmup, self.active = z, max_skips, warmup, active
         self.skip_steps = parse_steps(skip_steps)
+        self._given_ranges = [str(item).strip() for item in skip_steps or ()]
         self.total = 0  # skipped steps so far, reported
         self.streak: list[int] = []  # the steps of the latest run of skips
         self._guard: StepGuard | None = None
@@ -96,6 +99,9 @@ class SkipGuard(Callback):
         if self._guard is not None and trainer.optimizers:
             route = skip_route(trainer.optimizers[0], trainer.precision_plugin)
             log.debug("callbacks.guard skips steps on the %s", route)
+        # A checkpoint saved between a run of max_skips and its report: stop as the run would have.
+        if self._guard is not None and sum(s not in self.skip_steps for s in self.streak) >= self.max_skips:
+            self.stop(self.streak)
 
     def _inject_into(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         factor = self._inject.get(trainer.global_step + 1)
@@ -111,10 +117,12 @@ class SkipGuard(Callback):
         step = self._last_step = guard.pending[-1][0]
         self._positions[step] = (trainer.fit_loop.epoch_progress.current.completed, batch_idx)
         every = trainer.log_every_n_steps
-        if every and step % every == 0:
+        if every and (step % every == 0 or step == trainer.max_steps):
             # Read back by Lightning with the other logged values, at this step's end.
             skipped = torch.stack([bad for _, bad, _ in guard.pending]).sum() + self.total
             pl_module.log("skipped_steps", skipped.float())
+            self._read_after = step
+        elif not every and step % UNLOGGED_READ_EVERY == 0:  # nothing logged: read the verdicts now and then
             self._read_after = step
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
@@ -123,7 +131,8 @@ class SkipGuard(Callback):
         self._read_after = None
         logged = trainer.logged_metrics.get("skipped_steps")
         if logged is not None and int(logged) == self.total:  # no skips since the last report
-            self._guard.take_pending()
+            if self._guard.take_pending():
+                self.streak = []  # those steps were all good
             self._positions.clear()
             return
         stuck = self.report(trainer)
@@ -154,12 +163,14 @@ class SkipGuard(Callback):
 
     def stop(self, streak: list[int]) -> None:
         first, last = streak[0], streak[-1]
+        judged = sum(s not in self.skip_steps for s in streak)
+        ranges = [*self._given_ranges, f"{first}-{last}"]
         raise WgptError(
-            f"steps {first}-{last}: {len(streak)} steps in a row skipped for a non-finite or spiking gradient norm "
+            f"steps {first}-{last}: {judged} steps in a row skipped for a non-finite or spiking gradient norm "
             f"(callbacks.guard.max_skips={self.max_skips}), stopped; the weights did not move over them: continue "
-            f"past them with the same command and resume=auto callbacks.guard.skip_steps=[{first}-{last}] (from "
-            "checkpoints/recent.ckpt; recent-previous.ckpt, the one before it, by ckpt_path=; a wider range or a "
-            "lower lr if it recurs)"
+            f"past them with the same command and resume=auto callbacks.guard.skip_steps=[{','.join(ranges)}] (from "
+            "checkpoints/recent.ckpt; recent-previous.ckpt holds the state before it; a wider range or a lower lr "
+            "if it recurs)"
         )
 
     def _batch_text(self, trainer: L.Trainer, epoch: int | None, batch_idx: int | None) -> str:
@@ -179,8 +190,12 @@ class SkipGuard(Callback):
         self.report(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, WgptError):
+        if isinstance(exception, WgptError):
+            return
+        try:  # the skips of the last steps, where the device still answers (not after a CUDA error)
             self.report(trainer)
+        except Exception as e:  # the run's own exception is the one to show
+            log.debug("callbacks.guard could not report its last verdicts: %s", e)
 
     def state_dict(self) -> dict[str, Any]:
         pending = self._guard.pending if self._guard is not None else []

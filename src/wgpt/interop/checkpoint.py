@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from wgpt.tokenizers import tokenizer_from_record
 from wgpt.util.errors import WgptError
-from wgpt.util.files import written_atomically
+from wgpt.util.files import keep_copy, written_atomically
 
 log = logging.getLogger("wgpt")
 
@@ -233,14 +233,25 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+    def __init__(self):
+        super().__init__()
+        # Files whose replaced version stays as <name>-previous.ckpt (RecentCheckpoint's keep_previous),
+        # and the step of each one's latest write here.
+        self.keep_previous: set[Path] = set()
+        self._written_steps: dict[Path, Any] = {}
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> bool:
+        """Writes ``checkpoint`` to ``path``; returns whether it did (not for non-finite weights)."""
+        path, step = Path(path), checkpoint.get("global_step")
         if not weights_finite(checkpoint.get("state_dict", {})):  # one host read per save
-            log.error(
-                "step %s: the weights hold NaN or inf: %s not written (the one there is kept)",
-                checkpoint.get("global_step"),
-                path,
-            )
-            return
+            log.error("step %s: the weights hold NaN or inf: %s not written (the one there is kept)", step, path)
+            return False
+        # The file replaced stays beside it (a hard link), unless it is of this very step (a second
+        # save at the end): a run stopped by the guard keeps two states from before its trouble.
+        if path.resolve() in self.keep_previous and path.is_file() and self._written_steps.get(path) != step:
+            keep_copy(path, path.with_name(f"{path.stem}-previous{path.suffix}"))
+        self._written_steps[path] = step
         # a power cut keeps one whole file too (durable: fsynced before and after the rename)
-        with written_atomically(Path(path), durable=True) as tmp:
+        with written_atomically(path, durable=True) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+        return True

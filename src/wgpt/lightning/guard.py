@@ -42,7 +42,12 @@ def skip_route(optimizer: torch.optim.Optimizer, precision_plugin) -> str:
         # checked for overflow) before it, so its gradients are dropped instead.
         return "scaler" if getattr(optimizer, "_step_supports_amp_scaling", False) else "host"
     inner = getattr(optimizer, "optimizers", [optimizer])  # wgpt.optim.CombinedOptimizer's
-    takes_found_inf = all(getattr(o, "_step_supports_amp_scaling", False) and o.defaults.get("fused") for o in inner)
+    # Adam and AdamW only: fused SGD with momentum fills its buffers with empty_like on its first
+    # step even when found_inf skips it, so a skipped first step would leave garbage there.
+    takes_found_inf = all(
+        isinstance(o, (torch.optim.Adam, torch.optim.AdamW)) and all(g.get("fused") for g in o.param_groups)
+        for o in inner
+    )
     return "device" if takes_found_inf else "host"
 
 
@@ -68,22 +73,25 @@ class StepGuard:
         tensor, with the skip already arranged (module docstring). No host sync on the device
         and scaler routes."""
         norm = norm.detach()
-        bad = ~torch.isfinite(norm)
-        if self.z is not None:  # the statistics only where spikes are judged: a few kernels fewer a step
-            bad = self._spiking(norm, bad)
-        if step in self.forced:
-            bad = torch.ones_like(bad)
-        self.pending.append((step, bad, norm))
         # Inline, not a function: this runs every optimizer step (tests/e2e/test_step_syncs.py counts calls).
         route = self._routes.get(id(optimizer))
         if route is None:
             route = self._routes[id(optimizer)] = skip_route(optimizer, precision_plugin)
+        nonfinite = ~torch.isfinite(norm)
+        # Under float16's GradScaler an overflow is routine (the scale is calibrating) and the scaler
+        # skips that step itself: left to it, not counted as the guard's skip.
+        bad = torch.zeros_like(nonfinite) if getattr(precision_plugin, "scaler", None) is not None else nonfinite
+        if step in self.forced:
+            bad = torch.ones_like(bad)
+        elif self.z is not None:  # the statistics only where spikes are judged: a few kernels fewer a step
+            bad = bad | self._spiking(norm, nonfinite)
+        self.pending.append((step, bad, norm))
         if route == "device":
             for inner in getattr(optimizer, "optimizers", [optimizer]):
                 inner.found_inf = bad.float()  # read by the fused kernel: no update, step count restored
             return bad
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if route == "scaler":
+        if route == "scaler" and params:
             # inf on a bad step, 1 otherwise: the scaler's unscale finds the inf and skips the step.
             factor = torch.where(bad, torch.inf, 1.0)
             torch._foreach_mul_([p.grad for p in params], factor)
@@ -92,20 +100,22 @@ class StepGuard:
                 p.grad = None
         return bad
 
-    def _spiking(self, norm: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-        """``bad`` or a spike, judged against the statistics of the good steps before, which this
-        step then joins if it is good (Welford's update, exponential once warmed up)."""
+    def _spiking(self, norm: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
+        """Whether ``norm`` is a spike, judged against the statistics of the good steps before,
+        which this step then joins if it is neither a spike nor non-finite (Welford's update,
+        exponential once warmed up)."""
         norm = norm.float()
         if self._stats is None:
             self._stats = torch.tensor(self._loaded or [0.0, 0.0, 0.0], device=norm.device)
         mean, var, count = self._stats.unbind()
         std = torch.maximum(var.clamp_min(0).sqrt(), STD_FLOOR * mean)
-        bad = bad | ((count >= self.warmup) & (norm > mean + self.z * std))
-        good = (~bad).float()
+        spike = (count >= self.warmup) & (norm > mean + self.z * std)
+        left_out = spike | nonfinite
+        good = (~left_out).float()
         rate = good * torch.clamp_min(1.0 / (count + 1.0), EMA)
-        delta = torch.where(bad, 0.0, norm - mean)
+        delta = torch.where(left_out, 0.0, norm - mean)
         self._stats = torch.stack([mean + rate * delta, (1 - rate) * (var + rate * delta * delta), count + good])
-        return bad
+        return spike
 
     def take_pending(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """The pending verdicts, handed over and forgotten."""
