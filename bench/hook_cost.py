@@ -3,9 +3,13 @@ function as a share of the training time (from the first optimizer step to the l
 optimizer step. For the costs that docs/troubleshooting.md (the guard) and docs/diagnostics.md
 state, which must stay a small share of a step.
 
-    python bench/hook_cost.py                                          # the guard, on the quick start, 200 steps
+    python bench/hook_cost.py                                  # the guard's hooks, on the quick start, 200 steps
+    python bench/hook_cost.py --hooks diagnostics -- model=gpt2-tiny   # the layer diagnostics', the whole quick start
     python bench/hook_cost.py --hooks wgpt.lightning.guard:StepGuard.check -- model=gpt2-tiny trainer.max_steps=50
-    python bench/hook_cost.py --hooks wgpt.core.diagnostics:LayerDiagnostics.on_train_batch_end -- ...
+
+``--hooks`` takes ``module:Class.method`` names, or ``guard`` and ``diagnostics`` for the hooks
+of those callbacks. "max ms" is the slowest call: for a hook that works on some steps only (the
+diagnostics on their interval), the cost of one such step.
 
 Each hook is wrapped with a timer (``time.perf_counter`` around the call; the work it queues on a
 GPU is measured only as far as the call waits for it). On a GPU the time a hook makes the host
@@ -32,6 +36,11 @@ GUARD_HOOKS = [
     "wgpt.core.guard:SkipGuard.on_train_batch_start",
     "wgpt.core.guard:SkipGuard.report",
 ]
+DIAGNOSTICS_HOOKS = [
+    "wgpt.core.diagnostics:LayerDiagnostics.on_before_optimizer_step",
+    "wgpt.core.diagnostics:LayerDiagnostics.on_train_batch_end",
+]
+PRESETS = {"guard": GUARD_HOOKS, "diagnostics": DIAGNOSTICS_HOOKS}
 DEFAULT_RUN = ["model=gpt2-tiny", "trainer.max_steps=200", "trainer.enable_progress_bar=false"]
 
 
@@ -77,9 +86,10 @@ def wrap(target: str, spent: dict[str, list[float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hooks", nargs="+", default=GUARD_HOOKS, help="module:Class.method to time")
+    parser.add_argument("--hooks", nargs="+", default=["guard"], help="module:Class.method to time, or a preset")
     parser.add_argument("overrides", nargs="*", help="train.py overrides (after --)")
     args = parser.parse_args()
+    args.hooks = [hook for name in args.hooks for hook in PRESETS.get(name, [name])]
     spent: dict[str, list[float]] = defaultdict(list)
     for target in args.hooks:
         wrap(target, spent)
@@ -101,13 +111,14 @@ def main() -> None:
     print(
         f"\n{clock.steps} optimizer steps, {training:.1f} s of training ({1e3 * training / clock.steps:.1f} ms a step)"
     )
-    print(f"{'hook':<56} {'calls':>6} {'ms a step':>10} {'share':>8}")
+    print(f"{'hook':<64} {'calls':>6} {'ms a step':>10} {'max ms':>8} {'share':>8}")
     total = 0.0
     for target in args.hooks:
-        seconds = sum(spent[target])
+        seconds, calls = sum(spent[target]), spent[target]
         total += seconds
-        print(f"{target:<56} {len(spent[target]):>6} {1e3 * seconds / clock.steps:>10.4f} {seconds / training:>8.3%}")
-    print(f"{'all':<56} {'':>6} {1e3 * total / clock.steps:>10.4f} {total / training:>8.3%}")
+        per_step, slowest = 1e3 * seconds / clock.steps, 1e3 * max(calls, default=0.0)
+        print(f"{target:<64} {len(calls):>6} {per_step:>10.4f} {slowest:>8.1f} {seconds / training:>8.3%}")
+    print(f"{'all':<64} {'':>6} {1e3 * total / clock.steps:>10.4f} {'':>8} {total / training:>8.3%}")
 
 
 if __name__ == "__main__":
